@@ -1,0 +1,80 @@
+"""How stored tensors make a layer's effective weight W_t and its trainable part W_p.
+
+A snapshot stores each target layer in one of three parametrizations (its *kind*):
+
+- ``dense``:   ``weight`` (m×n).  W_t = weight.  (FT)
+- ``lowrank``: frozen ``base`` (m×n), per step ``left`` (m×r), ``right`` (r×n), ``scale`` (1)
+  and optionally ``values`` (r).  W_p = scale · left · diag(values) · right, W_t = base + W_p.
+  (LoRA, PiSSA, AdaLoRA, SORSA.)  ``values`` marks factors that are singular vectors
+  (SORSA), which is what gives ``ortho_err`` a meaning.
+- ``dora``:    frozen ``base``, per step ``left``, ``right``, ``scale``, ``magnitude`` (m).
+  V = base + scale · left · right;  W_t = magnitude ⊙ V / ‖V‖_row  (peft's DoRA merge),
+  W_p = scale · left · right.
+
+Every tensor is cast to float64 *before* anything is multiplied.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from spectra.errors import SpectraError
+
+KINDS = ("dense", "lowrank", "dora")
+FROZEN_PARTS = {"dense": (), "lowrank": ("base",), "dora": ("base",)}
+STEP_PARTS = {
+    "dense": ("weight",),
+    "lowrank": ("left", "right", "scale"),
+    "dora": ("left", "right", "scale", "magnitude"),
+}
+OPTIONAL_PARTS = {"dense": (), "lowrank": ("values",), "dora": ()}
+
+
+class Principal(NamedTuple):
+    """W_p = left · diag(values) · right with the scale folded into ``left``."""
+
+    left: torch.Tensor
+    values: torch.Tensor | None
+    right: torch.Tensor
+
+
+def f64(t: torch.Tensor) -> torch.Tensor:
+    """The tensor as a float64 CPU tensor."""
+    return t.detach().to(device="cpu", dtype=torch.float64)
+
+
+def check_parts(kind: str, parts: dict[str, torch.Tensor], where: str) -> None:
+    """Raise SpectraError unless ``parts`` holds every tensor that ``kind`` needs."""
+    if kind not in KINDS:
+        raise SpectraError(f"{where}: unknown layer kind {kind!r} (expected one of {KINDS})")
+    missing = [p for p in FROZEN_PARTS[kind] + STEP_PARTS[kind] if p not in parts]
+    if missing:
+        raise SpectraError(f"{where}: missing tensors {missing} for a {kind} layer")
+
+
+def principal(kind: str, parts: dict[str, torch.Tensor]) -> Principal | None:
+    """The trainable low-rank part W_p as float64 factors; None for dense layers."""
+    if kind == "dense":
+        return None
+    left = f64(parts["left"]) * f64(parts["scale"]).reshape(())
+    values = f64(parts["values"]) if "values" in parts else None
+    return Principal(left, values, f64(parts["right"]))
+
+
+def product(p: Principal) -> torch.Tensor:
+    """W_p as a dense float64 matrix."""
+    left = p.left if p.values is None else p.left * p.values
+    return left @ p.right
+
+
+def effective_weight(kind: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """W_t in float64, merged exactly as the method merges it."""
+    if kind == "dense":
+        return f64(parts["weight"])
+    merged = f64(parts["base"]) + product(principal(kind, parts))
+    if kind == "lowrank":
+        return merged
+    norm = torch.linalg.vector_norm(merged, dim=1, keepdim=True)
+    return f64(parts["magnitude"]).reshape(-1, 1) * merged / norm

@@ -1,0 +1,177 @@
+"""Per-matrix spectral drift metrics in float64 (the exact definitions are in DESIGN.md).
+
+W ∈ R^{m×n} in torch layout, k = min(m, n), W = U diag(σ) Vᵀ with σ descending.
+``drift(w0, wt)`` gives every per-matrix metric of a pair; ``factor_metrics`` gives the
+metrics of the trainable low-rank part W_p from its factors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from spectra.errors import SpectraError
+
+TOP_K = 10  # intruders: how many leading left singular vectors of W_t are examined
+INTRUDER_EPS = 0.5  # intruders: a vector is new when no base vector has |cos| >= this
+EPS = float(np.finfo(np.float64).eps)
+
+
+class SVD(NamedTuple):
+    """Thin SVD W = u diag(s) vh, float64, s descending."""
+
+    u: torch.Tensor  # m×k
+    s: torch.Tensor  # k
+    vh: torch.Tensor  # k×n
+
+
+def as_float64(w, name: str = "weight") -> torch.Tensor:
+    """A 2-D float64 CPU tensor from a torch tensor or numpy array of any float dtype."""
+    t = torch.from_numpy(np.asarray(w)) if not isinstance(w, torch.Tensor) else w.detach()
+    if t.ndim != 2:
+        raise SpectraError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+    return t.to(device="cpu", dtype=torch.float64)
+
+
+def check_finite(w: torch.Tensor, name: str = "weight") -> None:
+    """Raise SpectraError if ``w`` holds NaN or Inf."""
+    if not torch.isfinite(w).all():
+        raise SpectraError(f"{name} contains NaN or Inf")
+
+
+def svd(w) -> SVD:
+    """Thin float64 SVD through LAPACK (gesdd), after a finiteness check."""
+    w = as_float64(w)
+    check_finite(w)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    return SVD(u, s, vh)
+
+
+def _ratio(top: float, bottom: float, size: int) -> float:
+    """top / bottom for a condition number; inf when bottom is numerically zero."""
+    if top == 0.0 or bottom <= top * size * EPS:
+        return math.inf
+    return top / bottom
+
+
+def cond(s: torch.Tensor, size: int) -> float:
+    """σ_1 / σ_last, inf when σ_last is below the rank tolerance σ_1 · size · eps."""
+    return _ratio(float(s[0]), float(s[-1]), size)
+
+
+def scale_metrics(s: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
+    """WeightWatcher's scale metrics plus the condition number of one matrix."""
+    sigma_max = float(s[0])
+    fro = float(torch.linalg.matrix_norm(w))
+    total = float(s.sum())
+    if total > 0:
+        p = s[s > 0] / total
+        eff_rank = math.exp(float(-(p * torch.log(p)).sum()))
+        stable_rank = fro**2 / sigma_max**2
+    else:
+        eff_rank = stable_rank = math.nan
+    return {
+        "cond_w": cond(s, max(w.shape)),
+        "sigma_max": sigma_max,
+        "sigma_min": float(s[-1]),
+        "fro_norm": fro,
+        "stable_rank": stable_rank,
+        "eff_rank": eff_rank,
+    }
+
+
+def _overlaps(base: SVD, cur: SVD) -> torch.Tensor:
+    """Joint cost |⟨u_t^i, u_0^j⟩| + |⟨v_t^i, v_0^j⟩| for every pair (i, j), k×k."""
+    return (cur.u.mT @ base.u).abs_() + (cur.vh @ base.vh.mT).abs_()
+
+
+def vector_drift(base: SVD, cur: SVD) -> tuple[float, float]:
+    """(delta_d, delta_d_matched): index-matched and sign-invariant assignment-matched ΔD."""
+    k = base.s.numel()
+    index_total = float((cur.u * base.u).sum(0).abs().sum() + (cur.vh * base.vh).sum(1).abs().sum())
+    cost = _overlaps(base, cur).numpy()
+    rows, cols = linear_sum_assignment(cost, maximize=True)
+    # The identity is one of the candidates, so the optimum is never below the index sum;
+    # max() keeps that exact when the two sums differ only by rounding.
+    matched_total = max(float(cost[rows, cols].sum()), index_total)
+    clip = lambda x: min(max(x, 0.0), 1.0)  # noqa: E731  |cos| may exceed 1 by an ulp
+    return clip(1 - index_total / (2 * k)), clip(1 - matched_total / (2 * k))
+
+
+def intruders(base: SVD, cur: SVD, top_k: int = TOP_K, eps: float = INTRUDER_EPS) -> int:
+    """How many of the top-k left singular vectors of W_t have max_j |⟨u_t^i, u_0^j⟩| < eps."""
+    top = cur.u[:, : min(top_k, cur.u.shape[1])]
+    best = (top.mT @ base.u).abs().amax(dim=1)
+    return int((best < eps).sum())
+
+
+def drift_from_svd(
+    base: SVD, wt: torch.Tensor, cur: SVD | None = None, *, top_k: int = TOP_K,
+    intruder_eps: float = INTRUDER_EPS,
+) -> dict[str, float]:
+    """All per-matrix metrics of W_t against a base whose SVD is already known."""
+    if cur is None:
+        cur = svd(wt)
+    if cur is base:  # W_t is W_0: no drift, exactly
+        delta_sigma = delta_d = delta_d_matched = 0.0
+        n_intruders = 0
+    else:
+        delta_sigma = float((cur.s - base.s).abs().mean())
+        delta_d, delta_d_matched = vector_drift(base, cur)
+        n_intruders = intruders(base, cur, top_k, intruder_eps)
+    return {
+        "delta_sigma": delta_sigma,
+        "delta_d": delta_d,
+        "delta_d_matched": delta_d_matched,
+        **scale_metrics(cur.s, wt),
+        "intruders": n_intruders,
+    }
+
+
+def drift(w0, wt, *, top_k: int = TOP_K, intruder_eps: float = INTRUDER_EPS) -> dict[str, float]:
+    """Every per-matrix drift metric of W_t against W_0 (torch or numpy, any float dtype).
+
+    Keys are the Parquet column names: delta_sigma, delta_d, delta_d_matched, cond_w,
+    sigma_max, sigma_min, fro_norm, stable_rank, eff_rank, intruders.
+    """
+    w0, wt = as_float64(w0, "w0"), as_float64(wt, "wt")
+    if w0.shape != wt.shape:
+        raise SpectraError(f"shape mismatch: w0 is {tuple(w0.shape)}, wt is {tuple(wt.shape)}")
+    base = svd(w0)
+    cur = base if torch.equal(w0, wt) else svd(wt)
+    return drift_from_svd(base, wt, cur, top_k=top_k, intruder_eps=intruder_eps)
+
+
+def factor_metrics(left, right, values=None, scale: float = 1.0) -> dict[str, float | None]:
+    """cond_p and ortho_err of W_p = scale · left · diag(values) · right.
+
+    ``left`` is m×r and ``right`` r×n (torch layout, like peft's B and A). ``values`` marks
+    factors that are singular vectors (SORSA's U_p, S_p, V_pᵀ): only then is ``ortho_err``
+    = ‖leftᵀleft − I‖_F + ‖right rightᵀ − I‖_F defined; otherwise it is None. cond_p is
+    σ_1/σ_r over the r non-trivial singular values of W_p, from two thin QRs and an r×r SVD;
+    NaN when W_p = 0 and inf when it is numerically rank-deficient.
+    """
+    left, right = as_float64(left, "left"), as_float64(right, "right")
+    if left.shape[1] != right.shape[0]:
+        raise SpectraError(f"factor shapes {tuple(left.shape)} and {tuple(right.shape)} differ")
+    check_finite(left, "left factor")
+    check_finite(right, "right factor")
+    scaled = left * scale if values is None else left * (scale * as_float64(values[None], "values"))
+    _, r_left = torch.linalg.qr(scaled)
+    _, r_right = torch.linalg.qr(right.mT)
+    s = torch.linalg.svdvals(r_left @ r_right.mT)
+    cond_p = math.nan if float(s[0]) == 0.0 else _ratio(float(s[0]), float(s[-1]), max(
+        left.shape[0], right.shape[1]))
+    ortho_err = None
+    if values is not None:
+        r = left.shape[1]
+        eye = torch.eye(r, dtype=torch.float64)
+        ortho_err = float(
+            torch.linalg.matrix_norm(left.mT @ left - eye)
+            + torch.linalg.matrix_norm(right @ right.mT - eye)
+        )
+    return {"cond_p": cond_p, "ortho_err": ortho_err}
