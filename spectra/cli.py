@@ -26,7 +26,8 @@ def compute(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Step-0 SVD cache; default $SPECTRA_CACHE or ~/.cache/spectra.")
+        Path | None,
+        typer.Option(help="Step-0 SVD cache (default $SPECTRA_CACHE or ~/.cache/spectra)."),
     ] = None,
 ) -> None:
     """Compute the drift metrics of run directories into runs/<run>.parquet (resumable)."""

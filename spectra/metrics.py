@@ -110,7 +110,11 @@ def intruders(base: SVD, cur: SVD, top_k: int = TOP_K, eps: float = INTRUDER_EPS
 
 
 def drift_from_svd(
-    base: SVD, wt: torch.Tensor, cur: SVD | None = None, *, top_k: int = TOP_K,
+    base: SVD,
+    wt: torch.Tensor,
+    cur: SVD | None = None,
+    *,
+    top_k: int = TOP_K,
     intruder_eps: float = INTRUDER_EPS,
 ) -> dict[str, float]:
     """All per-matrix metrics of W_t against a base whose SVD is already known."""
@@ -164,8 +168,11 @@ def factor_metrics(left, right, values=None, scale: float = 1.0) -> dict[str, fl
     _, r_left = torch.linalg.qr(scaled)
     _, r_right = torch.linalg.qr(right.mT)
     s = torch.linalg.svdvals(r_left @ r_right.mT)
-    cond_p = math.nan if float(s[0]) == 0.0 else _ratio(float(s[0]), float(s[-1]), max(
-        left.shape[0], right.shape[1]))
+    cond_p = (
+        math.nan
+        if float(s[0]) == 0.0
+        else _ratio(float(s[0]), float(s[-1]), max(left.shape[0], right.shape[1]))
+    )
     ortho_err = None
     if values is not None:
         r = left.shape[1]

@@ -5,7 +5,7 @@
     runs/<run>/manifest.json              format, run, method, model, targets, steps, finished, ...
     runs/<run>/frozen.safetensors         frozen tensors of low-rank layers, written once
     runs/<run>/step_00000010.safetensors  the trainable tensors of every target at step 10
-    runs/<run>/train_log.parquet          step, loss, reg_loss, grad_norm, lr (written by the tracker)
+    runs/<run>/train_log.parquet          step, loss, reg_loss, grad_norm, lr (from the tracker)
 
 Tensor keys are ``"<layer>/<part>"`` (see :mod:`spectra.factors` for the parts of each kind).
 Every file is written to a temporary name and renamed into place; the manifest lists a step
