@@ -1,0 +1,206 @@
+"""What a module's effective weight is made of, per fine-tuning method.
+
+Each method is one *extractor*: a function that takes a module and returns its
+:class:`Layout` (the method's name, the :mod:`spectra.factors` kind, the frozen tensors and
+the tensors that change during training), or None when the module is not of that method.
+The extractors are tried in registration order; adding a method is one decorated function.
+Tensors are returned as references in torch layout (out × in), not copies.
+
+Targets select modules by name. A target matches a module path when it is
+
+- the last path component (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``),
+- the full path (``"model.layers.0.self_attn.q_proj"``), or
+- a shell glob over the full path when it contains ``*``, ``?`` or ``[``
+  (``"*.layers.[01].*.q_proj"``).
+
+Only capturable leaves are candidates: the peft wrapper of an adapted layer, never its inner
+``base_layer``, ``lora_A`` or ``lora_B``. Paths are reported without the ``base_model.model.``
+prefix that peft adds, so runs of different methods share layer names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+from peft.tuners.adalora import SVDLinear
+from peft.tuners.lora import Linear as LoraLinear
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from spectra.errors import SpectraError
+
+PEFT_PREFIX = "base_model.model."
+GLOB_CHARS = "*?["
+ADAPTER_EPS = 1e-5  # peft AdaLoRA's ranknum + 1e-5
+
+
+class Layout(NamedTuple):
+    """A module's parametrization: method name, factors kind, frozen and per-step tensors."""
+
+    method: str
+    kind: str
+    frozen: dict[str, torch.Tensor]
+    step: dict[str, torch.Tensor]
+
+
+Extractor = Callable[[nn.Module], "Layout | None"]
+EXTRACTORS: list[Extractor] = []
+
+
+def extractor(fn: Extractor) -> Extractor:
+    """Register ``fn`` as the extractor of one method (tried in registration order)."""
+    EXTRACTORS.append(fn)
+    return fn
+
+
+@torch.no_grad()
+def layout(module: nn.Module) -> Layout | None:
+    """The module's layout under the first extractor that recognises it, else None."""
+    return next((found for fn in EXTRACTORS if (found := fn(module)) is not None), None)
+
+
+def _scalar(value) -> torch.Tensor:
+    """A 1-element float64 tensor (the ``scale`` part)."""
+    return torch.as_tensor(value, dtype=torch.float64).detach().cpu().reshape(1)
+
+
+def _active_adapter(module: nn.Module) -> str:
+    """The one active, unmerged adapter of a peft layer; SpectraError otherwise."""
+    if getattr(module, "merged", False):
+        raise SpectraError("an adapter is merged into its base weight; unmerge it before tracking")
+    active = list(module.active_adapters)
+    if len(active) != 1:
+        raise SpectraError(f"spectra tracks one active adapter per layer, found {active}")
+    return active[0]
+
+
+def _torch_layout(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    return weight.T if fan_in_fan_out else weight
+
+
+@extractor
+def sorsa(module: nn.Module) -> Layout | None:
+    """SORSA (this package's layer and the reference ``sorsa`` package): W + s · (B ⊙ S) A."""
+    names = ("sorsa_A", "sorsa_S", "sorsa_B", "weight")
+    if not all(isinstance(getattr(module, a, None), torch.Tensor) for a in names):
+        return None
+    parts = {
+        "left": module.sorsa_B,
+        "values": module.sorsa_S,
+        "right": module.sorsa_A,
+        "scale": _scalar(getattr(module, "scale", 1.0)),
+    }
+    return Layout("sorsa", "lowrank", {"base": module.weight}, parts)
+
+
+@extractor
+def adalora(module: nn.Module) -> Layout | None:
+    """peft AdaLoRA: base + B (A ⊙ E) · scaling / (ranknum + 1e-5), no singular values."""
+    if not isinstance(module, SVDLinear):
+        return None
+    name = _active_adapter(module)
+    scale = module.scaling[name] / (module.ranknum[name].detach().double().cpu() + ADAPTER_EPS)
+    parts = {
+        "left": module.lora_B[name],
+        "right": module.lora_A[name].double() * module.lora_E[name].double(),  # exact product
+        "scale": _scalar(scale),
+    }
+    base = _torch_layout(module.get_base_layer().weight, module.fan_in_fan_out)
+    return Layout("adalora", "lowrank", {"base": base}, parts)
+
+
+@extractor
+def lora(module: nn.Module) -> Layout | None:
+    """peft LoRA / PiSSA (base + scaling · B A) and DoRA (magnitude ⊙ direction)."""
+    if not isinstance(module, LoraLinear):
+        return None
+    name = _active_adapter(module)
+    parts = {
+        "left": module.lora_B[name].weight,
+        "right": module.lora_A[name].weight,
+        "scale": _scalar(module.scaling[name]),
+    }
+    base = {"base": _torch_layout(module.get_base_layer().weight, module.fan_in_fan_out)}
+    if name in module.lora_magnitude_vector:
+        parts["magnitude"] = module.lora_magnitude_vector[name].weight
+        return Layout("dora", "dora", base, parts)
+    return Layout("lora", "lowrank", base, parts)
+
+
+@extractor
+def full(module: nn.Module) -> Layout | None:
+    """Full fine-tuning of nn.Linear, or of GPT-2's Conv1D (stored in × out, transposed here)."""
+    if isinstance(module, nn.Linear):
+        return Layout("ft", "dense", {}, {"weight": module.weight})
+    if isinstance(module, Conv1D):
+        return Layout("ft", "dense", {}, {"weight": module.weight.T})
+    return None
+
+
+def _is_adapter(module: nn.Module) -> bool:
+    found = layout(module)
+    return found is not None and found.kind != "dense"
+
+
+def candidates(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(path, module) of every capturable module, skipping the insides of adapter layers."""
+    inside: str | None = None
+    for path, module in model.named_modules():
+        if inside is not None and path.startswith(inside):
+            continue
+        inside = None
+        if layout(module) is None:
+            continue
+        if _is_adapter(module):
+            inside = f"{path}."
+        yield path.removeprefix(PEFT_PREFIX), module
+
+
+def matches(target: str, path: str) -> bool:
+    """Whether ``target`` selects the module at ``path`` (see the module docstring)."""
+    if any(c in target for c in GLOB_CHARS):
+        return fnmatch.fnmatchcase(path, target)
+    return path == target or path.rsplit(".", 1)[-1] == target
+
+
+def find_targets(
+    model: nn.Module, targets: str | tuple[str, ...] | list[str]
+) -> dict[str, nn.Module]:
+    """{path: module} of the capturable modules the targets select, in model order.
+
+    SpectraError, listing the candidate module names, when some target selects nothing.
+    """
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    if not targets:
+        raise SpectraError("no targets given")
+    found = list(candidates(model))
+    chosen = {path: m for path, m in found if any(matches(t, path) for t in targets)}
+    missing = [t for t in targets if not any(matches(t, path) for path, _ in found)]
+    if missing:
+        names = sorted({path.rsplit(".", 1)[-1] for path, _ in found})
+        raise SpectraError(
+            f"targets {missing} match no module; module names that can be targets: "
+            f"{', '.join(names) or '(none)'}"
+        )
+    return chosen
+
+
+def _pissa(model: nn.Module) -> bool:
+    """Whether the model's active peft LoRA config initialises with PiSSA."""
+    configs = getattr(model, "peft_config", None) or {}
+    return any(
+        isinstance(init := getattr(cfg, "init_lora_weights", None), str)
+        and init.lower().startswith("pissa")
+        for cfg in configs.values()
+    )
+
+
+def detect_method(model: nn.Module, layouts: dict[str, Layout]) -> str:
+    """ft, lora, pissa, dora, adalora or sorsa, from the target layouts ('+'-joined if mixed)."""
+    methods = {found.method for found in layouts.values()}
+    if "lora" in methods and _pissa(model):
+        methods = (methods - {"lora"}) | {"pissa"}
+    return "+".join(sorted(methods))

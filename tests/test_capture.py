@@ -1,0 +1,103 @@
+"""Captured effective weights against each method's own float64 merge (peft's, for peft layers)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_models import ARCH_TARGETS, base_model, perturb, with_method
+from transformers.pytorch_utils import Conv1D
+
+from spectra.capture import detect_method, find_targets, layout, matches
+from spectra.errors import SpectraError
+from spectra.factors import effective_weight
+
+CASES = [("llama", m) for m in ("ft", "lora", "pissa", "dora", "adalora", "sorsa")] + [
+    ("gpt2", "ft"), ("gpt2", "lora"), ("gpt2", "dora"), ("gpt2", "adalora"),
+    ("bert", "lora"), ("bert", "pissa"), ("bert", "sorsa"),
+]  # fmt: skip
+
+
+def reference_weights(model, method: str, paths) -> dict[str, torch.Tensor]:
+    """Each target's W_t from a float64 copy of the model, merged by the method's own code."""
+    merged = copy.deepcopy(model).double()
+    if method not in ("ft", "sorsa"):
+        merged = merged.merge_and_unload()
+    out = {}
+    for path in paths:
+        module = merged.get_submodule(path)
+        if method == "sorsa":
+            out[path] = module.merged_weight().detach()
+        else:
+            out[path] = module.weight.detach().T if isinstance(module, Conv1D) else module.weight
+    return out
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
+
+
+@pytest.mark.parametrize(("arch", "method"), CASES)
+def test_effective_weight_equals_the_methods_float64_merge(arch, method):
+    targets = ARCH_TARGETS[arch]
+    model = with_method(base_model(arch), method, targets)
+    perturb(model)
+    layers = find_targets(model, targets)
+    assert len(layers) == 2 * len(targets)  # two blocks
+    layouts = {path: layout(module) for path, module in layers.items()}
+    assert detect_method(model, layouts) == method
+    expected = reference_weights(model, method, layers)
+    for path, found in layouts.items():
+        got = effective_weight(found.kind, found.frozen | found.step)
+        assert got.dtype == torch.float64
+        assert got.shape == expected[path].shape
+        assert relative_error(got, expected[path]) <= 1e-12, path
+
+
+def test_peft_layers_are_matched_not_their_insides():
+    model = with_method(base_model("llama"), "lora", ("q_proj", "v_proj"))
+    layers = find_targets(model, ("q_proj", "v_proj"))
+    assert list(layers) == [
+        f"model.layers.{b}.self_attn.{m}" for b in (0, 1) for m in ("q_proj", "v_proj")
+    ]
+    assert find_targets(model, "*q_proj*").keys() == {
+        "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"
+    }  # fmt: skip
+    with pytest.raises(SpectraError, match="base_layer"):
+        find_targets(model, "base_layer")
+
+
+def test_target_forms():
+    model = base_model("llama")
+    assert list(find_targets(model, "model.layers.1.self_attn.q_proj")) == [
+        "model.layers.1.self_attn.q_proj"
+    ]
+    assert list(find_targets(model, "model.layers.[0].*.v_proj")) == [
+        "model.layers.0.self_attn.v_proj"
+    ]
+    assert matches("q_proj", "a.q_proj") and not matches("q_proj", "a.q_proj_x")
+    assert not matches("proj", "a.q_proj")
+
+
+def test_unknown_target_lists_the_candidates():
+    with pytest.raises(SpectraError) as err:
+        find_targets(base_model("gpt2"), ("q_proj", "c_attn"))
+    message = str(err.value)
+    assert "['q_proj']" in message and "c_attn" in message and "c_proj" in message
+    assert "\n" not in message
+
+
+def test_merged_adapter_is_refused():
+    model = with_method(base_model("llama"), "lora", ("q_proj",))
+    model.base_model.model.model.layers[0].self_attn.q_proj.merge()
+    with pytest.raises(SpectraError, match="unmerge"):
+        find_targets(model, ("q_proj",))
+
+
+def test_pissa_step0_is_the_pretrained_weight():
+    original = base_model("llama").model.layers[0].self_attn.q_proj.weight.detach().double()
+    model = with_method(base_model("llama"), "pissa", ("q_proj",))
+    found = layout(find_targets(model, "q_proj")["model.layers.0.self_attn.q_proj"])
+    assert relative_error(effective_weight(found.kind, found.frozen | found.step), original) < 1e-6

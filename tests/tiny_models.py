@@ -1,0 +1,99 @@
+"""Tiny transformers models with each fine-tuning method attached, for the capture tests.
+
+Also imported by ``ddp_train.py`` (the torchrun script), so it stays free of pytest.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
+from torch import nn
+from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
+
+METHODS = ("ft", "lora", "pissa", "dora", "adalora", "sorsa")
+ARCH_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "bert": ("query", "value")}
+VOCAB = 64
+
+
+def base_model(arch: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised 2-block model of ``arch`` (llama, gpt2 or bert)."""
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
+    if arch == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        return GPT2Model(config)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=64,
+    )  # fmt: skip
+    return BertModel(config)
+
+
+class SorsaStandIn(nn.Module):
+    """A layer in the reference ``sorsa`` package layout: W_r + scale · (B ⊙ S) A."""
+
+    def __init__(self, linear: nn.Linear, r: int, scale: float = 1.0):
+        super().__init__()
+        u, s, vh = torch.linalg.svd(linear.weight.detach(), full_matrices=False)
+        self.weight = nn.Parameter(linear.weight.detach() - (u[:, :r] * s[:r]) @ vh[:r] * scale)
+        self.weight.requires_grad = False
+        self.bias = linear.bias
+        self.sorsa_A = nn.Parameter(vh[:r].clone())
+        self.sorsa_S = nn.Parameter(s[:r].clone())
+        self.sorsa_B = nn.Parameter(u[:, :r].clone())
+        self.scale = scale
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.weight + self.scale * (self.sorsa_B * self.sorsa_S) @ self.sorsa_A
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.merged_weight(), self.bias)
+
+
+def attach_sorsa(model: nn.Module, targets: tuple[str, ...], r: int, scale: float) -> nn.Module:
+    """Replace every target nn.Linear by a SorsaStandIn; freeze everything else."""
+    for p in model.parameters():
+        p.requires_grad = False
+    for path, module in list(model.named_modules()):
+        if path.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear):
+            parent, name = path.rsplit(".", 1)
+            setattr(model.get_submodule(parent), name, SorsaStandIn(module, r, scale))
+    return model
+
+
+def with_method(model: nn.Module, method: str, targets: tuple[str, ...], r: int = 4) -> nn.Module:
+    """``model`` prepared for fine-tuning with ``method`` on ``targets``."""
+    if method == "ft":
+        return model
+    if method == "sorsa":
+        return attach_sorsa(model, targets, r, scale=0.5)
+    if method == "adalora":
+        config = AdaLoraConfig(
+            init_r=r, target_r=r // 2, total_step=100, target_modules=list(targets),
+            lora_alpha=8,
+        )  # fmt: skip
+    else:
+        config = LoraConfig(
+            r=r, lora_alpha=8, target_modules=list(targets), use_dora=method == "dora",
+            init_lora_weights="pissa" if method == "pissa" else True,
+        )  # fmt: skip
+    return get_peft_model(model, config)
+
+
+def perturb(model: nn.Module, seed: int = 1, size: float = 0.1) -> None:
+    """Move every trainable tensor randomly, as training would (B, E, magnitude become nonzero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * size)
+
+
+def batch(seed: int, size: int = 4, length: int = 16) -> torch.Tensor:
+    """Random token ids, the same for a given seed."""
+    return torch.randint(0, VOCAB, (size, length), generator=torch.Generator().manual_seed(seed))
