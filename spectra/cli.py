@@ -18,6 +18,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from spectra import __version__
+
+        typer.echo(f"spectra {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Spectral drift analysis of fine-tuning."""
+
+
 @app.command()
 def compute(
     runs: Annotated[list[Path], typer.Argument(help="Run directories (runs/<run>/).")],
@@ -37,6 +54,43 @@ def compute(
         raise SpectraError("--out needs exactly one run directory")
     for run in runs:
         path = compute_run(run, out, workers=workers, cache_dir=cache_dir)
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def analyze(
+    runs: Annotated[list[str], typer.Argument(help="Run Parquet files or globs.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
+    matched: Annotated[
+        bool, typer.Option(help="Judge ΔD claims on sign-invariant matched ΔD.")
+    ] = False,
+) -> None:
+    """Summarize runs and check the paper's Section 4.2 claims and Theorem 5.5 on them."""
+    from spectra.report import load_runs, render
+
+    typer.echo(render(load_runs(runs), fmt, matched), nl=False)
+
+
+@app.command()
+def plot(
+    runs: Annotated[
+        list[str] | None, typer.Argument(help="Run Parquet files or globs [runs/*.parquet].")
+    ] = None,
+    figure: Annotated[
+        str, typer.Option(help="2, 3, cond, heatmap (comma-separated) or all.")
+    ] = "2",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("figures"),
+    fmt: Annotated[
+        str, typer.Option("--format", help="html (always), png, svg; comma-separated.")
+    ] = "html",
+    matched: Annotated[
+        bool, typer.Option(help="Plot sign-invariant matched ΔD instead of the paper's.")
+    ] = False,
+) -> None:
+    """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p) or a ΔD heatmap."""
+    from spectra.figures import plot_runs
+
+    for path in plot_runs(runs or ["runs/*.parquet"], figure, out, fmt, matched):
         typer.echo(f"wrote {path}")
 
 

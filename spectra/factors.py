@@ -33,7 +33,7 @@ OPTIONAL_PARTS = {"dense": (), "lowrank": ("values",), "dora": ()}
 
 
 class Principal(NamedTuple):
-    """W_p = left · diag(values) · right with the scale folded into ``left``."""
+    """W_p = left · diag(values) · right, the scale folded into ``values`` (or ``left``)."""
 
     left: torch.Tensor
     values: torch.Tensor | None
@@ -58,9 +58,10 @@ def principal(kind: str, parts: dict[str, torch.Tensor]) -> Principal | None:
     """The trainable low-rank part W_p as float64 factors; None for dense layers."""
     if kind == "dense":
         return None
-    left = f64(parts["left"]) * f64(parts["scale"]).reshape(())
-    values = f64(parts["values"]) if "values" in parts else None
-    return Principal(left, values, f64(parts["right"]))
+    left, right, scale = f64(parts["left"]), f64(parts["right"]), f64(parts["scale"]).reshape(())
+    if "values" in parts:  # singular-vector factors stay orthonormal: scale the values
+        return Principal(left, scale * f64(parts["values"]), right)
+    return Principal(scale * left, None, right)
 
 
 def product(p: Principal) -> torch.Tensor:

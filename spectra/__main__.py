@@ -1,0 +1,5 @@
+"""`python -m spectra ...` is the same as `spectra ...`."""
+
+from spectra.cli import main
+
+main()

@@ -1,0 +1,262 @@
+"""Turns a run directory into metric rows: the step-0 SVD cache, scheduling, progress.
+
+The SVD of every step-0 matrix is computed once and kept in a content-addressed cache
+(one safetensors file per distinct W_0, keyed by a hash of its float64 bytes), so later
+steps and every other run that shares the base weights reuse it. Each (step, layer) matrix
+is one task: a module-level function of paths, so it runs the same in this process, in a
+local process pool or on any ``concurrent.futures`` executor. Rows land in
+``runs/<run>.parquet``, rewritten atomically as tasks finish, and a re-run computes only
+the rows that are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.progress import MofNCompleteColumn, Progress
+from safetensors.torch import load_file, save_file
+
+from spectra import __version__
+from spectra.errors import SpectraError
+from spectra.metrics import INTRUDER_EPS, SVD, TOP_K, drift_from_svd, factor_metrics, svd
+from spectra.snapshots import Run, atomic_write, open_run
+from spectra.store import KEY, layer_position, read_run, write_run
+
+WRITE_EVERY_S = 2.0  # how often finished rows are flushed to the Parquet file
+
+
+def default_cache_dir() -> Path:
+    """$SPECTRA_CACHE, else ~/.cache/spectra."""
+    return Path(os.environ.get("SPECTRA_CACHE") or Path.home() / ".cache" / "spectra")
+
+
+def weight_key(w: torch.Tensor) -> str:
+    """Content address of a float64 matrix: shape and a BLAKE2b digest of its bytes."""
+    digest = hashlib.blake2b(w.contiguous().numpy().data, digest_size=16).hexdigest()
+    return f"{w.shape[0]}x{w.shape[1]}-{digest}"
+
+
+def base_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / "svd" / f"{key}.safetensors"
+
+
+@lru_cache(maxsize=4)
+def _open(run_dir: str) -> Run:
+    return open_run(run_dir)
+
+
+@lru_cache(maxsize=2)
+def _load_base(path: str) -> SVD:
+    t = load_file(path)
+    return SVD(t["u"], t["s"], t["vh"])
+
+
+def base_task(run_dir: str, layer: str, cache_dir: str) -> str:
+    """Compute (or find) the SVD of ``layer``'s step-0 weight in the cache; return its path."""
+    w0 = _open(run_dir).weight(0, layer)
+    if not torch.isfinite(w0).all():
+        raise SpectraError(f"{Path(run_dir).name} layer {layer}: step-0 weight has NaN or Inf")
+    path = base_path(Path(cache_dir), weight_key(w0))
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base = svd(w0)
+        tensors = {"u": base.u.contiguous(), "s": base.s, "vh": base.vh.contiguous()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    return str(path)
+
+
+def matrix_task(
+    run_dir: str, step: int, layer: str, base_file: str, top_k: int, intruder_eps: float
+) -> dict:
+    """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
+    run = _open(run_dir)
+    w, principal = run.weight_and_principal(step, layer)
+    block, module = layer_position(layer)
+    row = {"run": run.name, "method": run.manifest.method, "step": step, "layer": layer,
+           "block": block, "module": module, "rows": w.shape[0], "cols": w.shape[1]}  # fmt: skip
+    if not torch.isfinite(w).all():
+        return row | {"nonfinite": True}
+    base = _load_base(base_file)
+    cur = base if step == 0 else svd(w)
+    row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
+    factors = {"cond_p": None, "ortho_err": None}
+    if principal is not None:
+        factors = factor_metrics(principal.left, principal.right, principal.values)
+    return row | factors
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+@contextmanager
+def local_pool(workers: int) -> Iterator[Executor | None]:
+    """A spawn-based process pool sharing the cores, or None (run in-process) for one worker."""
+    if workers <= 1:
+        yield None
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, _init_worker, (threads,)) as pool:
+        yield pool
+
+
+def _run_tasks(executor: Executor | None, fn, args: list[tuple]) -> Iterator[tuple[tuple, object]]:
+    """(args, result) for every task, in completion order."""
+    if executor is None:
+        for a in args:
+            yield a, fn(*a)
+        return
+    futures: dict[Future, tuple] = {executor.submit(fn, *a): a for a in args}
+    for future in as_completed(futures):
+        yield futures[future], future.result()
+
+
+class Engine:
+    """Incremental metric computation for one run directory.
+
+    ``update()`` computes every (step, layer) row of the steps the manifest lists and the
+    Parquet file lacks, so it serves a one-shot computation, a re-run after an interruption
+    and a live run alike (call it again as new snapshots land).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        out: str | Path | None = None,
+        *,
+        workers: int = 1,
+        cache_dir: str | Path | None = None,
+        top_k: int = TOP_K,
+        intruder_eps: float = INTRUDER_EPS,
+        executor: Executor | None = None,
+        progress: bool = False,
+    ):
+        self.run = open_run(run_dir)
+        self.run_dir = str(self.run.path.resolve())
+        self.out = Path(out) if out else self.run.path.parent / f"{self.run.path.name}.parquet"
+        self.workers, self.executor, self.progress = workers, executor, progress
+        self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
+        self.settings = {"top_k": top_k, "intruder_eps": intruder_eps, "dtype": "float64"}
+        self.rows = self._existing_rows()
+        self.nonfinite: set[tuple[int, str]] = set()
+        self._bases: dict[str, str] = {}
+
+    def _existing_rows(self) -> pd.DataFrame:
+        if not self.out.exists():
+            return pd.DataFrame()
+        try:
+            rows, meta = read_run(self.out)
+        except SpectraError:
+            raise SpectraError(
+                f"{self.out} exists and is not a spectra run file; refusing to overwrite it"
+            ) from None
+        if meta.get("run") != self.run.name:
+            raise SpectraError(
+                f"{self.out} holds run {meta.get('run')!r}, not {self.run.name!r}; "
+                "refusing to overwrite it"
+            )
+        return rows if meta.get("engine") == self.settings else pd.DataFrame()
+
+    def metadata(self) -> dict:
+        """Key-value metadata of the Parquet file: the manifest and the engine settings."""
+        return {
+            "run": self.run.name,
+            "method": self.run.manifest.method,
+            "run_dir": os.path.relpath(self.run_dir, self.out.parent.resolve()),
+            "manifest": json.loads(self.run.manifest.to_json()),
+            "engine": self.settings,
+            "spectra_version": __version__,
+        }
+
+    def pending(self) -> list[tuple[int, str]]:
+        """(step, layer) pairs listed in the manifest and not yet computed, layer-major."""
+        self.run = open_run(self.run.path)
+        done = set()
+        if not self.rows.empty:
+            done = set(zip(self.rows["step"].tolist(), self.rows["layer"].tolist(), strict=True))
+        return [
+            (step, layer)
+            for layer in self.run.layers
+            for step in self.run.steps
+            if (step, layer) not in done | self.nonfinite
+        ]
+
+    def _write(self, new: list[dict]) -> None:
+        if new:
+            fresh = pd.DataFrame(new)
+            self.rows = fresh if self.rows.empty else pd.concat([self.rows, fresh])
+            self.rows = self.rows.drop_duplicates(KEY, keep="last")
+        write_run(self.out, self.rows, self.metadata())
+
+    def update(self) -> int:
+        """Compute and write every pending row; return how many rows were added."""
+        tasks = self.pending()
+        if not tasks:
+            return 0
+        if 0 not in self.run.steps:
+            raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
+        with self._executor() as executor, self._progress(len(tasks)) as advance:
+            top_k, eps = self.settings["top_k"], self.settings["intruder_eps"]
+            layers = [layer for layer in self.run.layers if layer not in self._bases]
+            base_args = [(self.run_dir, layer, self.cache_dir) for layer in layers]
+            for (_, layer, _), path in _run_tasks(executor, base_task, base_args):
+                self._bases[layer] = path
+            args = [
+                (self.run_dir, step, layer, self._bases[layer], top_k, eps) for step, layer in tasks
+            ]
+            added, new, last_write = 0, [], time.monotonic()
+            for _, row in _run_tasks(executor, matrix_task, args):
+                advance()
+                if row.pop("nonfinite", False):
+                    self.nonfinite.add((row["step"], row["layer"]))
+                    continue
+                new.append(row)
+                if time.monotonic() - last_write > WRITE_EVERY_S:
+                    self._write(new)
+                    added, new, last_write = added + len(new), [], time.monotonic()
+            if new or added == 0:
+                self._write(new)
+        return added + len(new)
+
+    def _executor(self):
+        return nullcontext(self.executor) if self.executor else local_pool(self.workers)
+
+    @contextmanager
+    def _progress(self, total: int):
+        if not self.progress:
+            yield lambda: None
+            return
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as bar:
+            task = bar.add_task(f"{self.run.name}", total=total)
+            yield lambda: bar.advance(task)
+
+
+def compute_run(
+    run_dir: str | Path, out: str | Path | None = None, *, workers: int = 1, **options
+) -> Path:
+    """Compute every missing row of a run directory into its Parquet file; return its path.
+
+    Raises SpectraError after writing the good rows if some weights were NaN or Inf.
+    """
+    engine = Engine(run_dir, out, workers=workers, progress=True, **options)
+    engine.update()
+    if engine.nonfinite:
+        bad = ", ".join(f"step {s} {layer}" for s, layer in sorted(engine.nonfinite)[:3])
+        more = len(engine.nonfinite) - 3
+        raise SpectraError(
+            f"{len(engine.nonfinite)} matrices have NaN or Inf weights ({bad}"
+            f"{f' and {more} more' if more > 0 else ''}); their rows were not written"
+        )
+    return engine.out
