@@ -1,0 +1,421 @@
+"""Summaries of runs and the paper's Section 4.2 claims checked on them (``spectra analyze``).
+
+Drift claims compare runs at the *comparison step*: the last step after 0 that every run has.
+
+**Parallelism** of a run: the mean pairwise cosine similarity between its layers' trajectory
+displacement vectors. A layer's displacement vector is the concatenation of its step-to-step
+moves (Δx, Δy) in the (ΔΣ, ΔD) plane from step 0 to the comparison step, with ΔΣ and ΔD each
+divided by the run's mean over layers at the comparison step (the same per-panel scaling a
+reader sees in Figure 2, so a method's overall size does not matter). It is 1 when every layer
+makes proportional moves in the same direction at every step, and falls as layers head in
+different directions or move at different times. A run is *parallel* when it is at least
+``PARALLEL``; a drift is *large* when it is at least ``LARGE`` times SORSA's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from spectra.errors import SpectraError
+from spectra.store import expand, read_runs
+
+PARALLEL = 0.9  # parallelism at or above which a run's layers move in parallel
+LARGE = 2.0  # "a lot" of singular-vector drift: at least this many times SORSA's ΔD
+METHOD_ORDER = ("ft", "lora", "pissa", "dora", "adalora", "sorsa-noreg", "sorsa")
+METHOD_LABELS = {
+    "ft": "FT",
+    "lora": "LoRA",
+    "pissa": "PiSSA",
+    "dora": "DoRA",
+    "adalora": "AdaLoRA",
+    "sorsa-noreg": "SORSA w/o reg",
+    "sorsa": "SORSA",
+}
+FORMATS = ("table", "markdown", "csv", "json")
+SUMMARY_COLUMNS = {
+    "delta_sigma": "ΔΣ",
+    "delta_d": "ΔD",
+    "delta_d_matched": "ΔD matched",
+    "cond_p": "κ(W_p)",
+    "ortho_err": "ortho_err",
+    "intruders": "intruders",
+}
+
+
+def load_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
+    """Rows of the runs named by files or globs; SpectraError on duplicate or empty runs."""
+    patterns = list(patterns)
+    frame = read_runs(patterns)
+    names = frame.attrs["runs"]
+    if len(names) < len(expand(patterns)):
+        raise SpectraError("two run files hold the same run name; rename one of the runs")
+    empty = [name for name in names if not (frame["run"] == name).any()]
+    if empty:
+        raise SpectraError(f"run {empty[0]} has no rows: compute its metrics first")
+    return frame
+
+
+def label(method: str) -> str:
+    """The display name of a method."""
+    return METHOD_LABELS.get(method, method)
+
+
+def ordered_runs(frame: pd.DataFrame) -> list[str]:
+    """Run names ordered by method (FT, LoRA, …, SORSA w/o reg, SORSA), then by name."""
+    methods = frame.groupby("run", sort=False)["method"].first()
+
+    def key(run: str) -> tuple[int, str]:
+        method = methods[run]
+        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+        return rank, run
+
+    return sorted(methods.index, key=key)
+
+
+def delta_d_column(matched: bool) -> str:
+    """The ΔD column: index-matched (the paper's) or sign-invariant matched."""
+    return "delta_d_matched" if matched else "delta_d"
+
+
+def delta_d_name(matched: bool) -> str:
+    """Which ΔD a view shows, in words."""
+    return "sign-invariant matched" if matched else "index-matched, the paper's"
+
+
+def comparison_step(frame: pd.DataFrame) -> int:
+    """The last step after 0 present in every run; SpectraError when there is none."""
+    steps = [set(g["step"]) - {0} for _, g in frame.groupby("run", sort=False)]
+    common = set.intersection(*steps)
+    if not common:
+        spans = ", ".join(
+            f"{run} {g['step'].min()}..{g['step'].max()}" for run, g in frame.groupby("run")
+        )
+        raise SpectraError(f"the runs share no step after step 0 ({spans})")
+    return max(common)
+
+
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per run and module (and all modules), the layer means at the run's final step."""
+    parts = []
+    for run in ordered_runs(frame):
+        rows = frame[frame["run"] == run]
+        final = rows[rows["step"] == rows["step"].max()]
+        groups = [("all", final), *final.groupby("module", sort=True)]
+        for module, group in groups:
+            means = group[list(SUMMARY_COLUMNS)].mean()
+            parts.append(
+                {
+                    "run": run,
+                    "method": rows["method"].iloc[0],
+                    "module": module,
+                    "steps": rows["step"].nunique(),
+                    "final step": int(rows["step"].max()),
+                    "layers": len(group),
+                    **means.to_dict(),
+                }
+            )
+    return pd.DataFrame(parts)
+
+
+def parallelism(rows: pd.DataFrame, step: int, column: str) -> float:
+    """Mean pairwise cosine of one run's per-layer displacement vectors up to ``step``.
+
+    NaN when fewer than two layers move or the run has not drifted at ``step``.
+    """
+    rows = rows[rows["step"] <= step]
+    wide = rows.pivot_table(index="layer", columns="step", values=["delta_sigma", column])
+    wide = wide.dropna(axis=1)
+    x, y = wide["delta_sigma"], wide[column]
+    if step not in x.columns or step not in y.columns:
+        return math.nan
+    if 0 not in x.columns:  # a run without step-0 rows starts at the origin all the same
+        x.insert(0, 0, 0.0)
+        y.insert(0, 0, 0.0)
+    scale_x, scale_y = x[step].mean(), y[step].mean()
+    if not (scale_x > 0 and scale_y > 0):
+        return math.nan
+    moves = np.hstack(
+        [np.diff(x.to_numpy(), axis=1) / scale_x, np.diff(y.to_numpy(), axis=1) / scale_y]
+    )
+    norms = np.linalg.norm(moves, axis=1)
+    units = moves[norms > 0] / norms[norms > 0, None]
+    n = len(units)
+    if n < 2:
+        return math.nan
+    gram = units @ units.T
+    return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+
+
+def run_stats(frame: pd.DataFrame, step: int, column: str) -> pd.DataFrame:
+    """Per run: method, mean ΔΣ and ΔD at ``step``, and parallelism up to it."""
+    stats = []
+    for run in ordered_runs(frame):
+        rows = frame[frame["run"] == run]
+        at = rows[rows["step"] == step]
+        stats.append(
+            {
+                "run": run,
+                "method": rows["method"].iloc[0],
+                "delta_sigma": at["delta_sigma"].mean(),
+                "delta_d": at[column].mean(),
+                "parallelism": parallelism(rows, step, column),
+            }
+        )
+    return pd.DataFrame(stats).set_index("run")
+
+
+@dataclass
+class Claim:
+    """One claim of the paper, its verdict on the runs (None: not checkable) and why."""
+
+    claim: str
+    verdict: bool | None
+    evidence: str
+
+    @property
+    def verdict_text(self) -> str:
+        return {True: "true", False: "false", None: "not checkable"}[self.verdict]
+
+
+def all_of(parts: Iterable[bool | None]) -> bool | None:
+    """Three-valued AND: False if any part is False, else None if any is unknown, else True."""
+    parts = list(parts)
+    if False in parts:
+        return False
+    return None if None in parts or not parts else True
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _describe(stats: pd.DataFrame, runs: Iterable[str], *fields: str) -> str:
+    names = {"delta_sigma": "ΔΣ", "delta_d": "ΔD", "parallelism": "P"}
+    return "; ".join(
+        f"{run} ({label(stats.at[run, 'method'])}): "
+        + ", ".join(f"{names[f]}={_fmt(stats.at[run, f])}" for f in fields)
+        for run in runs
+    )
+
+
+def _parallel(p: float) -> bool | None:
+    return None if math.isnan(p) else bool(p >= PARALLEL)
+
+
+def claim_ft_lora(stats: pd.DataFrame) -> Claim:
+    """(1) FT and LoRA change singular vectors a lot and move in parallel."""
+    text = "1. FT and LoRA change singular vectors a lot (ΔD) and their layers move in parallel"
+    runs = stats.index[stats["method"].isin(["ft", "lora"])]
+    sorsa = stats.index[stats["method"] == "sorsa"]
+    if runs.empty:
+        return Claim(text, None, "needs an FT or LoRA run")
+    floor = LARGE * stats.loc[sorsa, "delta_d"].max() if len(sorsa) else math.nan
+    large = [None if math.isnan(floor) else bool(stats.at[r, "delta_d"] >= floor) for r in runs]
+    parallel = [_parallel(stats.at[r, "parallelism"]) for r in runs]
+    reference = (
+        f"large: ΔD ≥ {LARGE:g}× SORSA's max ΔD = {_fmt(floor)}"
+        if len(sorsa)
+        else "large: needs a SORSA run to compare with"
+    )
+    evidence = (
+        f"{_describe(stats, runs, 'delta_d', 'parallelism')}; {reference}; parallel: P ≥ {PARALLEL}"
+    )
+    return Claim(text, all_of(large + parallel), evidence)
+
+
+def claim_sorsa_least(stats: pd.DataFrame) -> Claim:
+    """(2) SORSA with regularizer changes ΔΣ and ΔD least."""
+    text = "2. SORSA with regularizer changes ΔΣ and ΔD least"
+    sorsa = stats.index[stats["method"] == "sorsa"]
+    others = stats.index[stats["method"] != "sorsa"]
+    if sorsa.empty or others.empty:
+        return Claim(text, None, "needs a SORSA run and a run of another method")
+    verdict = all(
+        (stats.loc[sorsa, col].max() < stats.loc[others, col].min())
+        for col in ("delta_sigma", "delta_d")
+    )
+    evidence = _describe(stats, [*sorsa, *others], "delta_sigma", "delta_d")
+    return Claim(text, bool(verdict), evidence)
+
+
+def claim_sorsa_distinct(stats: pd.DataFrame) -> Claim:
+    """(3) SORSA's matrices move in distinct, non-parallel directions."""
+    text = "3. SORSA's layers move in distinct, non-parallel directions"
+    sorsa = stats.index[stats["method"] == "sorsa"]
+    if sorsa.empty:
+        return Claim(text, None, "needs a SORSA run")
+    parallel = [_parallel(stats.at[r, "parallelism"]) for r in sorsa]
+    verdict = all_of(None if p is None else not p for p in parallel)
+    evidence = f"{_describe(stats, stats.index, 'parallelism')}; parallel: P ≥ {PARALLEL}"
+    return Claim(text, verdict, evidence)
+
+
+def claim_noreg(stats: pd.DataFrame) -> Claim:
+    """(4) Without the regularizer SORSA drifts more and moves in parallel like LoRA/FT."""
+    text = "4. SORSA without regularizer drifts more and moves in parallel like LoRA/FT"
+    noreg = stats.index[stats["method"] == "sorsa-noreg"]
+    sorsa = stats.index[stats["method"] == "sorsa"]
+    if noreg.empty or sorsa.empty:
+        return Claim(text, None, "needs a SORSA run and a SORSA w/o reg run")
+    parts: list[bool | None] = []
+    for n in noreg:
+        for s in sorsa:
+            parts += [bool(stats.at[n, c] > stats.at[s, c]) for c in ("delta_sigma", "delta_d")]
+            p_n, p_s = stats.at[n, "parallelism"], stats.at[s, "parallelism"]
+            parts.append(None if math.isnan(p_n) or math.isnan(p_s) else bool(p_n > p_s))
+        parts.append(_parallel(stats.at[n, "parallelism"]))
+    evidence = (
+        f"{_describe(stats, [*noreg, *sorsa], 'delta_sigma', 'delta_d', 'parallelism')}; "
+        f"parallel: P ≥ {PARALLEL}"
+    )
+    return Claim(text, all_of(parts), evidence)
+
+
+def mean_cond(frame: pd.DataFrame, run: str) -> pd.Series:
+    """κ(W_p) averaged over layers, per step, of one run."""
+    return frame[frame["run"] == run].groupby("step")["cond_p"].mean()
+
+
+def claim_theorem(frame: pd.DataFrame) -> Claim:
+    """Theorem 5.5: after some step, κ(W_p) with the regularizer is below κ without."""
+    text = "Theorem 5.5: after some step c, κ(W_p) with regularizer < without"
+    methods = frame.groupby("run")["method"].first()
+    reg, unreg = methods.index[methods == "sorsa"], methods.index[methods == "sorsa-noreg"]
+    if reg.empty or unreg.empty:
+        return Claim(text, None, "needs a SORSA run and a SORSA w/o reg run")
+    parts, notes = [], []
+    for r in reg:
+        for u in unreg:
+            both = pd.concat([mean_cond(frame, r), mean_cond(frame, u)], axis=1, join="inner")
+            parts.append(_cond_below(both.dropna(), f"{r} vs {u}", notes))
+    return Claim(text, all_of(parts), " | ".join(notes))
+
+
+def _cond_below(both: pd.DataFrame, pair: str, notes: list[str]) -> bool | None:
+    """Whether κ(reg) (column 0) ends below κ(unreg) (column 1); a note on since when."""
+    both = both[both.index > 0]
+    if both.empty:
+        notes.append(f"{pair}: no common step after 0 with κ(W_p)")
+        return None
+    below = both.iloc[:, 0] < both.iloc[:, 1]
+    holds = bool(below.iloc[-1])
+    if not holds:
+        since = "not below at the last common step"
+    elif below.all():
+        since = "below at every common step after 0"
+    else:
+        since = f"below at every step after {below[~below].index.max()}"
+    notes.append(
+        f"{pair} at step {both.index[-1]}: κ={_fmt(both.iloc[-1, 0])} vs {_fmt(both.iloc[-1, 1])}"
+        f"; {since} (below at {int(below.sum())} of {len(below)} common steps)"
+    )
+    return holds
+
+
+def check_claims(frame: pd.DataFrame, matched: bool = False) -> tuple[int, list[Claim]]:
+    """The comparison step and every claim's verdict on the runs in ``frame``."""
+    step = comparison_step(frame)
+    stats = run_stats(frame, step, delta_d_column(matched))
+    claims = [
+        claim_ft_lora(stats),
+        claim_sorsa_least(stats),
+        claim_sorsa_distinct(stats),
+        claim_noreg(stats),
+        claim_theorem(frame),
+    ]
+    return step, claims
+
+
+def claims_frame(claims: list[Claim]) -> pd.DataFrame:
+    """The claims as a table: claim, verdict, evidence."""
+    return pd.DataFrame(
+        [{"claim": c.claim, "verdict": c.verdict_text, "evidence": c.evidence} for c in claims]
+    )
+
+
+def _footnote(step: int, matched: bool) -> str:
+    return (
+        f"Claims compared at step {step}; ΔD is {delta_d_name(matched)}. "
+        f"P = parallelism, mean pairwise cosine of per-layer displacement vectors in the "
+        f"(ΔΣ, ΔD) plane (each axis scaled by the run's mean); parallel when P ≥ {PARALLEL}."
+    )
+
+
+def _rich_table(frame: pd.DataFrame, title: str, styles: dict | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in frame.columns:
+        numeric = pd.api.types.is_numeric_dtype(frame[col])
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for _, row in frame.iterrows():
+        cells = [_cell(v) for v in row]
+        style = (styles or {}).get(row.get("verdict"))
+        table.add_row(*cells, style=style)
+    return table
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else _fmt(value)
+    return str(value)
+
+
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    """The summary with metric columns under their display names."""
+    return frame.rename(columns=SUMMARY_COLUMNS)
+
+
+def render(frame: pd.DataFrame, fmt: str = "table", matched: bool = False, width: int = 160) -> str:
+    """The summary and claims of the runs in ``frame`` as text in ``fmt``."""
+    if fmt not in FORMATS:
+        raise SpectraError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    table = summary(frame)
+    step, claims = check_claims(frame, matched)
+    verdicts = claims_frame(claims)
+    if fmt == "json":
+        return json.dumps(
+            {
+                "comparison_step": step,
+                "delta_d": delta_d_column(matched),
+                "parallel_threshold": PARALLEL,
+                "summary": json.loads(table.to_json(orient="records")),
+                "claims": [asdict(c) for c in claims],
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    if fmt == "csv":
+        return table.to_csv(index=False) + "\n" + verdicts.to_csv(index=False)
+    if fmt == "markdown":
+        return "\n\n".join(
+            [
+                "## Summary (layer means at each run's final step)",
+                _markdown(_display(table)),
+                "## Section 4.2 claims",
+                _markdown(verdicts),
+                _footnote(step, matched),
+            ]
+        )
+    console = Console(file=io.StringIO(), width=width, force_terminal=False)
+    console.print(_rich_table(_display(table), "Summary (layer means at each run's final step)"))
+    styles = {"true": "green", "false": "red", "not checkable": "yellow"}
+    console.print(_rich_table(verdicts, "Section 4.2 claims", styles))
+    console.print(_footnote(step, matched))
+    return console.file.getvalue()
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    cells = [[_cell(v).replace("|", "\\|") for v in row] for row in frame.values]
+    rows = ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join([header, rule, *rows])

@@ -1,0 +1,99 @@
+"""Hand-made spectra runs with known properties, for the figure, report and notebook tests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from spectra.store import write_run
+
+Column = Callable[[int, int], float]  # (layer index, step) -> value
+BLOCKS, MODULES = 4, ("q_proj", "v_proj")
+STEPS = (0, 10, 20, 30, 40)
+
+
+def layers(blocks: int = BLOCKS) -> list[tuple[str, int, str]]:
+    """(layer path, block, module) of every tracked layer."""
+    return [(f"model.layers.{b}.self_attn.{m}", b, m) for b in range(blocks) for m in MODULES]
+
+
+def parallel(size: float, slope: float = 1.0) -> dict[str, Column]:
+    """Every layer moves along the same straight line, at its own speed."""
+    return {
+        "delta_sigma": lambda i, s: size * (1 + 0.3 * i) * s / 40,
+        "delta_d": lambda i, s: size * slope * (1 + 0.3 * i) * s / 40,
+    }
+
+
+def scattered(size: float) -> dict[str, Column]:
+    """Layers head in different directions and turn as they go."""
+
+    def angle(i: int, s: int) -> float:
+        return 0.1 + 1.3 * ((i * 0.37 + 0.2 * math.sin(i + s / 7)) % 1)
+
+    return {
+        "delta_sigma": lambda i, s: size * s / 40 * math.cos(angle(i, s)),
+        "delta_d": lambda i, s: size * s / 40 * math.sin(angle(i, s)),
+    }
+
+
+def make_run(
+    root: Path,
+    name: str,
+    method: str,
+    columns: dict[str, Column],
+    steps: tuple[int, ...] = STEPS,
+    blocks: int = BLOCKS,
+    log: bool = True,
+) -> Path:
+    """Write runs/<name>.parquet (and runs/<name>/train_log.parquet); return the Parquet path."""
+    defaults: dict[str, Column] = {
+        "delta_d_matched": lambda i, s: 0.5 * columns["delta_d"](i, s),
+        "cond_w": lambda i, s: 50.0,
+        "cond_p": lambda i, s: math.nan if method == "ft" else 10.0 + 0.1 * s,
+        "ortho_err": lambda i, s: 1e-3 * s if method.startswith("sorsa") else math.nan,
+        "sigma_max": lambda i, s: 3.0,
+        "sigma_min": lambda i, s: 0.06,
+        "fro_norm": lambda i, s: 20.0,
+        "stable_rank": lambda i, s: 40.0,
+        "eff_rank": lambda i, s: 60.0,
+        "intruders": lambda i, s: s // 20,
+    }
+    values = defaults | columns
+    rows = [
+        {"run": name, "method": method, "step": s, "layer": layer, "block": b, "module": m,
+         "rows": 64, "cols": 64, **{c: f(i, s) for c, f in values.items()}}
+        for s in steps
+        for i, (layer, b, m) in enumerate(layers(blocks))
+    ]  # fmt: skip
+    run_dir = root / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if log:
+        loss = [2.0 * math.exp(-s / 30) + (0.1 if method == "lora" else 0.0) for s in steps]
+        grad_norm = [1 / (1 + s) for s in steps]
+        log_rows = {
+            "step": steps,
+            "loss": loss,
+            "reg_loss": 0.0,
+            "grad_norm": grad_norm,
+            "lr": 1e-4,
+        }
+        pd.DataFrame(log_rows).to_parquet(run_dir / "train_log.parquet")
+    path = root / f"{name}.parquet"
+    write_run(path, pd.DataFrame(rows), {"run": name, "method": method, "run_dir": name})
+    return path
+
+
+def paper_like(root: Path) -> list[Path]:
+    """FT, LoRA, SORSA w/o reg and SORSA runs that behave as Section 4.2 says."""
+    return [
+        make_run(root, "ft", "ft", parallel(0.02, 8.0)),
+        make_run(root, "lora", "lora", parallel(0.01, 12.0)),
+        make_run(root, "sorsa-noreg", "sorsa-noreg", parallel(0.01, 3.0)),
+        make_run(
+            root, "sorsa", "sorsa", scattered(0.002) | {"cond_p": lambda i, s: 10.0 - 0.05 * s}
+        ),
+    ]
