@@ -1,0 +1,231 @@
+"""spectra analyze: summaries, the parallelism statistic, claim verdicts, formats, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from runmaker import make_run, paper_like, parallel, scattered
+
+from spectra import report
+from spectra.cli import main
+from spectra.errors import SpectraError
+
+
+def load(*paths):
+    return report.load_runs([str(p) for p in paths])
+
+
+def verdicts(*paths, matched=False):
+    _, claims = report.check_claims(load(*paths), matched)
+    return [c.verdict for c in claims]
+
+
+def cli(args, monkeypatch, capsys):
+    """Run ``spectra ARGS`` in-process; (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["spectra", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+# -- parallelism ---------------------------------------------------------------------------
+
+
+def test_parallelism_is_one_for_layers_on_one_line(tmp_path):
+    frame = load(make_run(tmp_path, "a", "ft", parallel(0.1, 3.0)))
+    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(1.0)
+
+
+def test_parallelism_is_zero_for_perpendicular_layers(tmp_path):
+    moves = {  # layer 0 moves along ΔΣ only, layer 1 along ΔD only
+        "delta_sigma": lambda i, s: s * (i == 0),
+        "delta_d": lambda i, s: s * (i == 1),
+    }
+    frame = load(make_run(tmp_path, "a", "ft", moves, blocks=1))
+    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(0.0)
+
+
+def test_parallelism_cosine_of_two_directions(tmp_path):
+    # after scaling by the means (1.5, 1): layer 0 → (2/3, 1), layer 1 → (4/3, 1)
+    moves = {"delta_sigma": lambda i, s: s * (1 + i), "delta_d": lambda i, s: s}
+    frame = load(make_run(tmp_path, "a", "ft", moves, blocks=1))
+    a, b = (2 / 3, 1), (4 / 3, 1)
+    cos = (a[0] * b[0] + a[1] * b[1]) / (math.hypot(*a) * math.hypot(*b))
+    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(cos)
+
+
+def test_parallelism_counts_turns_not_just_endpoints(tmp_path):
+    # both layers end at (1, 1)·40, but one goes right then up, the other up then right
+    def leg(first: str, i: int, s: int) -> float:
+        mine = (i == 0) == (first == "x")
+        return min(s, 20) if mine else max(s - 20, 0)
+
+    moves = {"delta_sigma": lambda i, s: leg("x", i, s), "delta_d": lambda i, s: leg("y", i, s)}
+    frame = load(make_run(tmp_path, "a", "ft", moves, blocks=1))
+    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(0.0)
+
+
+def test_parallelism_without_step_zero_rows_and_without_drift(tmp_path):
+    with_zero = load(make_run(tmp_path, "a", "ft", scattered(0.1)))
+    without = load(make_run(tmp_path, "b", "ft", scattered(0.1), steps=(10, 20, 30, 40)))
+    assert report.parallelism(without, 40, "delta_d") == pytest.approx(
+        report.parallelism(with_zero, 40, "delta_d")
+    )
+    still = load(make_run(tmp_path, "c", "ft", parallel(0.0)))
+    assert math.isnan(report.parallelism(still, 40, "delta_d"))
+
+
+# -- summary -------------------------------------------------------------------------------
+
+
+def test_summary_has_final_step_means_for_all_and_each_module(tmp_path):
+    paths = paper_like(tmp_path)
+    frame = load(*paths)
+    table = report.summary(frame)
+    assert list(table["run"].unique()) == ["ft", "lora", "sorsa-noreg", "sorsa"]
+    assert list(table[table["run"] == "ft"]["module"]) == ["all", "q_proj", "v_proj"]
+    raw = pd.read_parquet(paths[3])
+    final = raw[raw["step"] == 40]
+    for module, rows in [("all", final), ("v_proj", final[final["module"] == "v_proj"])]:
+        row = table[(table["run"] == "sorsa") & (table["module"] == module)].iloc[0]
+        for column in ("delta_sigma", "delta_d", "delta_d_matched", "cond_p", "ortho_err"):
+            assert row[column] == pytest.approx(rows[column].mean())
+        assert row["steps"] == 5 and row["final step"] == 40 and row["layers"] == len(rows)
+    assert math.isnan(table[table["run"] == "ft"]["cond_p"].iloc[0])  # no W_p for FT
+
+
+# -- claims --------------------------------------------------------------------------------
+
+
+def test_paper_like_runs_confirm_every_claim(tmp_path):
+    assert verdicts(*paper_like(tmp_path)) == [True] * 5
+
+
+def test_claims_fail_when_the_runs_contradict_the_paper(tmp_path):
+    paths = [
+        make_run(tmp_path, "ft", "ft", scattered(0.02)),  # FT not parallel
+        make_run(tmp_path, "lora", "lora", parallel(0.0001, 0.5)),  # LoRA drifts least
+        make_run(tmp_path, "noreg", "sorsa-noreg", parallel(0.0002, 1.0)),
+        make_run(
+            tmp_path,
+            "sorsa",
+            "sorsa",
+            parallel(0.01, 2.0) | {"cond_p": lambda i, s: 10.0 + 0.2 * s},  # κ above noreg
+        ),
+    ]
+    assert verdicts(*paths) == [False] * 5
+
+
+def test_claims_are_not_checkable_without_the_runs_they_compare(tmp_path):
+    paths = [
+        make_run(tmp_path, "ft", "ft", parallel(0.02, 8.0)),
+        make_run(tmp_path, "lora", "lora", parallel(0.01, 12.0)),
+    ]
+    assert verdicts(*paths) == [None] * 5  # claim 1: parallel, but "a lot" needs SORSA
+
+
+def test_theorem_reports_the_step_after_which_it_holds(tmp_path):
+    crossing = {"cond_p": lambda i, s: 12.0 - 0.1 * s}  # noreg: 10 + 0.1 s; crosses at 10
+    paths = [
+        make_run(tmp_path, "noreg", "sorsa-noreg", parallel(0.01)),
+        make_run(tmp_path, "sorsa", "sorsa", scattered(0.001) | crossing),
+    ]
+    claim = report.claim_theorem(load(*paths))
+    assert claim.verdict is True
+    assert "below at every step after 10" in claim.evidence
+    assert "3 of 4 common steps" in claim.evidence
+
+
+def test_matched_delta_d_can_change_a_verdict(tmp_path):
+    # SORSA's index-matched ΔD is the smallest, but its matched ΔD is the largest
+    swapped = {"delta_d_matched": lambda i, s: s / 40}
+    paths = [
+        make_run(tmp_path, "lora", "lora", parallel(0.01, 12.0)),
+        make_run(tmp_path, "sorsa", "sorsa", scattered(0.002) | swapped),
+    ]
+    assert verdicts(*paths)[1] is True
+    assert verdicts(*paths, matched=True)[1] is False
+
+
+def test_comparison_step_is_the_last_common_step(tmp_path):
+    a = make_run(tmp_path, "a", "ft", parallel(0.1))
+    b = make_run(tmp_path, "b", "lora", parallel(0.1), steps=(0, 10, 20, 30))
+    assert report.comparison_step(load(a, b)) == 30
+    c = make_run(tmp_path, "c", "lora", parallel(0.1), steps=(0, 15, 25))
+    with pytest.raises(SpectraError, match="share no step after step 0"):
+        report.comparison_step(load(a, c))
+
+
+# -- formats -------------------------------------------------------------------------------
+
+
+def test_every_format_carries_the_summary_and_verdicts(tmp_path):
+    frame = load(*paper_like(tmp_path))
+    data = json.loads(report.render(frame, "json"))
+    assert data["comparison_step"] == 40 and data["parallel_threshold"] == report.PARALLEL
+    assert [c["verdict"] for c in data["claims"]] == [True] * 5
+    assert {row["module"] for row in data["summary"]} == {"all", "q_proj", "v_proj"}
+    markdown = report.render(frame, "markdown")
+    assert "| claim | verdict | evidence |" in markdown and "| ΔΣ |" in markdown
+    csv = report.render(frame, "csv")
+    assert csv.splitlines()[0].startswith("run,method,module,steps")
+    assert "claim,verdict,evidence" in csv
+    table = report.render(frame, "table")
+    assert "Section 4.2 claims" in table and table.count("true") >= 5
+    with pytest.raises(SpectraError, match="unknown format"):
+        report.render(frame, "xml")
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def test_analyze_command_prints_json(tmp_path, monkeypatch, capsys):
+    paper_like(tmp_path)
+    code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--format", "json"], monkeypatch, capsys)
+    assert code == 0
+    assert len(json.loads(out)["claims"]) == 5
+
+
+def bad_inputs(tmp_path):
+    """(arguments, expected message) for inputs a user can get wrong."""
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), plain)
+    (tmp_path / "text.parquet").write_text("not parquet")
+    a = make_run(tmp_path, "a", "ft", parallel(0.1), steps=(0, 10))
+    b = make_run(tmp_path, "b", "lora", parallel(0.1), steps=(0, 15))
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    make_run(twin, "a", "ft", parallel(0.1))
+    return [
+        ([tmp_path / "nothing*.parquet"], "no run files match"),
+        ([plain], "is not a spectra run"),
+        ([tmp_path / "text.parquet"], "not a readable Parquet file"),
+        ([a, b], "share no step after step 0"),
+        ([a, twin / "a.parquet"], "same run name"),
+        ([a, "--format", "xml"], "unknown format"),
+    ]
+
+
+def test_analyze_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    for args, message in bad_inputs(tmp_path):
+        code, _, err = cli(["analyze", *args], monkeypatch, capsys)
+        assert code == 2, args
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_analyze_script_has_no_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "spectra", "analyze", str(tmp_path / "none*.parquet")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: no run files match {tmp_path / 'none*.parquet'}"
