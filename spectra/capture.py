@@ -67,10 +67,14 @@ def _scalar(value) -> torch.Tensor:
     return torch.as_tensor(value, dtype=torch.float64).detach().cpu().reshape(1)
 
 
-def _active_adapter(module: nn.Module) -> str:
-    """The one active, unmerged adapter of a peft layer; SpectraError otherwise."""
+def _check_unmerged(module: nn.Module) -> None:
     if getattr(module, "merged", False):
         raise SpectraError("an adapter is merged into its base weight; unmerge it before tracking")
+
+
+def _active_adapter(module: nn.Module) -> str:
+    """The one active, unmerged adapter of a peft layer; SpectraError otherwise."""
+    _check_unmerged(module)
     active = list(module.active_adapters)
     if len(active) != 1:
         raise SpectraError(f"spectra tracks one active adapter per layer, found {active}")
@@ -87,6 +91,7 @@ def sorsa(module: nn.Module) -> Layout | None:
     names = ("sorsa_A", "sorsa_S", "sorsa_B", "weight")
     if not all(isinstance(getattr(module, a, None), torch.Tensor) for a in names):
         return None
+    _check_unmerged(module)
     parts = {
         "left": module.sorsa_B,
         "values": module.sorsa_S,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from tiny_models import ARCH_TARGETS, base_model, perturb, with_method
-from transformers.pytorch_utils import Conv1D
+from tiny_models import ARCH_TARGETS, base_model, perturb, reference_weights, with_method
 
 from spectra.capture import detect_method, find_targets, layout, matches
 from spectra.errors import SpectraError
@@ -17,21 +14,6 @@ CASES = [("llama", m) for m in ("ft", "lora", "pissa", "dora", "adalora", "sorsa
     ("gpt2", "ft"), ("gpt2", "lora"), ("gpt2", "dora"), ("gpt2", "adalora"),
     ("bert", "lora"), ("bert", "pissa"), ("bert", "sorsa"),
 ]  # fmt: skip
-
-
-def reference_weights(model, method: str, paths) -> dict[str, torch.Tensor]:
-    """Each target's W_t from a float64 copy of the model, merged by the method's own code."""
-    merged = copy.deepcopy(model).double()
-    if method not in ("ft", "sorsa"):
-        merged = merged.merge_and_unload()
-    out = {}
-    for path in paths:
-        module = merged.get_submodule(path)
-        if method == "sorsa":
-            out[path] = module.merged_weight().detach()
-        else:
-            out[path] = module.weight.detach().T if isinstance(module, Conv1D) else module.weight
-    return out
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -5,10 +5,13 @@ Also imported by ``ddp_train.py`` (the torchrun script), so it stays free of pyt
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
+from transformers.pytorch_utils import Conv1D
 
 METHODS = ("ft", "lora", "pissa", "dora", "adalora", "sorsa")
 ARCH_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "bert": ("query", "value")}
@@ -97,3 +100,48 @@ def perturb(model: nn.Module, seed: int = 1, size: float = 0.1) -> None:
 def batch(seed: int, size: int = 4, length: int = 16) -> torch.Tensor:
     """Random token ids, the same for a given seed."""
     return torch.randint(0, VOCAB, (size, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _torch_layout(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    return (
+        weight.T if isinstance(module, Conv1D) or getattr(module, "fan_in_fan_out", 0) else weight
+    )
+
+
+def reference_weights(model, method: str, paths) -> dict[str, torch.Tensor]:
+    """Each target's W_t from a float64 copy of the model, merged by the method's own code."""
+    merged = copy.deepcopy(model).double()
+    if method not in ("ft", "sorsa"):
+        merged = merged.merge_and_unload()
+    out = {}
+    for path in paths:
+        module = merged.get_submodule(path)
+        weight = module.merged_weight() if method == "sorsa" else module.weight
+        out[path] = _torch_layout(module, weight.detach())
+    return out
+
+
+def reference_principal(model, method: str, paths) -> dict[str, torch.Tensor]:
+    """Each target's trainable part W_p in float64, from the method's own code (not for FT)."""
+    double = copy.deepcopy(model).double()
+    prefix = "" if method == "sorsa" else "base_model.model."
+    out = {}
+    for path in paths:
+        module = double.get_submodule(prefix + path)
+        if method == "sorsa":
+            delta = module.merged_weight() - module.weight
+        else:
+            delta = _torch_layout(module, module.get_delta_weight(module.active_adapters[0]))
+        out[path] = delta.detach()
+    return out
+
+
+class RandomTokens(torch.utils.data.Dataset):
+    """A fixed causal-LM dataset of random tokens (item i is the same on every rank and run)."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = batch(1000 + i, size=1)[0]
+        return {"input_ids": ids, "labels": ids}

@@ -1,0 +1,346 @@
+"""Snapshot target layers during training: ``Tracker`` for plain loops, ``SpectraCallback`` for
+transformers' ``Trainer``.
+
+The training thread only copies each target's trainable tensors to CPU memory; a background
+thread writes the snapshot files, checks them for NaN/Inf and rewrites the training log. In
+``inline`` mode a worker process (``python -m spectra.follow``, one torch thread) computes the
+metrics into ``runs/<run>.parquet`` while training continues; in ``deferred`` mode only
+snapshots are written (compute them later with ``spectra compute`` or follow them live).
+Under DDP only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import warnings
+from numbers import Real
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from spectra.capture import detect_method, find_targets, layout
+from spectra.errors import SpectraError
+from spectra.follow import compute_until_finished
+from spectra.snapshots import FROZEN, TRAIN_LOG, Manifest, RunWriter, Target, atomic_write, open_run
+
+MODES = ("inline", "deferred")
+WORKERS = ("process", "thread")
+LOG_COLUMNS = ("step", "loss", "reg_loss", "grad_norm", "lr")
+QUEUE_DEPTH = 2  # snapshots held in memory before the training thread waits for the writer
+
+
+def _to_cpu(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy that later training steps cannot change."""
+    t = t.detach()
+    return t.to("cpu", copy=True) if t.is_contiguous() else t.contiguous().to("cpu")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _rank_zero() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _model_name(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def _number(value) -> float | None:
+    """A log value as a float, or None when it is not a scalar number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def write_train_log(path: Path, rows: dict[int, dict[str, float]]) -> None:
+    """train_log.parquet: one row per step, the standard columns first, then extras, sorted."""
+    extras = sorted({k for row in rows.values() for k in row} - set(LOG_COLUMNS))
+    steps = sorted(rows)
+    columns = {"step": pa.array(steps, pa.int64())}
+    for name in (*LOG_COLUMNS[1:], *extras):
+        columns[name] = pa.array([rows[s].get(name) for s in steps], pa.float64())
+    table = pa.table(columns)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_train_log(path: Path, up_to: int) -> dict[int, dict[str, float]]:
+    """The rows of an existing train log with step ≤ ``up_to`` (what a resumed run keeps)."""
+    if not path.is_file():
+        return {}
+    rows = pq.read_table(path).to_pylist()
+    return {
+        row.pop("step"): {k: v for k, v in row.items() if v is not None}
+        for row in rows
+        if row["step"] <= up_to
+    }
+
+
+class _InlineWorker:
+    """Computes metrics as snapshots land, in a subprocess (default) or a thread."""
+
+    def __init__(self, run_dir: Path, poll: float, kind: str):
+        self.error: BaseException | None = None
+        if kind == "process":
+            cmd = [sys.executable, "-m", "spectra.follow", str(run_dir), "--quiet",
+                   "--poll", str(poll), "--parent", str(os.getpid()), "--threads", "1"]  # fmt: skip
+            root = str(Path(__file__).resolve().parent.parent)  # spectra importable from source
+            path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+            self.process = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": path})
+        else:
+            self.thread = threading.Thread(target=self._run, args=(run_dir, poll), daemon=True)
+            self.thread.start()
+
+    def _run(self, run_dir: Path, poll: float) -> None:
+        try:
+            compute_until_finished(run_dir, poll)
+        except BaseException as exc:  # reported by wait()
+            self.error = exc
+
+    def wait(self, stop: bool = False) -> str | None:
+        """Wait for the worker (terminate it when ``stop``); a failure message or None."""
+        if hasattr(self, "process"):
+            if stop:
+                self.process.terminate()
+            code = self.process.wait()
+            return None if code == 0 or stop else f"exit code {code}"
+        self.thread.join(None if not stop else 0)
+        return None if self.error is None else str(self.error)
+
+
+class Tracker:
+    """Snapshots ``targets`` of ``model`` into the run directory ``out`` every ``every`` steps.
+
+    ``tracker.step(step, loss=..., **logs)`` after each optimizer step; ``close()`` (or a
+    ``with`` block) at the end. Step 0 is recorded when the tracker is created; with
+    ``start_step > 0`` it continues the run directory of an interrupted run instead.
+    ``write`` (default: torch.distributed rank 0) says whether this process writes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        out: str | Path,
+        targets: str | tuple[str, ...] | list[str] = ("q_proj", "v_proj"),
+        every: int = 10,
+        *,
+        mode: str = "inline",
+        method: str | None = None,
+        run_name: str | None = None,
+        model_name: str | None = None,
+        gamma: float | None = None,
+        learning_rate: float | None = None,
+        start_step: int = 0,
+        write: bool | None = None,
+        worker: str = "process",
+        poll: float = 0.5,
+    ):
+        if every < 1:
+            raise SpectraError(f"every must be a positive number of steps, got {every}")
+        if mode not in MODES or worker not in WORKERS:
+            raise SpectraError(f"mode must be one of {MODES} and worker one of {WORKERS}")
+        model = _unwrap(model)
+        self.layers = find_targets(model, targets)
+        layouts = {path: layout(module) for path, module in self.layers.items()}
+        self.method = method or detect_method(model, layouts)
+        self.every, self.path = every, Path(out)
+        self.writing = _rank_zero() if write is None else write
+        self._last: int | None = None
+        self._taken: set[int] = set()
+        self._closed = False
+        if not self.writing:
+            return
+        manifest = self._manifest(layouts, run_name, model_name or _model_name(model))
+        manifest.gamma, manifest.learning_rate, manifest.every = gamma, learning_rate, every
+        if start_step > 0:
+            self._check_resumable(manifest)
+        self.writer = RunWriter(self.path, manifest, resume=start_step > 0)
+        self._taken = set(self.writer.manifest.steps)
+        self._log = read_train_log(self.path / TRAIN_LOG, start_step)
+        self._error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        threading.Thread(target=self._drain, daemon=True).start()
+        if start_step == 0:
+            frozen = {
+                p: {k: _to_cpu(t) for k, t in lay.frozen.items()} for p, lay in layouts.items()
+            }
+            self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
+        if start_step % every == 0:  # step 0, or a resumed step whose snapshot may be missing
+            self.snapshot(start_step)
+        self._worker = _InlineWorker(self.path, poll, worker) if mode == "inline" else None
+
+    def _manifest(self, layouts, run_name, model_name) -> Manifest:
+        targets = {}
+        for path, lay in layouts.items():
+            rank = None if lay.kind == "dense" else int(lay.step["left"].shape[1])
+            weight = lay.step["weight"] if lay.kind == "dense" else lay.frozen["base"]
+            targets[path] = Target(lay.kind, tuple(weight.shape), rank)
+        ranks = {t.rank for t in targets.values()}
+        return Manifest(
+            run=run_name or self.path.name, method=self.method, targets=targets,
+            model=model_name, rank=ranks.pop() if len(ranks) == 1 else None,
+        )  # fmt: skip
+
+    def _check_resumable(self, manifest: Manifest) -> None:
+        old = open_run(self.path).manifest
+        if old.targets != manifest.targets or 0 not in old.steps:
+            raise SpectraError(
+                f"{self.path} does not hold the step-0 snapshot of these targets; cannot resume it"
+            )
+        if not (self.path / FROZEN).is_file() and any(
+            t.kind != "dense" for t in old.targets.values()
+        ):
+            raise SpectraError(f"{self.path} lacks {FROZEN}; cannot resume it")
+
+    def log(self, step: int, **values) -> None:
+        """Add training-log values (loss, reg_loss, grad_norm, lr, …) to the row of ``step``."""
+        if not self.writing:
+            return
+        numbers = {k: v for k, raw in values.items() if (v := _number(raw)) is not None}
+        if numbers:
+            self._log.setdefault(int(step), {}).update(numbers)
+
+    def step(self, step: int, loss=None, **logs) -> None:
+        """Record the end of optimizer step ``step``: log values, and a snapshot when it is due."""
+        self.log(step, loss=loss, **logs)
+        self._last = int(step)
+        if step % self.every == 0:
+            self.snapshot(step)
+
+    def snapshot(self, step: int) -> None:
+        """Copy every target's trainable tensors to CPU and queue them for writing."""
+        if not self.writing or step in self._taken:
+            return
+        self._raise_writer_error()
+        self._taken.add(int(step))
+        parts = {
+            path: {k: _to_cpu(t) for k, t in layout(module).step.items()}
+            for path, module in self.layers.items()
+        }
+        self._queue.put((int(step), parts, self._log_copy()))
+
+    def save_log(self) -> None:
+        """Queue a rewrite of train_log.parquet (behind any queued snapshot)."""
+        if self.writing:
+            self._queue.put((None, {}, self._log_copy()))
+
+    def _log_copy(self) -> dict[int, dict[str, float]]:
+        return {s: dict(row) for s, row in self._log.items()}
+
+    def _drain(self) -> None:
+        while True:
+            step, parts, log = self._queue.get()
+            try:
+                if self._error is None:
+                    self._write(step, parts, log)
+            except BaseException as exc:  # re-raised in the training thread
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _write(self, step: int | None, parts: dict, log: dict) -> None:
+        bad = [
+            p
+            for p, ts in parts.items()
+            if not all(bool(torch.isfinite(t).all()) for t in ts.values())
+        ]
+        if bad:
+            self.writer.manifest.extra.setdefault("nonfinite", []).extend([step, p] for p in bad)
+            warnings.warn(
+                f"spectra: NaN or Inf weights at step {step} in {len(bad)} target(s) "
+                f"({bad[0]}, …); recorded in the manifest, their metric rows will be skipped",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+        if step is not None:
+            self.writer.write_step(step, parts)
+        write_train_log(self.path / TRAIN_LOG, log)
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            raise SpectraError(f"writing snapshots to {self.path} failed: {self._error}")
+
+    def flush(self) -> None:
+        """Wait until every queued snapshot is on disk."""
+        if self.writing:
+            self._queue.join()
+            self._raise_writer_error()
+
+    def close(self, failed: bool = False) -> None:
+        """Snapshot the last step, write the training log, mark the run finished.
+
+        In inline mode, wait for the metrics of every step (unless ``failed``).
+        """
+        if self._closed or not self.writing:
+            self._closed = True
+            return
+        self._closed = True
+        if self._last is not None and not failed:
+            self.snapshot(self._last)
+        self.flush()
+        write_train_log(self.path / TRAIN_LOG, self._log)
+        self.writer.finish(status="failed" if failed else "completed")
+        problem = self._worker.wait(stop=failed) if self._worker else None
+        if problem:
+            warnings.warn(
+                f"spectra: the inline metrics worker failed ({problem}); the snapshots are "
+                f"complete, compute them with `spectra compute {self.path}`",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+
+def trainer_log(logs: dict) -> dict[str, float]:
+    """A Trainer log dict as training-log values: learning_rate → lr, the rest as is."""
+    return {("lr" if k == "learning_rate" else k): v for k, v in (logs or {}).items()}
+
+
+class SpectraCallback(TrainerCallback):
+    """Track ``targets`` of a ``Trainer``'s model every ``every`` optimizer steps.
+
+    Options are :class:`Tracker`'s (mode, method, run_name, gamma, …). Resuming from a
+    checkpoint continues the same run directory.
+    """
+
+    def __init__(self, out: str | Path, targets=("q_proj", "v_proj"), every: int = 10, **options):
+        self.out, self.targets, self.every, self.options = out, targets, every, options
+        self.tracker: Tracker | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        options = {"learning_rate": args.learning_rate} | self.options
+        self.tracker = Tracker(
+            model, self.out, self.targets, self.every, start_step=state.global_step,
+            write=state.is_world_process_zero, **options,
+        )  # fmt: skip
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.tracker.step(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.tracker.log(state.global_step, **trainer_log(logs))
+
+    def on_save(self, args, state, control, **kwargs):
+        self.tracker.save_log()  # the log on disk then covers every step of the checkpoint
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.tracker.close()

@@ -1,0 +1,114 @@
+"""Compute a run's metrics while its snapshots land, until the manifest says training finished.
+
+``follow(run_dir)`` shows a live summary (the latest computed step, mean ΔΣ and ΔD per
+module); ``compute_until_finished`` is the same loop without a display, which the
+:class:`~spectra.callback.Tracker` runs in a background worker in inline mode
+(``python -m spectra.follow RUN_DIR --quiet``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from spectra.engine import Engine
+from spectra.errors import SpectraError
+from spectra.snapshots import open_run
+
+
+def compute_until_finished(
+    run_dir: str | Path,
+    poll: float = 1.0,
+    *,
+    on_update: Callable[[Engine], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Engine:
+    """Run ``Engine.update()`` every ``poll`` seconds until the run is finished and computed."""
+    engine = Engine(run_dir)
+    while True:
+        # Read before updating: once finished is seen, this update covers every listed step.
+        finished = open_run(run_dir).manifest.finished
+        engine.update()
+        if on_update is not None:
+            on_update(engine)
+        if finished or (should_stop is not None and should_stop()):
+            return engine
+        time.sleep(poll)
+
+
+def summary(engine: Engine) -> Table:
+    """Mean ΔΣ, ΔD and matched ΔD per module at the latest computed step."""
+    steps = engine.run.steps
+    title = (
+        f"{engine.run.name} ({engine.run.manifest.method}): {len(steps)} snapshots, "
+        f"last step {steps[-1] if steps else '-'}"
+        f"{', training finished' if engine.run.manifest.finished else ''}"
+    )
+    table = Table(title=title)
+    for column in ("module", "step", "layers", "mean ΔΣ", "mean ΔD", "mean ΔD matched"):
+        table.add_column(column, justify="left" if column == "module" else "right")
+    rows = engine.rows
+    if rows.empty:
+        return table
+    latest = rows[rows["step"] == rows["step"].max()]
+    for module, group in latest.groupby("module", sort=True):
+        table.add_row(
+            str(module), str(int(group["step"].iloc[0])), str(len(group)),
+            f"{group['delta_sigma'].mean():.4g}", f"{group['delta_d'].mean():.4g}",
+            f"{group['delta_d_matched'].mean():.4g}",
+        )  # fmt: skip
+    return table
+
+
+def follow(run_dir: str | Path, poll: float = 1.0, console: Console | None = None) -> Path:
+    """Compute a deferred run's metrics live with a terminal summary; return the Parquet path."""
+    console = console or Console()
+    open_run(run_dir)  # a clear error before the live display starts
+    with Live(console=console, auto_refresh=False) as live:
+        engine = compute_until_finished(
+            run_dir, poll, on_update=lambda e: live.update(summary(e), refresh=True)
+        )
+    for step, layer in sorted(engine.nonfinite):
+        console.print(f"[yellow]warning:[/] step {step} {layer}: NaN or Inf weights, no row")
+    return engine.out
+
+
+def _parent_gone(parent: int) -> Callable[[], bool]:
+    return lambda: os.getppid() != parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Inline worker entry point: compute quietly until finished (or the parent exits)."""
+    parser = argparse.ArgumentParser(prog="python -m spectra.follow")
+    parser.add_argument("run_dir")
+    parser.add_argument("--poll", type=float, default=1.0)
+    parser.add_argument("--quiet", action="store_true", help="no live display")
+    parser.add_argument("--parent", type=int, help="stop when this process is gone")
+    parser.add_argument("--threads", type=int, help="torch threads for the SVDs")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        if args.quiet:
+            stop = _parent_gone(args.parent) if args.parent else None
+            compute_until_finished(args.run_dir, args.poll, should_stop=stop)
+        else:
+            follow(args.run_dir, args.poll)
+    except SpectraError as exc:
+        print(f"spectra: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
