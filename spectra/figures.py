@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+from pyarrow import ArrowException
 
 from spectra.errors import SpectraError
 from spectra.report import delta_d_column, delta_d_name, label, load_runs, ordered_runs
@@ -140,7 +141,10 @@ def train_logs(frame: pd.DataFrame) -> pd.DataFrame:
         run_dir = frame.attrs["runs"][run].get("run_dir")
         path = Path(run_dir) / "train_log.parquet" if run_dir else None
         if path is not None and path.is_file():
-            logs.append(pd.read_parquet(path).assign(run=run))
+            try:
+                logs.append(pd.read_parquet(path).assign(run=run))
+            except (ArrowException, OSError) as exc:
+                raise SpectraError(f"{path} is not a readable train log: {exc}") from None
     if not logs:
         raise SpectraError(
             "figure 3 needs train logs (runs/<run>/train_log.parquet); none of the runs has one"
@@ -157,9 +161,10 @@ def training_figure(frame: pd.DataFrame) -> go.Figure:
         method = label(frame.attrs["runs"][run]["method"])
         color = qualitative.Plotly[i % len(qualitative.Plotly)]
         for col, (column, title) in enumerate(panels, start=1):
+            values = log.reindex(columns=["step", column]).dropna()  # steps it was logged at
             fig.add_trace(
                 go.Scatter(
-                    x=log["step"], y=log[column], mode="lines", name=f"{method} — {run}",
+                    x=values["step"], y=values[column], mode="lines", name=f"{method} — {run}",
                     legendgroup=run, showlegend=col == 1, line={"color": color},
                     hovertemplate=f"{run}<br>step %{{x}}<br>{title} %{{y:.4g}}<extra></extra>",
                 ),
