@@ -58,6 +58,12 @@ def layer_paths(rows: pd.DataFrame, x: str, y: str, origin: bool) -> tuple[list,
     return xs, ys
 
 
+def run_title(frame: pd.DataFrame, run: str) -> str:
+    """ "LoRA" for a run named after its method, else "LoRA — <run>"."""
+    method = frame.attrs["runs"][run]["method"]
+    return label(method) if run == method else f"{label(method)} — {run}"
+
+
 def _hover(x_name: str, y_name: str) -> str:
     return (
         "run %{customdata[0]}<br>layer %{customdata[1]}<br>step %{customdata[2]}"
@@ -70,10 +76,10 @@ def drift_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
     column = delta_d_column(matched)
     runs = ordered_runs(frame)
     rows, cols = _grid(len(runs))
-    titles = [f"{label(frame.attrs['runs'][r]['method'])} — {r}" for r in runs]
+    titles = [run_title(frame, r) for r in runs]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.06)
     modules = sorted(frame["module"].unique())
-    hover = _hover("ΔΣ", "ΔD")
+    hover = _hover("ΔΣ", "ΔD matched" if matched else "ΔD")
     for i, run in enumerate(runs):
         where, first = _panel(i, cols), i == 0
         data = frame[frame["run"] == run]
@@ -158,13 +164,12 @@ def training_figure(frame: pd.DataFrame) -> go.Figure:
     panels = (("loss", "training loss"), ("grad_norm", "gradient norm"))
     fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in panels])
     for i, (run, log) in enumerate(logs.groupby("run", sort=False)):
-        method = label(frame.attrs["runs"][run]["method"])
         color = qualitative.Plotly[i % len(qualitative.Plotly)]
         for col, (column, title) in enumerate(panels, start=1):
             values = log.reindex(columns=["step", column]).dropna()  # steps it was logged at
             fig.add_trace(
                 go.Scatter(
-                    x=values["step"], y=values[column], mode="lines", name=f"{method} — {run}",
+                    x=values["step"], y=values[column], mode="lines", name=run_title(frame, run),
                     legendgroup=run, showlegend=col == 1, line={"color": color},
                     hovertemplate=f"{run}<br>step %{{x}}<br>{title} %{{y:.4g}}<extra></extra>",
                 ),
@@ -208,7 +213,7 @@ def condition_figure(frame: pd.DataFrame) -> go.Figure:
     panels = (("cond_p", "κ(W_p) (Theorem 5.5)"), ("ortho_err", "orthonormality error (eq. 4)"))
     fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in panels])
     for i, run in enumerate(runs):
-        name = f"{label(frame.attrs['runs'][run]['method'])} — {run}"
+        name = run_title(frame, run)
         color = qualitative.Plotly[i % len(qualitative.Plotly)]
         for col, (column, _) in enumerate(panels, start=1):
             _mean_and_layers(fig, frame[frame["run"] == run], column, name, color, col)
@@ -236,7 +241,7 @@ def heatmap_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
     column = delta_d_column(matched)
     runs = ordered_runs(frame)
     rows, cols = _grid(len(runs))
-    titles = [f"{label(frame.attrs['runs'][r]['method'])} — {r}" for r in runs]
+    titles = [run_title(frame, r) for r in runs]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True)
     layers = layer_labels(frame)
     for i, run in enumerate(runs):

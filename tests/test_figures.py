@@ -35,7 +35,7 @@ def panel_traces(fig, panel: int):
 def test_figure2_has_one_panel_per_run_in_method_order(frame):
     fig = figures.drift_figure(frame)
     titles = [a.text for a in fig.layout.annotations]
-    assert titles == ["FT — ft", "LoRA — lora", "SORSA w/o reg — sorsa-noreg", "SORSA — sorsa"]
+    assert titles == ["FT", "LoRA", "SORSA w/o reg", "SORSA"]
     assert len(fig.data) == 4 * 4  # per panel: layer paths, q points, v points, mean
     for panel in range(1, 5):
         names = [t.name for t in panel_traces(fig, panel)]
@@ -74,6 +74,7 @@ def test_figure2_steps_share_one_colour_scale(frame):
 def test_mean_and_layer_trajectories_start_at_the_origin(tmp_path):
     path = make_run(tmp_path, "late", "lora", scattered(0.1), steps=(10, 20, 30))
     fig = figures.drift_figure(load_runs([path]))
+    assert fig.layout.annotations[0].text == "LoRA — late"  # run not named after its method
     paths, *_, mean = fig.data
     assert (mean.x[0], mean.y[0]) == (0, 0) and mean.marker.color[0] == 0
     assert len(mean.x) == 4  # origin + 3 steps
@@ -112,15 +113,12 @@ def test_figure3_needs_train_logs(tmp_path):
 
 def test_cond_figure_shows_sorsa_runs_on_log_axes(frame, runs):
     fig = figures.condition_figure(frame)
-    assert {t.legendgroup for t in fig.data} == {
-        "SORSA w/o reg — sorsa-noreg",
-        "SORSA — sorsa",
-    }
+    assert {t.legendgroup for t in fig.data} == {"SORSA w/o reg", "SORSA"}
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
     raw = pd.read_parquet(runs[3])
-    mean = next(t for t in fig.data if t.name == "SORSA — sorsa" and t.xaxis == "x")
+    mean = next(t for t in fig.data if t.name == "SORSA" and t.xaxis == "x")
     np.testing.assert_allclose(mean.y, raw.groupby("step")["cond_p"].mean())
-    ortho = next(t for t in fig.data if t.name == "SORSA — sorsa" and t.xaxis == "x2")
+    ortho = next(t for t in fig.data if t.name == "SORSA" and t.xaxis == "x2")
     np.testing.assert_allclose(ortho.y, raw.groupby("step")["ortho_err"].mean())
 
 
