@@ -89,16 +89,22 @@ def _overlaps(base: SVD, cur: SVD) -> torch.Tensor:
     return (cur.u.mT @ base.u).abs_() + (cur.vh @ base.vh.mT).abs_()
 
 
-def vector_drift(base: SVD, cur: SVD) -> tuple[float, float]:
-    """(delta_d, delta_d_matched): index-matched and sign-invariant assignment-matched ΔD."""
+def vector_drift(base: SVD, cur: SVD, matched: bool = True) -> tuple[float, float | None]:
+    """(delta_d, delta_d_matched): index-matched and sign-invariant assignment-matched ΔD.
+
+    ``matched=False`` skips the assignment (two k×k GEMMs and a linear assignment) and
+    returns None for delta_d_matched.
+    """
     k = base.s.numel()
     index_total = float((cur.u * base.u).sum(0).abs().sum() + (cur.vh * base.vh).sum(1).abs().sum())
+    clip = lambda x: min(max(x, 0.0), 1.0)  # noqa: E731  |cos| may exceed 1 by an ulp
+    if not matched:
+        return clip(1 - index_total / (2 * k)), None
     cost = _overlaps(base, cur).numpy()
     rows, cols = linear_sum_assignment(cost, maximize=True)
     # The identity is one of the candidates, so the optimum is never below the index sum;
     # max() keeps that exact when the two sums differ only by rounding.
     matched_total = max(float(cost[rows, cols].sum()), index_total)
-    clip = lambda x: min(max(x, 0.0), 1.0)  # noqa: E731  |cos| may exceed 1 by an ulp
     return clip(1 - index_total / (2 * k)), clip(1 - matched_total / (2 * k))
 
 
@@ -116,6 +122,7 @@ def drift_from_svd(
     *,
     top_k: int = TOP_K,
     intruder_eps: float = INTRUDER_EPS,
+    matched: bool = True,
 ) -> dict[str, float]:
     """All per-matrix metrics of W_t against a base whose SVD is already known."""
     if cur is None:
@@ -125,7 +132,7 @@ def drift_from_svd(
         n_intruders = 0
     else:
         delta_sigma = float((cur.s - base.s).abs().mean())
-        delta_d, delta_d_matched = vector_drift(base, cur)
+        delta_d, delta_d_matched = vector_drift(base, cur, matched)
         n_intruders = intruders(base, cur, top_k, intruder_eps)
     return {
         "delta_sigma": delta_sigma,

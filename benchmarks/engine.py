@@ -1,0 +1,160 @@
+"""Per-matrix cost of the float64 drift engine, side by side with its floor and the paper's path.
+
+For each size n (square n×n), in one run:
+
+- ``svd64``      bare ``torch.linalg.svd`` in float64: the LAPACK floor;
+- ``engine_idx`` the engine per later step (SVD of W_t, every metric, index-matched ΔD only);
+- ``engine``     the full engine (also the sign-invariant matched ΔD);
+- ``paper32``    the paper notebook's path: a float32 SVD of W_t and index-matched ΔΣ/ΔD.
+
+The base SVD is cached (computed once per run), so none of these pays for it. The script
+also prints the error of the float32 path against float64 (max |Δ| of ΔΣ and ΔD) on a
+realistic fine-tuning perturbation, and the engine's ratio to the GEMM bound: 22·n³ flops
+at the DGEMM rate measured here. Figures go to stdout and benchmarks/results/engine.json.
+
+    python benchmarks/engine.py [--sizes 1024 2048 4096] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from spectra.metrics import drift_from_svd, svd
+
+
+def best_time(fn, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls (the least disturbed by other work)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def realistic_pair(n: int, eps: float = 0.01, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pre-trained-like W_0 and W_t after a fine-tuning-like update.
+
+    W_0 is a random bulk (Marchenko–Pastur spectrum) plus 8 strong spikes; W_t adds a
+    rank-32 update and dense noise of relative size ``eps``, which gives ΔD of order 0.1,
+    the range the paper reports for FT and LoRA.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def gauss(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    w0 = gauss(n, n) / n**0.5 + 0.5 * gauss(n, 8) @ gauss(8, n) / n**0.5
+    wt = w0 + 10 * eps * gauss(n, 32) @ gauss(32, n) / n + eps * gauss(n, n) / n**0.5
+    return w0, wt
+
+
+def paper_float32(base32, wt: torch.Tensor) -> tuple[float, float]:
+    """The paper notebook's metrics: float32 SVD, index-matched ΔD."""
+    u, s, vh = torch.linalg.svd(wt.float(), full_matrices=False)
+    u0, s0, vh0 = base32
+    k = s.numel()
+    delta_sigma = float((s - s0).abs().mean())
+    overlap = (u * u0).sum(0).abs().sum() + (vh * vh0).sum(1).abs().sum()
+    return delta_sigma, float(1 - overlap / (2 * k))
+
+
+def dgemm_rate(n: int, repeats: int) -> float:
+    """Measured float64 GEMM rate at size n in flop/s."""
+    a = torch.randn(n, n, dtype=torch.float64)
+    b = torch.randn(n, n, dtype=torch.float64)
+    return 2 * n**3 / best_time(lambda: a @ b, max(repeats, 3))
+
+
+def measure(n: int, repeats: int) -> dict:
+    w0, wt = realistic_pair(n)
+    base = svd(w0)
+    base32 = torch.linalg.svd(w0.float(), full_matrices=False)
+    times = {
+        "svd64": best_time(lambda: torch.linalg.svd(wt, full_matrices=False), repeats),
+        "engine_idx": best_time(lambda: drift_from_svd(base, wt, matched=False), repeats),
+        "engine": best_time(lambda: drift_from_svd(base, wt), repeats),
+        "paper32": best_time(lambda: paper_float32(base32, wt), repeats),
+    }
+    exact = drift_from_svd(base, wt)
+    sigma32, d32 = paper_float32(base32, wt)
+    rate = dgemm_rate(n, repeats)
+    return {
+        "n": n,
+        "seconds": times,
+        "engine_idx_over_svd64": times["engine_idx"] / times["svd64"],
+        "matched_extra": times["engine"] / times["engine_idx"] - 1,
+        "dgemm_gflops": rate / 1e9,
+        "gemm_bound_s": 22 * n**3 / rate,
+        "engine_over_gemm_bound": times["engine"] / (22 * n**3 / rate),
+        "float64": {k: exact[k] for k in ("delta_sigma", "delta_d", "delta_d_matched")},
+        "float32_abs_error": {
+            "delta_sigma": abs(sigma32 - exact["delta_sigma"]),
+            "delta_d": abs(d32 - exact["delta_d"]),
+        },
+    }
+
+
+def report(results: list[dict]) -> Table:
+    table = Table(title=f"drift engine per matrix, {torch.get_num_threads()} threads")
+    columns = (
+        "n",
+        "svd64 s",
+        "engine idx s",
+        "engine s",
+        "paper f32 s",
+        "idx/svd64",
+        "matched +",
+        "engine/GEMM bound",
+        "f32 |ΔΣ err|",
+        "f32 |ΔD err|",
+        "ΔD f64",
+    )
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in results:
+        t = r["seconds"]
+        table.add_row(
+            str(r["n"]), f"{t['svd64']:.2f}", f"{t['engine_idx']:.2f}", f"{t['engine']:.2f}",
+            f"{t['paper32']:.2f}", f"{r['engine_idx_over_svd64']:.3f}×",
+            f"{100 * r['matched_extra']:.1f}%", f"{r['engine_over_gemm_bound']:.1f}×",
+            f"{r['float32_abs_error']['delta_sigma']:.1e}",
+            f"{r['float32_abs_error']['delta_d']:.1e}", f"{r['float64']['delta_d']:.4f}",
+        )  # fmt: skip
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "engine.json"
+    )
+    args = parser.parse_args()
+    console = Console(width=160)
+    results = []
+    for n in args.sizes:
+        console.log(f"n = {n}")
+        results.append(measure(n, args.repeats))
+    console.print(report(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
