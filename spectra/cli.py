@@ -94,6 +94,52 @@ def plot(
         typer.echo(f"wrote {path}")
 
 
+@app.command()
+def track(
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ft, lora, pissa, dora, adalora, sorsa, sorsa-noreg; repeat or comma list "
+            "[ft,lora,sorsa-noreg,sorsa]."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Causal LM path [the embedded data/tiny-llama].")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="JSONL with query/response [data/math_qa.jsonl].")
+    ] = None,
+    targets: Annotated[
+        list[str] | None, typer.Option(help="Target modules; repeat or comma list [q_proj,v_proj].")
+    ] = None,
+    rank: Annotated[int | None, typer.Option(help="Adapter rank [preset].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps [preset].")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs instead of --steps.")] = None,
+    every: Annotated[int | None, typer.Option(help="Snapshot every N steps [preset].")] = None,
+    preset: Annotated[str, typer.Option(help="default or paper-analysis (Table 2).")] = "default",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs"),
+    overwrite: Annotated[bool, typer.Option(help="Replace runs that already exist.")] = False,
+    follow: Annotated[
+        Path | None, typer.Option(help="Instead of training: follow a run directory live.")
+    ] = None,
+) -> None:
+    """Fine-tune and track: with no options, the paper's Figure 2 runs on the embedded default."""
+    if follow is not None:
+        from spectra.follow import follow as follow_run
+
+        follow_run(follow)
+        return
+    from spectra import recipes
+
+    job = recipes.plan(
+        methods=recipes.parse_list(method), model=model, data=data,
+        targets=recipes.parse_list(targets), rank=rank, steps=steps, epochs=epochs,
+        every=every, preset=preset, device=device, out=out, overwrite=overwrite,
+    )  # fmt: skip
+    recipes.run(job)
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     try:
