@@ -33,7 +33,7 @@ from spectra.metrics import INTRUDER_EPS, SVD, TOP_K, drift_from_svd, factor_met
 from spectra.snapshots import Run, atomic_write, open_run
 from spectra.store import KEY, layer_position, read_run, write_run
 
-WRITE_EVERY_S = 2.0  # how often finished rows are flushed to the Parquet file
+WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
 
 
 def default_cache_dir() -> Path:
@@ -56,13 +56,13 @@ def _open(run_dir: str) -> Run:
     return open_run(run_dir)
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=1)  # tasks arrive layer-major: one base per worker bounds memory
 def _load_base(path: str) -> SVD:
     t = load_file(path)
     return SVD(t["u"], t["s"], t["vh"])
 
 
-def base_task(run_dir: str, layer: str, cache_dir: str) -> str:
+def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> str:
     """Compute (or find) the SVD of ``layer``'s step-0 weight in the cache; return its path."""
     w0 = _open(run_dir).weight(0, layer)
     if not torch.isfinite(w0).all():
@@ -70,14 +70,20 @@ def base_task(run_dir: str, layer: str, cache_dir: str) -> str:
     path = base_path(Path(cache_dir), weight_key(w0))
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        base = svd(w0)
+        base = svd(w0, device)
         tensors = {"u": base.u.contiguous(), "s": base.s, "vh": base.vh.contiguous()}
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
     return str(path)
 
 
 def matrix_task(
-    run_dir: str, step: int, layer: str, base_file: str, top_k: int, intruder_eps: float
+    run_dir: str,
+    step: int,
+    layer: str,
+    base_file: str,
+    top_k: int = TOP_K,
+    intruder_eps: float = INTRUDER_EPS,
+    device: str = "cpu",
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = _open(run_dir)
@@ -88,7 +94,7 @@ def matrix_task(
     if not torch.isfinite(w).all():
         return row | {"nonfinite": True}
     base = _load_base(base_file)
-    cur = base if step == 0 else svd(w)
+    cur = base if step == 0 else svd(w, device)
     row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
     factors = {"cond_p": None, "ortho_err": None}
     if principal is not None:
@@ -96,8 +102,36 @@ def matrix_task(
     return row | factors
 
 
+def check_device(device: str) -> None:
+    """Raise SpectraError unless ``device`` ("cpu", "cuda", "cuda:N") can run a float64 SVD."""
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise SpectraError(f"unknown device {device!r}: use cpu or cuda")
+    if not torch.cuda.is_available():
+        raise SpectraError(f"--device {device}: no CUDA GPU is available on this machine")
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+@contextmanager
+def dask_executor(address: str) -> Iterator[Executor]:
+    """A ``concurrent.futures`` executor on the Dask cluster whose scheduler is at ``address``.
+
+    Workers must see the run directory and the SVD cache at the same paths (a shared disk).
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise SpectraError("--scheduler needs Dask: pip install 'spectra-drift[dask]'") from None
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise SpectraError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    with client:
+        yield client.get_executor()
 
 
 @contextmanager
@@ -140,13 +174,17 @@ class Engine:
         cache_dir: str | Path | None = None,
         top_k: int = TOP_K,
         intruder_eps: float = INTRUDER_EPS,
+        device: str = "cpu",
         executor: Executor | None = None,
         progress: bool = False,
+        write_every: float = WRITE_EVERY_S,
     ):
+        check_device(device)
         self.run = open_run(run_dir)
         self.run_dir = str(self.run.path.resolve())
         self.out = Path(out) if out else self.run.path.parent / f"{self.run.path.name}.parquet"
         self.workers, self.executor, self.progress = workers, executor, progress
+        self.device, self.write_every = device, write_every
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
         self.settings = {"top_k": top_k, "intruder_eps": intruder_eps, "dtype": "float64"}
         self.rows = self._existing_rows()
@@ -210,25 +248,26 @@ class Engine:
         with self._executor() as executor, self._progress(len(tasks)) as advance:
             top_k, eps = self.settings["top_k"], self.settings["intruder_eps"]
             layers = [layer for layer in self.run.layers if layer not in self._bases]
-            base_args = [(self.run_dir, layer, self.cache_dir) for layer in layers]
-            for (_, layer, _), path in _run_tasks(executor, base_task, base_args):
+            base_args = [(self.run_dir, layer, self.cache_dir, self.device) for layer in layers]
+            for (_, layer, *_), path in _run_tasks(executor, base_task, base_args):
                 self._bases[layer] = path
             args = [
-                (self.run_dir, step, layer, self._bases[layer], top_k, eps) for step, layer in tasks
+                (self.run_dir, step, layer, self._bases[layer], top_k, eps, self.device)
+                for step, layer in tasks
             ]
-            added, new, last_write = 0, [], time.monotonic()
+            new, added, last_write = [], 0, time.monotonic()
             for _, row in _run_tasks(executor, matrix_task, args):
                 advance()
                 if row.pop("nonfinite", False):
                     self.nonfinite.add((row["step"], row["layer"]))
                     continue
                 new.append(row)
-                if time.monotonic() - last_write > WRITE_EVERY_S:
+                added += 1
+                if time.monotonic() - last_write >= self.write_every:
                     self._write(new)
-                    added, new, last_write = added + len(new), [], time.monotonic()
-            if new or added == 0:
-                self._write(new)
-        return added + len(new)
+                    new, last_write = [], time.monotonic()
+            self._write(new)
+        return added
 
     def _executor(self):
         return nullcontext(self.executor) if self.executor else local_pool(self.workers)

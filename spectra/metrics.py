@@ -43,12 +43,17 @@ def check_finite(w: torch.Tensor, name: str = "weight") -> None:
         raise SpectraError(f"{name} contains NaN or Inf")
 
 
-def svd(w) -> SVD:
-    """Thin float64 SVD through LAPACK (gesdd), after a finiteness check."""
+def svd(w, device: str = "cpu") -> SVD:
+    """Thin float64 SVD after a finiteness check: LAPACK (gesdd) on the CPU, cuSOLVER on a GPU.
+
+    The factors always come back as CPU tensors.
+    """
     w = as_float64(w)
     check_finite(w)
-    u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    return SVD(u, s, vh)
+    if device == "cpu":
+        return SVD(*torch.linalg.svd(w, full_matrices=False))
+    u, s, vh = torch.linalg.svd(w.to(device), full_matrices=False, driver="gesvd")
+    return SVD(u.cpu(), s.cpu(), vh.cpu())
 
 
 def _ratio(top: float, bottom: float, size: int) -> float:
