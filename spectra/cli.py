@@ -46,15 +46,24 @@ def compute(
         Path | None,
         typer.Option(help="Step-0 SVD cache (default $SPECTRA_CACHE or ~/.cache/spectra)."),
     ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address (tcp://HOST:PORT), instead of local workers."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Where the float64 SVDs run: cpu or cuda.")] = "cpu",
 ) -> None:
     """Compute the drift metrics of run directories into runs/<run>.parquet (resumable)."""
-    from spectra.engine import compute_run
+    from contextlib import nullcontext
+
+    from spectra.engine import compute_run, dask_executor
 
     if out is not None and len(runs) > 1:
         raise SpectraError("--out needs exactly one run directory")
-    for run in runs:
-        path = compute_run(run, out, workers=workers, cache_dir=cache_dir)
-        typer.echo(f"wrote {path}")
+    with dask_executor(scheduler) if scheduler else nullcontext() as executor:
+        for run in runs:
+            options = {"cache_dir": cache_dir, "device": device, "executor": executor}
+            path = compute_run(run, out, workers=workers, **options)
+            typer.echo(f"wrote {path}")
 
 
 @app.command()

@@ -39,7 +39,7 @@ def cluster():
         ) as local,
         distributed.Client(local) as client,
     ):
-        yield local, client
+        yield client
 
 
 def test_dask_rows_equal_local_rows(tmp_path, cluster):
