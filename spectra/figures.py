@@ -28,10 +28,15 @@ SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x")
 FLOOR = 1e-12  # smallest ΔD drawn on the heatmap's log scale
 
 
-def _grid(n: int) -> tuple[int, int]:
-    """(rows, cols) of a near-square grid of n panels."""
-    cols = math.ceil(math.sqrt(n))
-    return math.ceil(n / cols), cols
+def run_panels(frame: pd.DataFrame, runs: list[str], **options) -> tuple[go.Figure, int, int]:
+    """(figure, rows, cols): a near-square grid with one titled panel per run."""
+    cols = math.ceil(math.sqrt(len(runs)))
+    rows = math.ceil(len(runs) / cols)
+    titles = [run_title(frame, r) for r in runs]
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.25 / rows, **options
+    )
+    return fig, rows, cols
 
 
 def _panel(i: int, cols: int) -> dict:
@@ -75,9 +80,7 @@ def drift_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
     """Figure 2: ΔD against ΔΣ, one panel per run, per-layer points and the mean trajectory."""
     column = delta_d_column(matched)
     runs = ordered_runs(frame)
-    rows, cols = _grid(len(runs))
-    titles = [run_title(frame, r) for r in runs]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.06)
+    fig, rows, cols = run_panels(frame, runs, horizontal_spacing=0.06)
     modules = sorted(frame["module"].unique())
     hover = _hover("ΔΣ", "ΔD matched" if matched else "ΔD")
     for i, run in enumerate(runs):
@@ -240,9 +243,7 @@ def heatmap_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
     """log10 ΔD per layer × step, one panel per run, on one shared colour scale."""
     column = delta_d_column(matched)
     runs = ordered_runs(frame)
-    rows, cols = _grid(len(runs))
-    titles = [run_title(frame, r) for r in runs]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True)
+    fig, rows, cols = run_panels(frame, runs, shared_yaxes=True)
     layers = layer_labels(frame)
     for i, run in enumerate(runs):
         data = frame[(frame["run"] == run) & (frame["step"] > 0)]

@@ -208,8 +208,31 @@ def _describe(stats: pd.DataFrame, runs: Iterable[str], *fields: str) -> str:
     )
 
 
-def _parallel(p: float) -> bool | None:
-    return None if math.isnan(p) else bool(p >= PARALLEL)
+Check = tuple[str, "bool | None"]  # (what fails when False, outcome; None: unknown)
+
+
+def _judge(text: str, checks: list[Check], evidence: str) -> Claim:
+    """A claim whose verdict is all of ``checks``; the evidence names the checks that fail."""
+    failed = [what for what, ok in checks if ok is False]
+    if failed:
+        evidence += "; fails: " + ", ".join(failed)
+    return Claim(text, all_of(ok for _, ok in checks), evidence)
+
+
+def _parallel_check(stats: pd.DataFrame, run: str, want: bool) -> Check:
+    """Whether ``run`` is parallel (P ≥ PARALLEL) as ``want`` says; unknown when P is NaN."""
+    p = stats.at[run, "parallelism"]
+    what = f"{run} {'not ' if want else ''}parallel (P={_fmt(p)})"
+    return what, None if math.isnan(p) else bool((p >= PARALLEL) == want)
+
+
+def _above(stats: pd.DataFrame, high: str, low: str, field: str, factor: float = 1.0) -> Check:
+    """Whether ``field`` of run ``high`` exceeds ``factor`` times that of run ``low``."""
+    name = {"delta_sigma": "ΔΣ", "delta_d": "ΔD", "parallelism": "P"}[field]
+    a, b = stats.at[high, field], stats.at[low, field]
+    scaled = f"{factor:g}× " if factor != 1 else ""
+    what = f"{high} {name}={_fmt(a)} not above {scaled}{low}'s {_fmt(b)}"
+    return what, None if math.isnan(a) or math.isnan(b) else bool(a > factor * b)
 
 
 def claim_ft_lora(stats: pd.DataFrame) -> Claim:
@@ -219,18 +242,15 @@ def claim_ft_lora(stats: pd.DataFrame) -> Claim:
     sorsa = stats.index[stats["method"] == "sorsa"]
     if runs.empty:
         return Claim(text, None, "needs an FT or LoRA run")
-    floor = LARGE * stats.loc[sorsa, "delta_d"].max() if len(sorsa) else math.nan
-    large = [None if math.isnan(floor) else bool(stats.at[r, "delta_d"] >= floor) for r in runs]
-    parallel = [_parallel(stats.at[r, "parallelism"]) for r in runs]
-    reference = (
-        f"large: ΔD ≥ {LARGE:g}× SORSA's max ΔD = {_fmt(floor)}"
-        if len(sorsa)
-        else "large: needs a SORSA run to compare with"
-    )
+    checks = [_parallel_check(stats, r, True) for r in runs]
+    checks += [_above(stats, r, s, "delta_d", LARGE) for r in runs for s in sorsa]
+    if sorsa.empty:
+        checks.append(("a lot: needs a SORSA run to compare with", None))
     evidence = (
-        f"{_describe(stats, runs, 'delta_d', 'parallelism')}; {reference}; parallel: P ≥ {PARALLEL}"
+        f"{_describe(stats, [*runs, *sorsa], 'delta_d', 'parallelism')}; "
+        f"a lot: ΔD > {LARGE:g}× SORSA's; parallel: P ≥ {PARALLEL}"
     )
-    return Claim(text, all_of(large + parallel), evidence)
+    return _judge(text, checks, evidence)
 
 
 def claim_sorsa_least(stats: pd.DataFrame) -> Claim:
@@ -240,12 +260,13 @@ def claim_sorsa_least(stats: pd.DataFrame) -> Claim:
     others = stats.index[stats["method"] != "sorsa"]
     if sorsa.empty or others.empty:
         return Claim(text, None, "needs a SORSA run and a run of another method")
-    verdict = all(
-        (stats.loc[sorsa, col].max() < stats.loc[others, col].min())
-        for col in ("delta_sigma", "delta_d")
-    )
-    evidence = _describe(stats, [*sorsa, *others], "delta_sigma", "delta_d")
-    return Claim(text, bool(verdict), evidence)
+    checks = [
+        _above(stats, o, s, field)
+        for field in ("delta_sigma", "delta_d")
+        for o in others
+        for s in sorsa
+    ]
+    return _judge(text, checks, _describe(stats, [*sorsa, *others], "delta_sigma", "delta_d"))
 
 
 def claim_sorsa_distinct(stats: pd.DataFrame) -> Claim:
@@ -254,10 +275,9 @@ def claim_sorsa_distinct(stats: pd.DataFrame) -> Claim:
     sorsa = stats.index[stats["method"] == "sorsa"]
     if sorsa.empty:
         return Claim(text, None, "needs a SORSA run")
-    parallel = [_parallel(stats.at[r, "parallelism"]) for r in sorsa]
-    verdict = all_of(None if p is None else not p for p in parallel)
+    checks = [_parallel_check(stats, r, False) for r in sorsa]
     evidence = f"{_describe(stats, stats.index, 'parallelism')}; parallel: P ≥ {PARALLEL}"
-    return Claim(text, verdict, evidence)
+    return _judge(text, checks, evidence)
 
 
 def claim_noreg(stats: pd.DataFrame) -> Claim:
@@ -267,18 +287,11 @@ def claim_noreg(stats: pd.DataFrame) -> Claim:
     sorsa = stats.index[stats["method"] == "sorsa"]
     if noreg.empty or sorsa.empty:
         return Claim(text, None, "needs a SORSA run and a SORSA w/o reg run")
-    parts: list[bool | None] = []
-    for n in noreg:
-        for s in sorsa:
-            parts += [bool(stats.at[n, c] > stats.at[s, c]) for c in ("delta_sigma", "delta_d")]
-            p_n, p_s = stats.at[n, "parallelism"], stats.at[s, "parallelism"]
-            parts.append(None if math.isnan(p_n) or math.isnan(p_s) else bool(p_n > p_s))
-        parts.append(_parallel(stats.at[n, "parallelism"]))
-    evidence = (
-        f"{_describe(stats, [*noreg, *sorsa], 'delta_sigma', 'delta_d', 'parallelism')}; "
-        f"parallel: P ≥ {PARALLEL}"
-    )
-    return Claim(text, all_of(parts), evidence)
+    fields = ("delta_sigma", "delta_d", "parallelism")
+    checks = [_above(stats, n, s, f) for n in noreg for s in sorsa for f in fields]
+    checks += [_parallel_check(stats, n, True) for n in noreg]
+    evidence = f"{_describe(stats, [*noreg, *sorsa], *fields)}; parallel: P ≥ {PARALLEL}"
+    return _judge(text, checks, evidence)
 
 
 def mean_cond(frame: pd.DataFrame, run: str) -> pd.Series:

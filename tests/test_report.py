@@ -122,6 +122,10 @@ def test_claims_fail_when_the_runs_contradict_the_paper(tmp_path):
         ),
     ]
     assert verdicts(*paths) == [False] * 5
+    _, claims = report.check_claims(load(*paths))
+    assert "fails: ft not parallel" in claims[0].evidence
+    assert "fails: lora ΔΣ=" in claims[1].evidence
+    assert "fails: sorsa parallel" in claims[2].evidence
 
 
 def test_claims_are_not_checkable_without_the_runs_they_compare(tmp_path):
