@@ -124,7 +124,7 @@ def test_claims_fail_when_the_runs_contradict_the_paper(tmp_path):
     assert verdicts(*paths) == [False] * 5
     _, claims = report.check_claims(load(*paths))
     assert "fails: ft not parallel" in claims[0].evidence
-    assert "fails: lora ΔΣ=" in claims[1].evidence
+    assert "lora ΔΣ=0.000205 not above sorsa's 0.0205" in claims[1].evidence
     assert "fails: sorsa parallel" in claims[2].evidence
 
 
