@@ -83,7 +83,7 @@ def analyze(
 @app.command()
 def plot(
     runs: Annotated[
-        list[str] | None, typer.Argument(help="Run Parquet files or globs [runs/*.parquet].")
+        list[str] | None, typer.Argument(help="Run files or globs (default: runs/*.parquet).")
     ] = None,
     figure: Annotated[
         str, typer.Option(help="2, 3, cond, heatmap (comma-separated) or all.")
