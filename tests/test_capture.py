@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tiny_models import ARCH_TARGETS, base_model, perturb, reference_weights, with_method
@@ -83,3 +85,21 @@ def test_pissa_step0_is_the_pretrained_weight():
     model = with_method(base_model("llama"), "pissa", ("q_proj",))
     found = layout(find_targets(model, "q_proj")["model.layers.0.self_attn.q_proj"])
     assert relative_error(effective_weight(found.kind, found.frozen | found.step), original) < 1e-6
+
+
+def test_spectra_sorsa_layer_equals_its_own_float64_merge():
+    from spectra.sorsa import apply_sorsa
+
+    model = base_model("llama")
+    apply_sorsa(model, ("q_proj", "v_proj"), 4)
+    perturb(model)
+    layers = find_targets(model, ("q_proj", "v_proj"))
+    layouts = {path: layout(module) for path, module in layers.items()}
+    assert detect_method(model, layouts) == "sorsa" and len(layouts) == 4
+    merged = copy.deepcopy(model).double()
+    for path, found in layouts.items():
+        module = merged.get_submodule(path)
+        module.merge()
+        got = effective_weight(found.kind, found.frozen | found.step)
+        assert relative_error(got, module.weight) <= 1e-12, path
+        assert "values" in found.step  # singular-vector factors: ortho_err is defined
