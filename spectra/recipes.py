@@ -37,6 +37,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_callback import PrinterCallback
 
+from spectra.callback import WORKERS, SpectraCallback
 from spectra.capture import find_targets
 from spectra.errors import SpectraError
 from spectra.sorsa import apply_sorsa, regularizer_backward, sorsa_modules
@@ -83,11 +84,13 @@ PRESETS = {
         lr=2e-5, sorsa_lr=3e-5, gamma=5e-4, rank=128, batch_size=128, micro_batch=4,
         max_length=512, steps=None, epochs=1, every=50, examples=100_000, bf16=True,
     ),
-    # The embedded default on a CPU in minutes: the same recipe, scaled to a 4M-parameter
-    # model (rank 16 of 256, as 128 of 4096 is a small slice), at a learning rate that moves it.
+    # The embedded default on a CPU in minutes: Table 2 scaled to a 4M-parameter model. Rank
+    # 16 of 256 (128 of 4096 is a thin slice too), a learning rate that moves it in 60 steps,
+    # SORSA's 1.5× learning rate and the same γ/η_d as Table 2 (5e-4 / 3e-5): under eq. 6 that
+    # ratio, not γ alone, weighs the regularizer against the task gradient.
     "default": Preset(
-        lr=1e-3, sorsa_lr=1e-3, gamma=5e-4, rank=16, batch_size=8, micro_batch=8,
-        max_length=192, steps=60, epochs=1, every=5,
+        lr=1e-3, sorsa_lr=1.5e-3, gamma=1.5e-3 * 5e-4 / 3e-5, rank=16, batch_size=8,
+        micro_batch=8, max_length=192, steps=60, epochs=1, every=5,
     ),
 }  # fmt: skip
 
@@ -104,6 +107,7 @@ class Plan:
     device: str
     out: Path
     overwrite: bool = False
+    worker: str = "process"  # the inline metrics worker: "process" or "thread"
 
     def run_dir(self, method: str) -> Path:
         return self.out / method
@@ -204,6 +208,7 @@ def plan(
     device: str = "auto",
     out: Path = Path("runs"),
     overwrite: bool = False,
+    worker: str = "process",
 ) -> Plan:
     """Check every input of a track job; SpectraError (one line) on the first problem."""
     methods = methods or FIGURE2
@@ -212,6 +217,8 @@ def plan(
         raise SpectraError(f"unknown method {unknown[0]!r} (expected one of {', '.join(METHODS)})")
     if preset not in PRESETS:
         raise SpectraError(f"unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
+    if worker not in WORKERS:
+        raise SpectraError(f"unknown worker {worker!r} (expected one of {', '.join(WORKERS)})")
     if steps is not None and epochs is not None:
         raise SpectraError("give --steps or --epochs, not both")
     for name, value in (("steps", steps), ("epochs", epochs), ("every", every), ("rank", rank)):
@@ -234,6 +241,7 @@ def plan(
         device=_device(device),
         out=Path(out),
         overwrite=overwrite,
+        worker=worker,
     )
     load_examples(job.data, chosen.examples)
     _check_targets(job.model, job.targets, chosen.rank, any(m != "ft" for m in job.methods))
@@ -288,10 +296,15 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
 
 
 def _peft_config(method: str, targets: tuple[str, ...], rank: int, total_steps: int):
+    """peft config of a LoRA-family method; scaling 1 (alpha = r), no dropout.
+
+    AdaLoRA follows Table 4: r_init = r_target (no rank pruning, so no budget allocation
+    to run) and its t_init/t_final schedule scaled to the run (100 and 600 of ~780 steps).
+    """
     from peft import AdaLoraConfig, LoraConfig
 
     common = {"target_modules": list(targets), "task_type": "CAUSAL_LM"}
-    if method == "adalora":  # Table 4's schedule (t_init 100, t_final 600 of ~780 steps)
+    if method == "adalora":
         return AdaLoraConfig(
             init_r=rank, target_r=rank, beta1=0.85, beta2=0.85, total_step=total_steps,
             tinit=int(0.128 * total_steps), tfinal=int(0.768 * total_steps), **common,
@@ -341,13 +354,6 @@ class SORSATrainer(Trainer):
             logs["reg_loss"] = sum(self._reg) / len(self._reg)
             self._reg.clear()
         super().log(logs, start_time)
-
-
-class AdaLoraAllocate(TrainerCallback):
-    """peft AdaLoRA's rank allocation, after each optimizer step and before zero_grad."""
-
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        model.base_model.update_and_allocate(state.global_step)
 
 
 class RichSteps(TrainerCallback):
@@ -408,8 +414,6 @@ def training_args(job: Plan, method: str, output_dir: str, steps: int) -> Traini
 
 def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Progress) -> Path:
     """Train one method and track it; returns the run directory."""
-    from spectra.callback import SpectraCallback
-
     steps = total_steps(job.preset, len(data))
     run_dir = job.run_dir(method)
     if job.overwrite:
@@ -420,11 +424,10 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
     task = progress.add_task(method, total=steps, loss="")
     callbacks = [
         SpectraCallback(run_dir, targets=job.targets, every=job.preset.every, method=method,
-                        run_name=method, gamma=job.gamma(method), model_name=job.model),
+                        run_name=method, gamma=job.gamma(method), model_name=job.model,
+                        worker=job.worker),
         RichSteps(progress, task),
     ]  # fmt: skip
-    if method == "adalora":
-        callbacks.append(AdaLoraAllocate())
     with tempfile.TemporaryDirectory(prefix="spectra-trainer-") as tmp:
         kwargs = {
             "model": model,
@@ -442,6 +445,9 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
 
 def run(job: Plan, console: Console | None = None) -> list[Path]:
     """Train and track every method of the plan; returns the run directories."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one rich bar per run instead
     console = console or Console(stderr=True)
     tokenizer = load_tokenizer(job.model)
     data = SFTDataset(load_examples(job.data, job.preset.examples), tokenizer,
@@ -457,4 +463,6 @@ def run(job: Plan, console: Console | None = None) -> list[Path]:
                 f"{method}: {runs[-1]}/ and {runs[-1].with_suffix('.parquet')} "
                 f"({time.perf_counter() - start:.0f} s)"
             )
+    console.print(f"next: spectra analyze {job.out}/*.parquet && spectra plot --figure 2 "
+                  f"{job.out}/*.parquet")  # fmt: skip
     return runs
