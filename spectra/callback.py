@@ -178,7 +178,8 @@ class Tracker:
             frozen = {
                 p: {k: _to_cpu(t) for k, t in lay.frozen.items()} for p, lay in layouts.items()
             }
-            self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
+            if any(frozen.values()):
+                self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
         if start_step % every == 0:  # step 0, or a resumed step whose snapshot may be missing
             self.snapshot(start_step)
         self._worker = _InlineWorker(self.path, poll, worker) if mode == "inline" else None
