@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from peft import LoraConfig
 from tiny_models import ARCH_TARGETS, base_model, perturb, reference_weights, with_method
 
 from spectra.capture import detect_method, find_targets, layout, matches
@@ -103,3 +104,17 @@ def test_spectra_sorsa_layer_equals_its_own_float64_merge():
         got = effective_weight(found.kind, found.frozen | found.step)
         assert relative_error(got, module.weight) <= 1e-12, path
         assert "values" in found.step  # singular-vector factors: ortho_err is defined
+
+
+def test_the_active_adapter_is_captured():
+    model = with_method(base_model("llama"), "lora", ("q_proj",))
+    model.add_adapter("other", LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj"]))
+    model.set_adapter("other")
+    perturb(model)  # moves only the trainable, i.e. active, adapter
+    layers = find_targets(model, "q_proj")
+    expected = reference_weights(model, "lora", layers)
+    for path, module in layers.items():
+        found = layout(module)
+        assert found.step["left"].shape[1] == 2 and float(found.step["scale"]) == 3.0
+        got = effective_weight(found.kind, found.frozen | found.step)
+        assert relative_error(got, expected[path]) <= 1e-12
