@@ -1,0 +1,202 @@
+"""Recipes and `spectra track`: every method trains and is tracked; bad input stops early."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spectra import cli, recipes
+from spectra.errors import SpectraError
+from spectra.recipes import DEFAULT_DATA, METHODS, PROMPT, load_examples, load_tokenizer, plan
+
+STEPS, EVERY = 4, 2
+DEFAULT = recipes.PRESETS["default"]
+NOWHERE = Path("/nonexistent-spectra-runs")  # checked by plan(), never written
+LAYERS = 8  # q_proj and v_proj of 4 blocks
+
+
+def _small_data(path, n: int = 32):
+    path.write_text("".join(json.dumps(r) + "\n" for r in load_examples(DEFAULT_DATA, n)))
+    return path
+
+
+def _track(tmp, methods, steps: int, every: int):
+    """Train ``methods`` on the embedded model with the default preset at smaller batches, and
+    one learning rate for both SORSA runs so that only γ tells them apart."""
+    small = replace(DEFAULT, sorsa_lr=DEFAULT.lr, batch_size=4, micro_batch=2, max_length=128)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(recipes.PRESETS, "small", small)
+        job = plan(methods, data=_small_data(tmp / "qa.jsonl"), steps=steps, every=every,
+                   preset="small", device="cpu", out=tmp / "runs", worker="thread")  # fmt: skip
+    recipes.run(job)
+    return tmp / "runs"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every recipe, a few steps each."""
+    return _track(tmp_path_factory.mktemp("track"), METHODS, STEPS, EVERY)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recipe_produces_run_and_parquet(runs, method: str) -> None:
+    manifest = json.loads((runs / method / "manifest.json").read_text())
+    assert manifest["method"] == method and manifest["finished"]
+    assert manifest["steps"] == [0, 2, 4]
+    assert len(manifest["targets"]) == LAYERS
+    rows = pd.read_parquet(runs / f"{method}.parquet")
+    assert len(rows) == 3 * LAYERS
+    assert set(rows["module"]) == {"q_proj", "v_proj"}
+    last = rows[rows["step"] == STEPS]
+    assert (last["delta_d"] > 0).all(), "the target weights did not move"
+    log = pd.read_parquet(runs / method / "train_log.parquet")
+    assert log["loss"].notna().all() and list(log["step"]) == list(range(1, STEPS + 1))
+    if method.startswith("sorsa"):
+        assert log["reg_loss"].notna().all()
+        assert manifest["gamma"] == (0.0 if method == "sorsa-noreg" else DEFAULT.gamma)
+
+
+def test_regularizer_keeps_factors_orthonormal(tmp_path) -> None:
+    """Over a short run, ortho_err ends far lower with γ > 0 than with γ = 0, and is falling.
+
+    (In the first steps Adam moves every factor entry by about lr whatever the size of its
+    gradient, and the gradient of the unsquared norm of eq. 4 near zero is a unit direction,
+    so the regularized run may briefly be the less orthonormal one.)
+    """
+    runs = _track(tmp_path, ("sorsa", "sorsa-noreg"), steps=10, every=5)
+    reg = pd.read_parquet(runs / "sorsa.parquet").groupby("step")["ortho_err"].mean()
+    noreg = pd.read_parquet(runs / "sorsa-noreg.parquet").groupby("step")["ortho_err"].mean()
+    assert noreg[10] > noreg[5] > 1e-3
+    assert reg[10] < reg[5]
+    assert reg[10] < 0.5 * noreg[10]
+
+
+def test_ft_trains_only_the_targets() -> None:
+    from transformers import AutoModelForCausalLM
+
+    job = plan(("ft",), steps=1, device="cpu", out=NOWHERE)
+    model = recipes.prepare("ft", AutoModelForCausalLM.from_pretrained(job.model), job, 1)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) == LAYERS
+    assert all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in trainable)
+
+
+def test_prompt_and_response_only_labels() -> None:
+    tokenizer = load_tokenizer(str(recipes.DEFAULT_MODEL))
+    record = {"query": "Tom has 3 apples and buys 4. How many?", "response": "3 + 4 = 7."}
+    data = recipes.SFTDataset([record], tokenizer, max_length=512)
+    item = data[0]
+    prompt = PROMPT.format(query=record["query"])
+    assert prompt.startswith("Below is an instruction that describes a task.")
+    assert prompt.endswith("### Instruction:\n" + record["query"] + "\n\n### Response:")
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    assert item["labels"][:n_prompt] == [-100] * n_prompt
+    answer = item["input_ids"][n_prompt:]
+    assert item["labels"][n_prompt:] == answer
+    assert tokenizer.decode(answer) == " 3 + 4 = 7." + tokenizer.eos_token
+    assert len(recipes.SFTDataset([record], tokenizer, max_length=10)[0]["input_ids"]) == 10
+
+
+def test_presets_match_table_2() -> None:
+    p = recipes.PRESETS["paper-analysis"]
+    assert (p.lr, p.sorsa_lr, p.gamma, p.rank) == (2e-5, 3e-5, 5e-4, 128)
+    assert (p.batch_size, p.max_length, p.epochs, p.steps) == (128, 512, 1, None)
+    assert (p.warmup_ratio, p.weight_decay, p.max_grad_norm, p.bf16) == (0.03, 0.0, 0.0, True)
+    assert recipes.total_steps(p, 100_000) == 782
+    job = plan(("sorsa", "sorsa-noreg", "lora"), preset="paper-analysis", device="cpu",
+               out=NOWHERE)  # fmt: skip
+    assert (job.lr("sorsa"), job.lr("sorsa-noreg"), job.lr("lora")) == (3e-5, 2e-5, 2e-5)
+    assert (job.gamma("sorsa"), job.gamma("sorsa-noreg"), job.gamma("lora")) == (5e-4, 0.0, None)
+    args = recipes.training_args(job, "sorsa", "/tmp/unused", 782)
+    assert args.gradient_accumulation_steps * args.per_device_train_batch_size == 128
+    assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 24
+    assert args.max_grad_norm == 0.0
+
+
+def test_parse_list() -> None:
+    assert recipes.parse_list(["ft,lora", " sorsa ", ""]) == ("ft", "lora", "sorsa")
+    assert recipes.parse_list(None) == ()
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def _bad_inputs(tmp_path):
+    good = json.dumps({"query": "q?", "response": "r"})
+    not_causal = tmp_path / "vit"
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("vit").save_pretrained(not_causal)
+    return {
+        "unknown method": ({"methods": ("ft", "qlora")}, "unknown method 'qlora'"),
+        "unknown preset": ({"preset": "fast"}, "unknown preset 'fast'"),
+        "missing model": ({"model": tmp_path / "nope"}, "not a transformers model"),
+        "empty model dir": ({"model": tmp_path}, "not a transformers model"),
+        "not a causal LM": ({"model": not_causal}, "not a causal LM"),
+        "missing data": ({"data": tmp_path / "none.jsonl"}, "no such data file"),
+        "missing field": (
+            {"data": _write(tmp_path / "a.jsonl", good + '\n{"query": "q?"}\n')},
+            r"a\.jsonl:2: missing or empty string field 'response'",
+        ),
+        "empty line": (
+            {"data": _write(tmp_path / "b.jsonl", good + "\n\n" + good + "\n")},
+            r"b\.jsonl:2: empty line",
+        ),
+        "not json": ({"data": _write(tmp_path / "c.jsonl", "{oops\n")}, "not valid JSON"),
+        "empty data": ({"data": _write(tmp_path / "d.jsonl", "")}, "no examples"),
+        "rank too large": ({"rank": 257}, r"rank 257 does not fit .*q_proj \(256×256\)"),
+        "unknown target": ({"targets": ("qkv",)}, r"targets \['qkv'\] match no module"),
+        "steps and epochs": ({"steps": 2, "epochs": 1.0}, "not both"),
+        "bad every": ({"every": 0}, "--every must be positive"),
+        "unknown device": ({"device": "tpu"}, "unknown device"),
+    }
+
+
+def test_bad_inputs_fail_before_training(tmp_path) -> None:
+    out = tmp_path / "runs"
+    for name, (kwargs, message) in _bad_inputs(tmp_path).items():
+        with pytest.raises(SpectraError, match=message):
+            plan(**{"out": out, "device": "cpu", **kwargs})
+        assert not out.exists(), name
+
+
+def test_existing_run_needs_overwrite(tmp_path) -> None:
+    (tmp_path / "runs" / "lora").mkdir(parents=True)
+    with pytest.raises(SpectraError, match="already exists; pass --overwrite"):
+        plan(("lora",), out=tmp_path / "runs", device="cpu")
+    assert plan(("lora",), out=tmp_path / "runs", device="cpu", overwrite=True).overwrite
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["spectra", "track", "--method", "ft,bogus",
+                                      "--out", str(tmp_path / "runs")])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown method 'bogus'") and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_track_passes_options(tmp_path, monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(recipes, "run", lambda job: seen.setdefault("job", job))
+    monkeypatch.setattr(sys, "argv", [
+        "spectra", "track", "--method", "lora", "--method", "sorsa", "--targets", "q_proj",
+        "--rank", "4", "--steps", "3", "--every", "1", "--device", "cpu",
+        "--out", str(tmp_path / "r"),
+    ])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code in (0, None)
+    job = seen["job"]
+    assert job.methods == ("lora", "sorsa") and job.targets == ("q_proj",)
+    assert (job.preset.rank, job.preset.steps, job.preset.every) == (4, 3, 1)
+    assert job.device == "cpu" and job.out == tmp_path / "r"
