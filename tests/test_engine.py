@@ -127,7 +127,7 @@ def test_low_rank_rows_carry_factor_metrics(tmp_path):
 def test_base_svd_is_computed_once_per_distinct_base(tmp_path, monkeypatch, svd_cache):
     calls = []
     real = engine_module.svd
-    monkeypatch.setattr(engine_module, "svd", lambda w: calls.append(w.shape) or real(w))
+    monkeypatch.setattr(engine_module, "svd", lambda w, *a: calls.append(w.shape) or real(w, *a))
     first, _ = dense_run(tmp_path, name="a", seed=3)
     second, _ = dense_run(tmp_path, name="b", seed=3)  # same base weights, same later steps
     compute_run(first)
