@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/spectra track
+	$(BIN)/spectra track --overwrite
 	$(BIN)/spectra analyze runs/*.parquet
 	$(BIN)/spectra plot --figure 2
 
