@@ -43,6 +43,12 @@ def make_run(path: Path, layers: int, steps: int, size: int) -> Path:
     return path
 
 
+def peak_rss_kib() -> int:
+    """This process's own peak RSS (VmHWM; ru_maxrss would carry the parent's over exec)."""
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+
+
 def run_one(config: str, run_dir: Path, cache: Path) -> dict:
     """Compute ``run_dir`` under ``config``; wall time, matrices/s and peak RSS in MiB."""
     from spectra.engine import Engine
@@ -60,7 +66,7 @@ def run_one(config: str, run_dir: Path, cache: Path) -> dict:
     else:
         rows = Engine(run_dir, out, cache_dir=cache, workers=int(config[-1])).update()
     seconds = time.perf_counter() - start
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    own = peak_rss_kib()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
         "config": config,
