@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from spectra import __version__
 from spectra.errors import SpectraError
 from spectra.metrics import INTRUDER_EPS, SVD, TOP_K, drift_from_svd, factor_metrics, svd
-from spectra.snapshots import Run, atomic_write, open_run
+from spectra.snapshots import atomic_write, open_run
 from spectra.store import KEY, layer_position, read_run, write_run
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
@@ -51,11 +51,6 @@ def base_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "svd" / f"{key}.safetensors"
 
 
-@lru_cache(maxsize=4)
-def _open(run_dir: str) -> Run:
-    return open_run(run_dir)
-
-
 @lru_cache(maxsize=1)  # tasks arrive layer-major: one base per worker bounds memory
 def _load_base(path: str) -> SVD:
     t = load_file(path)
@@ -64,7 +59,7 @@ def _load_base(path: str) -> SVD:
 
 def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> str:
     """Compute (or find) the SVD of ``layer``'s step-0 weight in the cache; return its path."""
-    w0 = _open(run_dir).weight(0, layer)
+    w0 = open_run(run_dir).weight(0, layer)
     if not torch.isfinite(w0).all():
         raise SpectraError(f"{Path(run_dir).name} layer {layer}: step-0 weight has NaN or Inf")
     path = base_path(Path(cache_dir), weight_key(w0))
@@ -86,7 +81,7 @@ def matrix_task(
     device: str = "cpu",
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
-    run = _open(run_dir)
+    run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
     w, principal = run.weight_and_principal(step, layer)
     block, module = layer_position(layer)
     row = {"run": run.name, "method": run.manifest.method, "step": step, "layer": layer,
