@@ -1,6 +1,10 @@
-"""Shared fixtures: an isolated SVD cache for every test."""
+"""Shared fixtures: an isolated SVD cache for every test, and the CLI run in-process."""
+
+import sys
 
 import pytest
+
+from spectra.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -9,3 +13,17 @@ def svd_cache(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("svd-cache")
     monkeypatch.setenv("SPECTRA_CACHE", str(path))
     return path
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``spectra ARGS`` in-process: ``cli(args)`` → (exit code, stdout, stderr)."""
+
+    def run(args):
+        monkeypatch.setattr(sys, "argv", ["spectra", *map(str, args)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    return run

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,6 @@ import pytest
 from runmaker import make_run, paper_like, parallel, scattered
 
 from spectra import figures
-from spectra.cli import main
 from spectra.errors import SpectraError
 from spectra.report import load_runs
 
@@ -175,22 +173,14 @@ def test_options_are_parsed(frame):
     assert figures.build(frame, "2", matched=True)[0] == "figure2-matched"
 
 
-def cli(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["spectra", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def test_plot_command_defaults_to_runs_glob_and_figures_dir(runs, monkeypatch, capsys):
+def test_plot_command_defaults_to_runs_glob_and_figures_dir(runs, monkeypatch, cli):
     monkeypatch.chdir(runs[0].parent.parent)
-    code, out, _ = cli(["plot", "--figure", "2,cond"], monkeypatch, capsys)
+    code, out, _ = cli(["plot", "--figure", "2,cond"])
     assert code == 0
     assert out.splitlines() == ["wrote figures/figure2.html", "wrote figures/cond.html"]
 
 
-def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
     good = make_run(tmp_path, "a", "lora", parallel(0.1), log=False)
     (tmp_path / "text.parquet").write_text("not parquet")
@@ -202,6 +192,6 @@ def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
         ([good, "--figure", "3"], "needs train logs"),
     ]
     for args, message in cases:
-        code, _, err = cli(["plot", *args], monkeypatch, capsys)
+        code, _, err = cli(["plot", *args])
         assert code == 2, args
         assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -14,7 +14,6 @@ import pytest
 from runmaker import make_run, paper_like, parallel, scattered
 
 from spectra import report
-from spectra.cli import main
 from spectra.errors import SpectraError
 
 
@@ -25,15 +24,6 @@ def load(*paths):
 def verdicts(*paths, matched=False):
     _, claims = report.check_claims(load(*paths), matched)
     return [c.verdict for c in claims]
-
-
-def cli(args, monkeypatch, capsys):
-    """Run ``spectra ARGS`` in-process; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["spectra", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 # -- parallelism ---------------------------------------------------------------------------
@@ -191,9 +181,9 @@ def test_every_format_carries_the_summary_and_verdicts(tmp_path):
 # -- command line --------------------------------------------------------------------------
 
 
-def test_analyze_command_prints_json(tmp_path, monkeypatch, capsys):
+def test_analyze_command_prints_json(tmp_path, cli):
     paper_like(tmp_path)
-    code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--format", "json"], monkeypatch, capsys)
+    code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--format", "json"])
     assert code == 0
     assert len(json.loads(out)["claims"]) == 5
 
@@ -218,9 +208,9 @@ def bad_inputs(tmp_path):
     ]
 
 
-def test_analyze_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+def test_analyze_bad_input_is_one_line_and_exit_2(tmp_path, cli):
     for args, message in bad_inputs(tmp_path):
-        code, _, err = cli(["analyze", *args], monkeypatch, capsys)
+        code, _, err = cli(["analyze", *args])
         assert code == 2, args
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
