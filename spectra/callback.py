@@ -20,8 +20,7 @@ import warnings
 from numbers import Real
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pandas as pd
 import torch
 from torch import nn
 from transformers import TrainerCallback
@@ -29,11 +28,18 @@ from transformers import TrainerCallback
 from spectra.capture import detect_method, find_targets, layout
 from spectra.errors import SpectraError
 from spectra.follow import compute_until_finished
-from spectra.snapshots import FROZEN, TRAIN_LOG, Manifest, RunWriter, Target, atomic_write, open_run
+from spectra.snapshots import (
+    FROZEN,
+    Manifest,
+    RunWriter,
+    Target,
+    open_run,
+    read_train_log,
+    write_train_log,
+)
 
 MODES = ("inline", "deferred")
 WORKERS = ("process", "thread")
-LOG_COLUMNS = ("step", "loss", "reg_loss", "grad_norm", "lr")
 QUEUE_DEPTH = 2  # snapshots held in memory before the training thread waits for the writer
 
 
@@ -67,27 +73,61 @@ def _number(value) -> float | None:
     return None
 
 
-def write_train_log(path: Path, rows: dict[int, dict[str, float]]) -> None:
-    """train_log.parquet: one row per step, the standard columns first, then extras, sorted."""
-    extras = sorted({k for row in rows.values() for k in row} - set(LOG_COLUMNS))
-    steps = sorted(rows)
-    columns = {"step": pa.array(steps, pa.int64())}
-    for name in (*LOG_COLUMNS[1:], *extras):
-        columns[name] = pa.array([rows[s].get(name) for s in steps], pa.float64())
-    table = pa.table(columns)
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+class _SnapshotWriter:
+    """Writes queued snapshots and the training log on a background thread.
 
+    NaN/Inf in a snapshot is recorded in the manifest with a warning; a write that fails is
+    re-raised in the training thread by the next ``put`` or by ``join``.
+    """
 
-def read_train_log(path: Path, up_to: int) -> dict[int, dict[str, float]]:
-    """The rows of an existing train log with step ≤ ``up_to`` (what a resumed run keeps)."""
-    if not path.is_file():
-        return {}
-    rows = pq.read_table(path).to_pylist()
-    return {
-        row.pop("step"): {k: v for k, v in row.items() if v is not None}
-        for row in rows
-        if row["step"] <= up_to
-    }
+    def __init__(self, writer: RunWriter):
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def put(self, step: int | None, parts: dict, log: dict) -> None:
+        """Queue the snapshot of ``step`` (None: only the log) for writing."""
+        self._raise()
+        self._queue.put((step, parts, log))
+
+    def join(self) -> None:
+        """Wait until everything queued is on disk."""
+        self._queue.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise SpectraError(f"writing snapshots to {self.writer.path} failed: {self.error}")
+
+    def _drain(self) -> None:
+        while True:
+            step, parts, log = self._queue.get()
+            try:
+                if self.error is None:
+                    self._write(step, parts, log)
+            except BaseException as exc:  # re-raised in the training thread
+                self.error = exc
+            finally:
+                self._queue.task_done()
+
+    def _write(self, step: int | None, parts: dict, log: dict) -> None:
+        bad = [
+            p
+            for p, ts in parts.items()
+            if not all(bool(torch.isfinite(t).all()) for t in ts.values())
+        ]
+        if bad:
+            self.writer.manifest.extra.setdefault("nonfinite", []).extend([step, p] for p in bad)
+            warnings.warn(
+                f"spectra: NaN or Inf weights at step {step} in {len(bad)} target(s) "
+                f"({bad[0]}, …); recorded in the manifest, their metric rows will be skipped",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+        if step is not None:
+            self.writer.write_step(step, parts)
+        write_train_log(self.writer.path, log)
 
 
 class _InlineWorker:
@@ -120,6 +160,16 @@ class _InlineWorker:
             return None if code == 0 or stop else f"exit code {code}"
         self.thread.join(None if not stop else 0)
         return None if self.error is None else str(self.error)
+
+
+def _log_rows(log, up_to: int) -> dict[int, dict[str, float]]:
+    """The rows of a stored train log with step ≤ ``up_to`` (what a resumed run keeps)."""
+    if log is None:
+        return {}
+    rows = log[log["step"] <= up_to].to_dict("records")
+    return {
+        int(row.pop("step")): {k: float(v) for k, v in row.items() if pd.notna(v)} for row in rows
+    }
 
 
 class Tracker:
@@ -170,10 +220,8 @@ class Tracker:
             self._check_resumable(manifest)
         self.writer = RunWriter(self.path, manifest, resume=start_step > 0)
         self._taken = set(self.writer.manifest.steps)
-        self._log = read_train_log(self.path / TRAIN_LOG, start_step)
-        self._error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._log = _log_rows(read_train_log(self.path), start_step)
+        self._writes = _SnapshotWriter(self.writer)
         if start_step == 0:
             frozen = {
                 p: {k: _to_cpu(t) for k, t in lay.frozen.items()} for p, lay in layouts.items()
@@ -226,60 +274,25 @@ class Tracker:
         """Copy every target's trainable tensors to CPU and queue them for writing."""
         if not self.writing or step in self._taken:
             return
-        self._raise_writer_error()
         self._taken.add(int(step))
         parts = {
             path: {k: _to_cpu(t) for k, t in layout(module).step.items()}
             for path, module in self.layers.items()
         }
-        self._queue.put((int(step), parts, self._log_copy()))
+        self._writes.put(int(step), parts, self._log_copy())
 
     def save_log(self) -> None:
         """Queue a rewrite of train_log.parquet (behind any queued snapshot)."""
         if self.writing:
-            self._queue.put((None, {}, self._log_copy()))
+            self._writes.put(None, {}, self._log_copy())
 
     def _log_copy(self) -> dict[int, dict[str, float]]:
         return {s: dict(row) for s, row in self._log.items()}
 
-    def _drain(self) -> None:
-        while True:
-            step, parts, log = self._queue.get()
-            try:
-                if self._error is None:
-                    self._write(step, parts, log)
-            except BaseException as exc:  # re-raised in the training thread
-                self._error = exc
-            finally:
-                self._queue.task_done()
-
-    def _write(self, step: int | None, parts: dict, log: dict) -> None:
-        bad = [
-            p
-            for p, ts in parts.items()
-            if not all(bool(torch.isfinite(t).all()) for t in ts.values())
-        ]
-        if bad:
-            self.writer.manifest.extra.setdefault("nonfinite", []).extend([step, p] for p in bad)
-            warnings.warn(
-                f"spectra: NaN or Inf weights at step {step} in {len(bad)} target(s) "
-                f"({bad[0]}, …); recorded in the manifest, their metric rows will be skipped",
-                RuntimeWarning,
-                stacklevel=1,
-            )
-        if step is not None:
-            self.writer.write_step(step, parts)
-        write_train_log(self.path / TRAIN_LOG, log)
-
-    def _raise_writer_error(self) -> None:
-        if self._error is not None:
-            raise SpectraError(f"writing snapshots to {self.path} failed: {self._error}")
-
     def flush(self) -> None:
         """Wait until every queued snapshot is on disk."""
         if self.writing:
-            self._queue.join()
-            self._raise_writer_error()
+            self._writes.join()
 
     def close(self, failed: bool = False) -> None:
         """Snapshot the last step, write the training log, mark the run finished.
@@ -293,7 +306,7 @@ class Tracker:
         if self._last is not None and not failed:
             self.snapshot(self._last)
         self.flush()
-        write_train_log(self.path / TRAIN_LOG, self._log)
+        write_train_log(self.path, self._log)
         self.writer.finish(status="failed" if failed else "completed")
         problem = self._worker.wait(stop=failed) if self._worker else None
         if problem:

@@ -1,4 +1,4 @@
-"""How stored tensors make a layer's effective weight W_t and its trainable part W_p.
+"""The parametrization vocabulary: how stored tensors make a layer's W_t and its trainable W_p.
 
 A snapshot stores each target layer in one of three parametrizations (its *kind*):
 
@@ -11,6 +11,9 @@ A snapshot stores each target layer in one of three parametrizations (its *kind*
   V = base + scale · left · right;  W_t = magnitude ⊙ V / ‖V‖_row  (peft's DoRA merge),
   W_p = scale · left · right.
 
+Every part indexed by output feature (``ROW_PARTS``) can be cut to a subset of rows: the
+rows of a slice of a fused projection (q of a fused qkv) are the slice of every row part,
+for every kind, because W_t's rows depend only on the same rows of those parts.
 Every tensor is cast to float64 *before* anything is multiplied.
 """
 
@@ -30,6 +33,17 @@ STEP_PARTS = {
     "dora": ("left", "right", "scale", "magnitude"),
 }
 OPTIONAL_PARTS = {"dense": (), "lowrank": ("values",), "dora": ()}
+ROW_PARTS = ("weight", "base", "left", "magnitude")  # indexed by output feature
+Rows = tuple[tuple[int, int], ...]  # half-open [start, stop) ranges of output rows, in order
+
+
+class Layout(NamedTuple):
+    """A module's parametrization: method name, kind, frozen and per-step tensors by part."""
+
+    method: str
+    kind: str
+    frozen: dict[str, torch.Tensor]
+    step: dict[str, torch.Tensor]
 
 
 class Principal(NamedTuple):
@@ -38,6 +52,11 @@ class Principal(NamedTuple):
     left: torch.Tensor
     values: torch.Tensor | None
     right: torch.Tensor
+
+
+def step_parts(kind: str) -> tuple[str, ...]:
+    """Every per-step part a layer of ``kind`` may store, required ones first."""
+    return STEP_PARTS[kind] + OPTIONAL_PARTS[kind]
 
 
 def f64(t: torch.Tensor) -> torch.Tensor:
@@ -52,6 +71,17 @@ def check_parts(kind: str, parts: dict[str, torch.Tensor], where: str) -> None:
     missing = [p for p in FROZEN_PARTS[kind] + STEP_PARTS[kind] if p not in parts]
     if missing:
         raise SpectraError(f"{where}: missing tensors {missing} for a {kind} layer")
+
+
+def row_count(rows: Rows) -> int:
+    """How many output rows the ranges select."""
+    return sum(stop - start for start, stop in rows)
+
+
+def slice_rows(parts: dict[str, torch.Tensor], rows: Rows) -> dict[str, torch.Tensor]:
+    """The parts of the layer made of the given output rows (the other parts unchanged)."""
+    index = torch.cat([torch.arange(start, stop) for start, stop in rows])
+    return {p: t.index_select(0, index) if p in ROW_PARTS else t for p, t in parts.items()}
 
 
 def principal(kind: str, parts: dict[str, torch.Tensor]) -> Principal | None:

@@ -1,6 +1,6 @@
 """Plotly figures of runs: Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), heatmap.
 
-Every builder takes the frame of :func:`spectra.report.load_runs` and returns a
+Every builder takes the frame of :func:`spectra.store.load_runs` and returns a
 ``plotly.graph_objects.Figure``; :func:`write_figures` saves them as self-contained HTML and,
 when a Chrome/Chromium browser is available to kaleido, as PNG or SVG.
 """
@@ -17,10 +17,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
-from pyarrow import ArrowException
 
 from spectra.errors import SpectraError
-from spectra.report import delta_d_column, delta_d_name, label, load_runs, ordered_runs
+from spectra.snapshots import read_train_log
+from spectra.store import delta_d_column, delta_d_name, label, load_runs, ordered_runs
 
 FIGURES = ("2", "3", "cond", "heatmap")
 IMAGE_FORMATS = ("png", "svg")
@@ -148,12 +148,9 @@ def train_logs(frame: pd.DataFrame) -> pd.DataFrame:
     logs = []
     for run in ordered_runs(frame):
         run_dir = frame.attrs["runs"][run].get("run_dir")
-        path = Path(run_dir) / "train_log.parquet" if run_dir else None
-        if path is not None and path.is_file():
-            try:
-                logs.append(pd.read_parquet(path).assign(run=run))
-            except (ArrowException, OSError) as exc:
-                raise SpectraError(f"{path} is not a readable train log: {exc}") from None
+        log = read_train_log(run_dir) if run_dir else None
+        if log is not None:
+            logs.append(log.assign(run=run))
     if not logs:
         raise SpectraError(
             "figure 3 needs train logs (runs/<run>/train_log.parquet); none of the runs has one"

@@ -7,7 +7,9 @@
     runs/<run>/step_00000010.safetensors  the trainable tensors of every target at step 10
     runs/<run>/train_log.parquet          step, loss, reg_loss, grad_norm, lr (from the tracker)
 
-Tensor keys are ``"<layer>/<part>"`` (see :mod:`spectra.factors` for the parts of each kind).
+Tensor keys are ``"<module>/<part>"`` (see :mod:`spectra.factors` for the parts of each kind).
+A target is usually one module; a slice of a fused projection (``…c_attn[q]``) names its
+``source`` module and the output ``rows`` it takes, and shares the source's tensors.
 Every file is written to a temporary name and renamed into place; the manifest lists a step
 only after its file is complete, so a crash leaves the last complete state readable.
 Nothing here is ever unpickled: safetensors and JSON only.
@@ -22,18 +24,31 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from spectra import __version__
 from spectra.errors import SpectraError
-from spectra.factors import FROZEN_PARTS, Principal, check_parts, effective_weight, principal
+from spectra.factors import (
+    FROZEN_PARTS,
+    Principal,
+    Rows,
+    check_parts,
+    effective_weight,
+    principal,
+    slice_rows,
+    step_parts,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FROZEN = "frozen.safetensors"
 TRAIN_LOG = "train_log.parquet"
+LOG_COLUMNS = ("step", "loss", "reg_loss", "grad_norm", "lr")
 
 
 def step_file(step: int) -> str:
@@ -43,11 +58,14 @@ def step_file(step: int) -> str:
 
 @dataclass
 class Target:
-    """One tracked layer: its module path, parametrization kind and (out, in) shape."""
+    """One tracked layer: parametrization kind, (out, in) shape, adapter rank, and for a slice
+    of a fused projection the ``source`` module whose tensors it reads and its output ``rows``."""
 
     kind: str
     shape: tuple[int, int]
     rank: int | None = None
+    source: str | None = None
+    rows: Rows | None = None
 
 
 @dataclass
@@ -69,16 +87,24 @@ class Manifest:
     spectra_version: str = __version__
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        raw = asdict(self)
+        raw["targets"] = {
+            name: {k: v for k, v in t.items() if v is not None}
+            for name, t in raw["targets"].items()
+        }
+        return json.dumps(raw, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str = "manifest") -> Manifest:
         try:
             raw = json.loads(text)
             raw["targets"] = {
-                name: Target(t["kind"], tuple(t["shape"]), t.get("rank"))
+                name: Target(
+                    t["kind"], tuple(t["shape"]), t.get("rank"), t.get("source"),
+                    tuple(tuple(r) for r in t["rows"]) if t.get("rows") else None,
+                )
                 for name, t in raw["targets"].items()
-            }
+            }  # fmt: skip
             manifest = cls(**raw)
         except (ValueError, KeyError, TypeError) as exc:
             raise SpectraError(f"{where} is not a valid spectra manifest: {exc}") from None
@@ -108,6 +134,31 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def _flatten(layers: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {f"{layer}/{part}": t for layer, parts in layers.items() for part, t in parts.items()}
+
+
+def write_train_log(run_dir: Path, rows: dict[int, dict[str, float]]) -> None:
+    """train_log.parquet: one row per step, the standard columns first, then extras, sorted."""
+    extras = sorted({k for row in rows.values() for k in row} - set(LOG_COLUMNS))
+    steps = sorted(rows)
+    columns = {"step": pa.array(steps, pa.int64())}
+    for name in (*LOG_COLUMNS[1:], *extras):
+        columns[name] = pa.array([rows[s].get(name) for s in steps], pa.float64())
+    table = pa.table(columns)
+    atomic_write(Path(run_dir) / TRAIN_LOG, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_train_log(run_dir: str | Path) -> pd.DataFrame | None:
+    """The run's training log (a ``step`` column, then float columns), or None if it has none."""
+    path = Path(run_dir) / TRAIN_LOG
+    if not path.is_file():
+        return None
+    try:
+        log = pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise SpectraError(f"{path} is not a readable train log: {exc}") from None
+    if "step" not in log or not pd.api.types.is_integer_dtype(log["step"]):
+        raise SpectraError(f"{path} is not a spectra train log (no integer step column)")
+    return log
 
 
 class RunWriter:
@@ -192,15 +243,18 @@ class Run:
             raise SpectraError(f"corrupt or truncated snapshot {path}: {exc}") from None
 
     def parts(self, step: int, layer: str) -> dict[str, torch.Tensor]:
-        """The raw stored tensors of ``layer`` at ``step`` (frozen ones included)."""
+        """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
+        target's rows when it is a slice of a fused module."""
         target = self.manifest.targets[layer]
-        keys = [f"{layer}/{p}" for p in ("weight", "left", "right", "scale", "values", "magnitude")]
-        parts = self._read(step_file(step), keys)
+        if target.kind not in FROZEN_PARTS:
+            check_parts(target.kind, {}, f"{self.path / MANIFEST} layer {layer}")
+        module = target.source or layer
+        parts = self._read(step_file(step), [f"{module}/{p}" for p in step_parts(target.kind)])
         if FROZEN_PARTS[target.kind]:
-            parts |= self._read(FROZEN, [f"{layer}/{p}" for p in FROZEN_PARTS[target.kind]])
+            parts |= self._read(FROZEN, [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]])
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         check_parts(target.kind, parts, f"{self.path.name} step {step} layer {layer}")
-        return parts
+        return slice_rows(parts, target.rows) if target.rows else parts
 
     def weight(self, step: int, layer: str) -> torch.Tensor:
         """The effective weight W_t of ``layer`` at ``step`` in float64, shape-checked."""

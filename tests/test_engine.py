@@ -300,3 +300,30 @@ def test_manifest_from_a_newer_format_is_refused(tmp_path):
     (run_dir / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(SpectraError, match="format 99"):
         open_run(run_dir)
+
+
+@pytest.mark.parametrize("kind", ["dense", "lowrank", "dora"])
+def test_slice_targets_read_rows_of_their_source(tmp_path, kind):
+    """A slice of a fused module is the same rows of the whole module's effective weight."""
+    from spectra.factors import effective_weight
+
+    g = _gen(7)
+    fused, rows = "h.0.attn.c_attn", {"q": ((0, 4), (12, 16)), "v": ((8, 12),)}
+    frozen = {} if kind == "dense" else {"base": torch.randn(16, 6, generator=g)}
+    step = {"weight": torch.randn(16, 6, generator=g)} if kind == "dense" else {
+        "left": torch.randn(16, 2, generator=g), "right": torch.randn(2, 6, generator=g),
+        "scale": torch.tensor([0.5]),
+    }  # fmt: skip
+    if kind == "dora":
+        step["magnitude"] = torch.rand(16, generator=g) + 0.5
+    targets = {f"{fused}[{n}]": Target(kind, (8 if n == "q" else 4, 6), None if kind == "dense"
+               else 2, fused, r) for n, r in rows.items()}  # fmt: skip
+    writer = RunWriter(tmp_path / "run", Manifest(run="run", method="x", targets=targets))
+    if frozen:
+        writer.write_frozen({fused: frozen})
+    writer.write_step(0, {fused: step})
+    run = open_run(tmp_path / "run")
+    assert run.manifest.targets[f"{fused}[q]"].rows == ((0, 4), (12, 16))
+    whole = effective_weight(kind, frozen | step)
+    assert torch.equal(run.weight(0, f"{fused}[q]"), torch.cat([whole[0:4], whole[12:16]]))
+    assert torch.equal(run.weight(0, f"{fused}[v]"), whole[8:12])
