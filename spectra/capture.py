@@ -1,17 +1,23 @@
 """What a module's effective weight is made of, per fine-tuning method.
 
 Each method is one *extractor*: a function that takes a module and returns its
-:class:`Layout` (the method's name, the :mod:`spectra.factors` kind, the frozen tensors and
-the tensors that change during training), or None when the module is not of that method.
+:class:`~spectra.factors.Layout` (the method's name, the :mod:`spectra.factors` kind, the
+frozen tensors and the tensors that change during training), or None when the module is not
+of that method.
 The extractors are tried in registration order; adding a method is one decorated function.
 Tensors are returned as references in torch layout (out × in), not copies.
 
-Targets select modules by name. A target matches a module path when it is
+Targets select modules by name, by the one rule of this module (:func:`resolve`). A target
+matches a module path when it is
 
-- the last path component (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``),
-- the full path (``"model.layers.0.self_attn.q_proj"``), or
+- the exact path (``"model.layers.0.self_attn.q_proj"``),
+- a dotted suffix of it: the last component or several (``"q_proj"``, ``"self_attn.q_proj"``
+  both match ``model.layers.0.self_attn.q_proj``; ``"proj"`` does not), or
 - a shell glob over the full path when it contains ``*``, ``?`` or ``[``
   (``"*.layers.[01].*.q_proj"``).
+
+Targets are resolved once to full module paths, and that list is what the tracker, the SORSA
+adapter and peft's ``target_modules`` receive.
 
 Only capturable leaves are candidates: the peft wrapper of an adapted layer, never its inner
 ``base_layer``, ``lora_A`` or ``lora_B``. Paths are reported without the ``base_model.model.``
@@ -21,8 +27,7 @@ prefix that peft adds, so runs of different methods share layer names.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from peft.tuners.adalora import SVDLinear
@@ -31,19 +36,11 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from spectra.errors import SpectraError
+from spectra.factors import Layout
 
 PEFT_PREFIX = "base_model.model."
 GLOB_CHARS = "*?["
 ADAPTER_EPS = 1e-5  # peft AdaLoRA's ranknum + 1e-5
-
-
-class Layout(NamedTuple):
-    """A module's parametrization: method name, factors kind, frozen and per-step tensors."""
-
-    method: str
-    kind: str
-    frozen: dict[str, torch.Tensor]
-    step: dict[str, torch.Tensor]
 
 
 Extractor = Callable[[nn.Module], "Layout | None"]
@@ -168,29 +165,36 @@ def matches(target: str, path: str) -> bool:
     """Whether ``target`` selects the module at ``path`` (see the module docstring)."""
     if any(c in target for c in GLOB_CHARS):
         return fnmatch.fnmatchcase(path, target)
-    return path == target or path.rsplit(".", 1)[-1] == target
+    return path == target or path.endswith(f".{target}")
 
 
-def find_targets(
-    model: nn.Module, targets: str | tuple[str, ...] | list[str]
-) -> dict[str, nn.Module]:
-    """{path: module} of the capturable modules the targets select, in model order.
+def as_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """Targets as a tuple of names; one string is one target."""
+    return (targets,) if isinstance(targets, str) else tuple(targets)
 
-    SpectraError, listing the candidate module names, when some target selects nothing.
+
+def resolve(targets: str | Iterable[str], paths: Iterable[str]) -> list[str]:
+    """The paths, in their order, that the targets select.
+
+    SpectraError, listing the names that could be targets, when some target selects nothing.
     """
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    targets, paths = as_targets(targets), list(paths)
     if not targets:
         raise SpectraError("no targets given")
-    found = list(candidates(model))
-    chosen = {path: m for path, m in found if any(matches(t, path) for t in targets)}
-    missing = [t for t in targets if not any(matches(t, path) for path, _ in found)]
+    missing = [t for t in targets if not any(matches(t, path) for path in paths)]
     if missing:
-        names = sorted({path.rsplit(".", 1)[-1] for path, _ in found})
+        names = sorted({path.rsplit(".", 1)[-1] for path in paths})
         raise SpectraError(
             f"targets {missing} match no module; module names that can be targets: "
             f"{', '.join(names) or '(none)'}"
         )
-    return chosen
+    return [path for path in paths if any(matches(t, path) for t in targets)]
+
+
+def find_targets(model: nn.Module, targets: str | Iterable[str]) -> dict[str, nn.Module]:
+    """{path: module} of the capturable modules the targets select, in model order."""
+    found = dict(candidates(model))
+    return {path: found[path] for path in resolve(targets, found)}
 
 
 def _pissa(model: nn.Module) -> bool:

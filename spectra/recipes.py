@@ -103,6 +103,7 @@ class Plan:
     model: str
     data: Path
     targets: tuple[str, ...]
+    layers: tuple[str, ...]  # the targets resolved to full module paths
     preset: Preset
     device: str
     out: Path
@@ -169,18 +170,23 @@ def _causal_lm_config(model: str):
     return config
 
 
-def _check_targets(model: str, targets: tuple[str, ...], rank: int, needs_rank: bool) -> None:
-    """Targets exist and the rank fits every target matrix (on a weightless meta model)."""
+def _resolve_targets(
+    model: str, targets: tuple[str, ...], rank: int, needs_rank: bool
+) -> tuple[str, ...]:
+    """The full paths of the targets, checked to be linear layers that the rank fits (on a
+    weightless meta model)."""
     config = _causal_lm_config(model)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    for path, module in find_targets(skeleton, targets).items():
+    layers = find_targets(skeleton, targets)
+    for path, module in layers.items():
         if not isinstance(module, nn.Linear):
             raise SpectraError(f"{path} is a {type(module).__name__}; the recipes adapt nn.Linear")
         limit = min(module.weight.shape)
         if needs_rank and not 0 < rank <= limit:
             out_f, in_f = module.weight.shape
             raise SpectraError(f"rank {rank} does not fit {path} ({out_f}×{in_f}): use 1..{limit}")
+    return tuple(layers)
 
 
 def _device(device: str) -> str:
@@ -232,11 +238,15 @@ def plan(
         epochs=epochs or chosen.epochs,
         every=every or chosen.every,
     )
+    methods = tuple(dict.fromkeys(methods))
+    model, targets = str(model or DEFAULT_MODEL), targets or DEFAULT_TARGETS
+    needs_rank = any(m != "ft" for m in methods)
     job = Plan(
-        methods=tuple(dict.fromkeys(methods)),
-        model=str(model or DEFAULT_MODEL),
+        methods=methods,
+        model=model,
         data=Path(data or DEFAULT_DATA),
-        targets=targets or DEFAULT_TARGETS,
+        targets=targets,
+        layers=_resolve_targets(model, targets, chosen.rank, needs_rank),
         preset=chosen,
         device=_device(device),
         out=Path(out),
@@ -244,7 +254,6 @@ def plan(
         worker=worker,
     )
     load_examples(job.data, chosen.examples)
-    _check_targets(job.model, job.targets, chosen.rank, any(m != "ft" for m in job.methods))
     _check_outputs(job)
     return job
 
@@ -295,7 +304,7 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
 # ---------------------------------------------------------------- methods
 
 
-def _peft_config(method: str, targets: tuple[str, ...], rank: int, total_steps: int):
+def _peft_config(method: str, layers: tuple[str, ...], rank: int, total_steps: int):
     """peft config of a LoRA-family method; scaling 1 (alpha = r), no dropout.
 
     AdaLoRA follows Table 4: r_init = r_target (no rank pruning, so no budget allocation
@@ -303,7 +312,7 @@ def _peft_config(method: str, targets: tuple[str, ...], rank: int, total_steps: 
     """
     from peft import AdaLoraConfig, LoraConfig
 
-    common = {"target_modules": list(targets), "task_type": "CAUSAL_LM"}
+    common = {"target_modules": list(layers), "task_type": "CAUSAL_LM"}
     if method == "adalora":
         return AdaLoraConfig(
             init_r=rank, target_r=rank, beta1=0.85, beta2=0.85, total_step=total_steps,
@@ -321,15 +330,15 @@ def prepare(method: str, model: nn.Module, job: Plan, total_steps: int) -> nn.Mo
     rank = job.preset.rank
     if method == "ft":
         model.requires_grad_(False)
-        for module in find_targets(model, job.targets).values():
-            module.weight.requires_grad_(True)
+        for path in job.layers:
+            model.get_submodule(path).weight.requires_grad_(True)
         return model
     if method in ("sorsa", "sorsa-noreg"):
-        apply_sorsa(model, job.targets, rank)
+        apply_sorsa(model, job.layers, rank)
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, _peft_config(method, job.targets, rank, total_steps))
+    return get_peft_model(model, _peft_config(method, job.layers, rank, total_steps))
 
 
 class SORSATrainer(Trainer):
@@ -423,7 +432,7 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
     model = prepare(method, model, job, steps)
     task = progress.add_task(method, total=steps, loss="")
     callbacks = [
-        SpectraCallback(run_dir, targets=job.targets, every=job.preset.every, method=method,
+        SpectraCallback(run_dir, targets=job.layers, every=job.preset.every, method=method,
                         run_name=method, gamma=job.gamma(method), model_name=job.model,
                         worker=job.worker),
         RichSteps(progress, task),

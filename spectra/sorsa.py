@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spectra.capture import find_targets
 from spectra.errors import SpectraError
 
 FACTORS = ("sorsa_A", "sorsa_S", "sorsa_B")
@@ -90,11 +91,6 @@ class SORSALinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, scale={self.scale}"
 
 
-def _matches(name: str, targets: Sequence[str]) -> bool:
-    """peft's rule: a target matches the full module path or its last components."""
-    return any(name == t or name.endswith(f".{t}") for t in targets)
-
-
 def _replace(model: nn.Module, name: str, rank: int) -> SORSALinear:
     """Swap the ``nn.Linear`` at ``name`` for a SORSA adapter of rank ``rank``."""
     parent_name, _, child = name.rpartition(".")
@@ -109,15 +105,14 @@ def _replace(model: nn.Module, name: str, rank: int) -> SORSALinear:
     return adapter
 
 
-def apply_sorsa(model: nn.Module, targets: Sequence[str], rank: int) -> list[str]:
+def apply_sorsa(model: nn.Module, targets: str | Sequence[str], rank: int) -> list[str]:
     """Replace the target ``nn.Linear`` modules by SORSA adapters; freeze everything else.
 
-    Returns the adapted module paths.  Raises SpectraError when nothing matches, when a
-    target is not a linear layer, or when ``rank`` exceeds a matrix's min(out, in).
+    Targets follow :func:`spectra.capture.resolve`. Returns the adapted module paths.  Raises
+    SpectraError when a target matches nothing or is not a linear layer, or when ``rank``
+    exceeds a matrix's min(out, in).
     """
-    names = [n for n, _ in model.named_modules() if n and _matches(n, targets)]
-    if not names:
-        raise SpectraError(f"no module matches the SORSA targets {list(targets)}")
+    names = list(find_targets(model, targets))
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:

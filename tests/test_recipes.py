@@ -200,3 +200,19 @@ def test_cli_track_passes_options(tmp_path, monkeypatch) -> None:
     assert job.methods == ("lora", "sorsa") and job.targets == ("q_proj",)
     assert (job.preset.rank, job.preset.steps, job.preset.every) == (4, 3, 1)
     assert job.device == "cpu" and job.out == tmp_path / "r"
+
+
+@pytest.mark.parametrize("method", ["ft", "lora", "sorsa", "adalora"])
+def test_targets_are_resolved_once_and_every_method_gets_that_list(method: str) -> None:
+    """One rule: a glob and a dotted suffix select the same modules for peft, SORSA and FT."""
+    from transformers import AutoModelForCausalLM
+
+    from spectra.capture import find_targets
+
+    job = plan((method,), targets=("*.layers.0.*.q_proj", "3.self_attn.v_proj"), out=NOWHERE)
+    assert job.layers == ("model.layers.0.self_attn.q_proj", "model.layers.3.self_attn.v_proj")
+    model = recipes.prepare(method, AutoModelForCausalLM.from_pretrained(job.model), job, 10)
+    assert list(find_targets(model, job.layers)) == list(job.layers)
+    if method == "ft":
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable == [f"{path}.weight" for path in job.layers]

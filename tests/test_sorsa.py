@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from spectra.errors import SpectraError
 from spectra.sorsa import (
@@ -140,12 +141,24 @@ def test_apply_sorsa_targets_and_freezing() -> None:
 
 
 def test_apply_sorsa_bad_targets() -> None:
-    with pytest.raises(SpectraError, match="no module matches"):
+    with pytest.raises(SpectraError, match=r"\['k_proj'\] match no module.*o_proj, q_proj"):
         apply_sorsa(Toy(), ["k_proj"], rank=4)
-    with pytest.raises(SpectraError, match=r"nn\.Linear"):
+    with pytest.raises(SpectraError, match="match no module"):
         apply_sorsa(Toy(), ["blocks.0"], rank=4)
+    toy = Toy()
+    toy.blocks[0]["q_proj"] = Conv1D(24, 16)
+    with pytest.raises(SpectraError, match=r"Conv1D, SORSA needs nn\.Linear"):
+        apply_sorsa(toy, ["blocks.0.q_proj"], rank=4)
     with pytest.raises(SpectraError, match="rank 17"):
         apply_sorsa(Toy(), ["q_proj"], rank=17)
+
+
+def test_apply_sorsa_takes_targets_by_capture_rule() -> None:
+    model = Toy()
+    assert apply_sorsa(model, ["*.0.q_proj", "1.v_proj"], rank=4) == [
+        "blocks.0.q_proj", "blocks.1.v_proj"
+    ]  # fmt: skip
+    assert list(sorsa_modules(model)) == ["blocks.0.q_proj", "blocks.1.v_proj"]
 
 
 def test_save_load_round_trip(tmp_path) -> None:
