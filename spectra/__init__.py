@@ -3,11 +3,17 @@
 __version__ = "0.1.0"
 
 
-_LAZY = {"Tracker": "spectra.callback", "SpectraCallback": "spectra.callback"}
+_LAZY = {
+    "Tracker": "spectra.callback",
+    "SpectraCallback": "spectra.callback",
+    "drift": "spectra.metrics",
+    "factor_metrics": "spectra.metrics",
+}
+__all__ = ["SpectraCallback", "Tracker", "__version__", "drift", "factor_metrics"]
 
 
 def __getattr__(name: str):
-    """Import the training-side classes on first use, so ``import spectra`` stays light."""
+    """Import the public names on first use, so ``import spectra`` stays light."""
     if name in _LAZY:
         import importlib
 

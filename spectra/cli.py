@@ -52,6 +52,9 @@ def compute(
         typer.Option(help="Dask scheduler address (tcp://HOST:PORT), instead of local workers."),
     ] = None,
     device: Annotated[str, typer.Option(help="Where the float64 SVDs run: cpu or cuda.")] = "cpu",
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Compute as snapshots land, with a live summary.")
+    ] = False,
 ) -> None:
     """Compute the drift metrics of run directories into runs/<run>.parquet (resumable)."""
     from contextlib import nullcontext
@@ -60,6 +63,13 @@ def compute(
 
     if out is not None and len(runs) > 1:
         raise SpectraError("--out needs exactly one run directory")
+    if follow:
+        from spectra.follow import follow as follow_run
+
+        if len(runs) != 1:
+            raise SpectraError("--follow needs exactly one run directory")
+        typer.echo(f"wrote {follow_run(runs[0])}")
+        return
     with dask_executor(scheduler) if scheduler else nullcontext() as executor:
         for run in runs:
             options = {"cache_dir": cache_dir, "device": device, "executor": executor}
@@ -76,7 +86,8 @@ def analyze(
     ] = False,
 ) -> None:
     """Summarize runs and check the paper's Section 4.2 claims and Theorem 5.5 on them."""
-    from spectra.report import load_runs, render
+    from spectra.report import render
+    from spectra.store import load_runs
 
     typer.echo(render(load_runs(runs), fmt, matched), nl=False)
 
@@ -131,7 +142,8 @@ def track(
     out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs"),
     overwrite: Annotated[bool, typer.Option(help="Replace runs that already exist.")] = False,
     follow: Annotated[
-        Path | None, typer.Option(help="Instead of training: follow a run directory live.")
+        Path | None,
+        typer.Option(help="Instead of training: spectra compute --follow on a run directory."),
     ] = None,
 ) -> None:
     """Fine-tune and track: with no options, the paper's Figure 2 runs on the embedded default."""

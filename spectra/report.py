@@ -19,7 +19,6 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,20 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from spectra.errors import SpectraError
-from spectra.store import expand, read_runs
+from spectra.store import delta_d_column, delta_d_name, label, ordered_runs
 
 PARALLEL = 0.9  # parallelism at or above which a run's layers move in parallel
 LARGE = 2.0  # "a lot" of singular-vector drift: at least this many times SORSA's ΔD
-METHOD_ORDER = ("ft", "lora", "pissa", "dora", "adalora", "sorsa-noreg", "sorsa")
-METHOD_LABELS = {
-    "ft": "FT",
-    "lora": "LoRA",
-    "pissa": "PiSSA",
-    "dora": "DoRA",
-    "adalora": "AdaLoRA",
-    "sorsa-noreg": "SORSA w/o reg",
-    "sorsa": "SORSA",
-}
 FORMATS = ("table", "markdown", "csv", "json")
 SUMMARY_COLUMNS = {
     "delta_sigma": "ΔΣ",
@@ -50,46 +39,6 @@ SUMMARY_COLUMNS = {
     "ortho_err": "ortho_err",
     "intruders": "intruders",
 }
-
-
-def load_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
-    """Rows of the runs named by files or globs; SpectraError on duplicate or empty runs."""
-    patterns = list(patterns)
-    frame = read_runs(patterns)
-    names = frame.attrs["runs"]
-    if len(names) < len(expand(patterns)):
-        raise SpectraError("two run files hold the same run name; rename one of the runs")
-    empty = [name for name in names if not (frame["run"] == name).any()]
-    if empty:
-        raise SpectraError(f"run {empty[0]} has no rows: compute its metrics first")
-    return frame
-
-
-def label(method: str) -> str:
-    """The display name of a method."""
-    return METHOD_LABELS.get(method, method)
-
-
-def ordered_runs(frame: pd.DataFrame) -> list[str]:
-    """Run names ordered by method (FT, LoRA, …, SORSA w/o reg, SORSA), then by name."""
-    methods = frame.groupby("run", sort=False)["method"].first()
-
-    def key(run: str) -> tuple[int, str]:
-        method = methods[run]
-        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        return rank, run
-
-    return sorted(methods.index, key=key)
-
-
-def delta_d_column(matched: bool) -> str:
-    """The ΔD column: index-matched (the paper's) or sign-invariant matched."""
-    return "delta_d_matched" if matched else "delta_d"
-
-
-def delta_d_name(matched: bool) -> str:
-    """Which ΔD a view shows, in words."""
-    return "sign-invariant matched" if matched else "index-matched, the paper's"
 
 
 def comparison_step(frame: pd.DataFrame) -> int:

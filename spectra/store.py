@@ -20,6 +20,16 @@ import pyarrow.parquet as pq
 from spectra.errors import SpectraError
 from spectra.snapshots import atomic_write
 
+METHOD_ORDER = ("ft", "lora", "pissa", "dora", "adalora", "sorsa-noreg", "sorsa")
+METHOD_LABELS = {
+    "ft": "FT",
+    "lora": "LoRA",
+    "pissa": "PiSSA",
+    "dora": "DoRA",
+    "adalora": "AdaLoRA",
+    "sorsa-noreg": "SORSA w/o reg",
+    "sorsa": "SORSA",
+}
 METADATA_KEY = b"spectra"
 METRICS = (
     "delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "ortho_err",
@@ -112,3 +122,43 @@ def read_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     frame.attrs["runs"] = metadata
     return frame
+
+
+def load_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
+    """Rows of the runs named by files or globs; SpectraError on duplicate or empty runs."""
+    patterns = list(patterns)
+    frame = read_runs(patterns)
+    names = frame.attrs["runs"]
+    if len(names) < len(expand(patterns)):
+        raise SpectraError("two run files hold the same run name; rename one of the runs")
+    empty = [name for name in names if not (frame["run"] == name).any()]
+    if empty:
+        raise SpectraError(f"run {empty[0]} has no rows: compute its metrics first")
+    return frame
+
+
+def label(method: str) -> str:
+    """The display name of a method."""
+    return METHOD_LABELS.get(method, method)
+
+
+def ordered_runs(frame: pd.DataFrame) -> list[str]:
+    """Run names ordered by method (FT, LoRA, …, SORSA w/o reg, SORSA), then by name."""
+    methods = frame.groupby("run", sort=False)["method"].first()
+
+    def key(run: str) -> tuple[int, str]:
+        method = methods[run]
+        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+        return rank, run
+
+    return sorted(methods.index, key=key)
+
+
+def delta_d_column(matched: bool) -> str:
+    """The ΔD column: index-matched (the paper's) or sign-invariant matched."""
+    return "delta_d_matched" if matched else "delta_d"
+
+
+def delta_d_name(matched: bool) -> str:
+    """Which ΔD a view shows, in words."""
+    return "sign-invariant matched" if matched else "index-matched, the paper's"

@@ -11,7 +11,7 @@ from runmaker import make_run, paper_like, parallel, scattered
 
 from spectra import figures
 from spectra.errors import SpectraError
-from spectra.report import load_runs
+from spectra.store import load_runs
 
 
 @pytest.fixture

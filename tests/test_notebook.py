@@ -36,3 +36,18 @@ def test_notebook_runs_on_given_runs(tmp_path, monkeypatch):
     assert len(figures) == 5  # Figure 2, matched Figure 2, Figure 3, cond, heatmap
     texts = "".join(out.get("data", {}).get("text/plain", "") for out in outputs)
     assert "Theorem 5.5" in texts and "sorsa-noreg" in texts
+
+
+def test_notebook_copied_elsewhere_finds_runs_in_its_working_directory(tmp_path, monkeypatch):
+    paper_like(tmp_path / "runs")
+    monkeypatch.delenv("SPECTRA_RUNS", raising=False)
+    copy = tmp_path / "explore.ipynb"
+    copy.write_bytes(NOTEBOOK.read_bytes())
+    nb = nbformat.read(copy, as_version=4)
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    )
+    client.execute()
+    outputs = [out for cell in code_cells(nb) for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    assert sum(PLOTLY in out.get("data", {}) for out in outputs) == 5

@@ -15,10 +15,11 @@ from runmaker import make_run, paper_like, parallel, scattered
 
 from spectra import report
 from spectra.errors import SpectraError
+from spectra.store import load_runs
 
 
 def load(*paths):
-    return report.load_runs([str(p) for p in paths])
+    return load_runs([str(p) for p in paths])
 
 
 def verdicts(*paths, matched=False):
