@@ -16,6 +16,11 @@ matches a module path when it is
 - a shell glob over the full path when it contains ``*``, ``?`` or ``[``
   (``"*.layers.[01].*.q_proj"``).
 
+A slice of a fused projection is named ``<module path>[q]`` (or ``[k]``, ``[v]``; see
+:mod:`spectra.architectures`). A target that ends in such a suffix selects that slice of the
+modules its front part selects (``"c_attn[q]"``, ``"*.0.attn.c_attn[v]"``); a target
+without one selects every slice of a fused module.
+
 Targets are resolved once to full module paths, and that list is what the tracker, the SORSA
 adapter and peft's ``target_modules`` receive.
 
@@ -35,6 +40,7 @@ from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from spectra.architectures import SLICES
 from spectra.errors import SpectraError
 from spectra.factors import Layout
 
@@ -161,11 +167,33 @@ def candidates(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         yield path.removeprefix(PEFT_PREFIX), module
 
 
-def matches(target: str, path: str) -> bool:
-    """Whether ``target`` selects the module at ``path`` (see the module docstring)."""
+def slice_name(path: str, part: str) -> str:
+    """The layer name of slice ``part`` (q, k or v) of the fused module at ``path``."""
+    return f"{path}[{part}]"
+
+
+def split_slice(name: str) -> tuple[str, str | None]:
+    """(module, slice) of a layer or target name; slice None when it names no slice."""
+    if name.endswith("]") and "[" in name:
+        module, _, part = name[:-1].rpartition("[")
+        if part in SLICES:
+            return module, part
+    return name, None
+
+
+def _selects(target: str, path: str) -> bool:
     if any(c in target for c in GLOB_CHARS):
         return fnmatch.fnmatchcase(path, target)
     return path == target or path.endswith(f".{target}")
+
+
+def matches(target: str, path: str) -> bool:
+    """Whether ``target`` selects the layer ``path`` (see the module docstring)."""
+    target_module, target_slice = split_slice(target)
+    module, part = split_slice(path)
+    if target_slice is not None and target_slice != part:
+        return False
+    return _selects(target_module, module)
 
 
 def as_targets(targets: str | Iterable[str]) -> tuple[str, ...]:

@@ -118,3 +118,25 @@ def test_the_active_adapter_is_captured():
         assert found.step["left"].shape[1] == 2 and float(found.step["scale"]) == 3.0
         got = effective_weight(found.kind, found.frozen | found.step)
         assert relative_error(got, expected[path]) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "selected"),
+    [
+        ("q_proj", "model.layers.0.self_attn.q_proj", True),
+        ("self_attn.q_proj", "model.layers.0.self_attn.q_proj", True),
+        ("0.self_attn.q_proj", "model.layers.10.self_attn.q_proj", False),
+        ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj", True),
+        ("*.layers.[01].*.q_proj", "model.layers.1.self_attn.q_proj", True),
+        ("*.layers.[01].*.q_proj", "model.layers.2.self_attn.q_proj", False),
+        ("c_attn", "transformer.h.0.attn.c_attn[q]", True),
+        ("c_attn[q]", "transformer.h.0.attn.c_attn[q]", True),
+        ("c_attn[q]", "transformer.h.0.attn.c_attn[v]", False),
+        ("c_attn[q]", "transformer.h.0.attn.c_attn", False),
+        ("*.0.attn.c_attn[v]", "transformer.h.0.attn.c_attn[v]", True),
+        ("transformer.h.0.attn.c_attn[k]", "transformer.h.0.attn.c_attn[k]", True),
+        ("attn", "transformer.h.0.attn.c_attn[k]", False),
+    ],
+)
+def test_one_target_rule(target, path, selected):
+    assert matches(target, path) is selected
