@@ -1,0 +1,255 @@
+"""Every architecture of the registry, FT and LoRA: the default targets are its query and
+value projections, a fused projection's slices are the q, k and v its own forward computes,
+and captured weights and metric rows equal independent float64 computations."""
+
+from __future__ import annotations
+
+import copy
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from baichuan import BaichuanConfig, BaichuanForCausalLM
+from peft import IA3Config, LoraConfig, get_peft_model
+from tiny_models import ARCHS, base_model, batch, perturb, reference_principal, reference_weights
+
+import spectra
+from spectra.architectures import default_targets, fused_rows, settings, spec_rows
+from spectra.capture import find_layers, layout, module_paths, split_slice
+from spectra.engine import compute_run
+from spectra.errors import SpectraError
+from spectra.factors import effective_weight, slice_rows
+from spectra.snapshots import open_run
+
+R = 4
+# What each architecture calls its query and value projections, or its fused q/k/v module:
+# written from the transformers modeling code, not from spectra's registry.
+QUERY_VALUE = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "gemma", "opt", "gptj"), ("q_proj", "v_proj")),
+    **dict.fromkeys(("bert", "roberta"), ("query", "value")),
+    "t5": ("q", "v"),
+}
+FUSED = {
+    "gpt2": "c_attn",
+    "gpt_neox": "query_key_value",
+    **dict.fromkeys(("falcon-gqa", "falcon-mqa", "falcon-mha"), "query_key_value"),
+    "phi3": "qkv_proj",
+    "baichuan": "W_pack",
+}
+assert set(QUERY_VALUE) | set(FUSED) == set(ARCHS)
+CASES = [(arch, method) for arch in ARCHS for method in ("ft", "lora")]
+FUSED_CASES = [(arch, method) for arch, method in CASES if arch in FUSED]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
+
+
+def adapted(arch: str) -> list[str]:
+    return [FUSED[arch]] if arch in FUSED else list(QUERY_VALUE[arch])
+
+
+def references(model, method: str, paths: list[str]) -> dict:
+    """W_t (and W_p for LoRA) of every module, merged by transformers/peft in float64."""
+    principal = reference_principal(model, method, paths) if method == "lora" else {}
+    return {"weight": reference_weights(model, method, paths), "principal": principal}
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{a}-{m}" for a, m in CASES])
+def tracked(request, tmp_path_factory):
+    """A tiny model of the architecture tracked with the default targets for steps 0 and 1."""
+    arch, method = request.param
+    model = base_model(arch)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=R, lora_alpha=8, target_modules=adapted(arch)))
+    perturb(model, seed=1)
+    out = tmp_path_factory.mktemp(arch) / "run"
+    tracker = spectra.Tracker(model, out, every=1, mode="deferred")
+    paths = module_paths(tracker.layers)
+    refs = {0: references(model, method, paths)}
+    perturb(model, seed=2)  # one training step
+    tracker.step(1)
+    refs[1] = references(model, method, paths)
+    tracker.close()
+    rows = pd.read_parquet(compute_run(out))
+    return SimpleNamespace(arch=arch, method=method, model=model, run=open_run(out), refs=refs,
+                           rows=rows)  # fmt: skip
+
+
+def reference_slice(tracked, what: str, step: int, layer: str) -> torch.Tensor:
+    target = tracked.run.manifest.targets[layer]
+    whole = tracked.refs[step][what][split_slice(layer)[0]]
+    if target.rows is None:
+        return whole
+    return torch.cat([whole[a:b] for a, b in target.rows])
+
+
+def test_default_targets_are_query_and_value(tracked):
+    names = {layer.rsplit(".", 1)[-1] for layer in tracked.run.layers}
+    blocks = {split_slice(layer)[0] for layer in tracked.run.layers}
+    if tracked.arch in FUSED:
+        parts = "qkv" if tracked.method == "lora" else "qv"  # LoRA: the adapted modules, whole
+        assert names == {f"{FUSED[tracked.arch]}[{p}]" for p in parts}
+    else:
+        assert names == set(QUERY_VALUE[tracked.arch])
+    modules = 6 if tracked.arch == "t5" else 2  # T5: encoder, decoder and cross attention
+    assert len(blocks) == modules * (1 if tracked.arch in FUSED else 2)
+    assert tracked.run.manifest.method == tracked.method
+
+
+def test_captured_weights_equal_float64_merge(tracked):
+    for step in (0, 1):
+        for layer in tracked.run.layers:
+            want = reference_slice(tracked, "weight", step, layer)
+            assert relative_error(tracked.run.weight(step, layer), want) <= 1e-12, (step, layer)
+
+
+def test_rows_equal_spectra_drift_on_the_slices(tracked):
+    assert len(tracked.rows) == 2 * len(tracked.run.layers)
+    for row in tracked.rows.to_dict("records"):
+        step, layer = row["step"], row["layer"]
+        w0 = reference_slice(tracked, "weight", 0, layer)
+        want = spectra.drift(w0, reference_slice(tracked, "weight", step, layer))
+        for name, value in want.items():
+            assert row[name] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, step, layer)
+        assert row["rows"] == w0.shape[0] and row["cols"] == w0.shape[1]
+        if tracked.method == "ft":
+            assert pd.isna(row["rank"]) and pd.isna(row["cond_p"])
+            continue
+        s = torch.linalg.svdvals(reference_slice(tracked, "principal", step, layer))[:R]
+        assert row["rank"] == R
+        assert row["cond_p"] == pytest.approx(float(s[0] / s[-1]), rel=1e-6)
+        assert pd.isna(row["ortho_err"])
+
+
+@pytest.mark.parametrize(
+    "tracked", FUSED_CASES, indirect=True, ids=[f"{a}-{m}" for a, m in FUSED_CASES]
+)
+def test_slices_are_what_the_attention_forward_computes(tracked, monkeypatch):
+    """q, k and v that the model's own attention passes to SDPA equal x @ W_slice.T + b_slice
+    for the slices of the fused module's effective weight, in float64 (positions 0, where
+    rotary embeddings are the identity)."""
+    model = copy.deepcopy(tracked.model).double().eval()
+    layers = find_layers(model, FUSED[tracked.arch])  # every slice
+    modules = {layer.path: layer.module for layer in layers.values()}
+    inputs, seen = {}, []
+    for path, module in modules.items():
+        module.register_forward_pre_hook(
+            lambda m, args, path=path: inputs.setdefault(path, args[0])
+        )
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, key, value, *args, **kwargs):
+        seen.append((query, key, value))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    ids = batch(3)
+    with torch.no_grad():
+        model(input_ids=ids, position_ids=torch.zeros_like(ids))
+    assert len(seen) == len(modules) == len(inputs)
+    for path, (query, key, value) in zip(modules, seen, strict=True):
+        x, module = inputs[path], modules[path]
+        found = layout(module)
+        bias = getattr(getattr(module, "base_layer", module), "bias", None)
+        for part, got in zip("qkv", (query, key, value), strict=True):
+            rows = layers[f"{path}[{part}]"].rows
+            w = effective_weight(found.kind, slice_rows(found.frozen | found.step, rows))
+            want = x @ w.T
+            if bias is not None:
+                want = want + torch.cat([bias[a:b] for a, b in rows]).double()
+            b, heads, s, d = got.shape
+            want = want.view(b, s, -1, d).transpose(1, 2)  # (batch, heads of the slice, seq, d)
+            want = want.repeat_interleave(heads // want.shape[1], dim=1)  # shared k/v heads
+            assert relative_error(got.reshape(-1, d), want.reshape(-1, d)) <= 1e-12, (path, part)
+
+
+# --- the registry on config.json dicts, explicit layouts, errors -----------------------------
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_registry_reads_config_json(arch):
+    """default_targets and fused_rows give the same answers on a config.json as on the model."""
+    model = base_model(arch)
+    config = json.loads(model.config.to_json_string())  # what a checkpoint folder holds
+    targets = default_targets(config)
+    if arch in FUSED:
+        assert targets == (f"{FUSED[arch]}[q]", f"{FUSED[arch]}[v]")
+    else:
+        assert targets == QUERY_VALUE[arch]
+    for name, layer in find_layers(model, targets).items():
+        rows = fused_rows(config, layer.path, layout(layer.module).step["weight"].shape[0])
+        assert (rows or {}).get(split_slice(name)[1]) == layer.rows
+
+
+def test_config_json_keys_left_out_take_transformers_defaults():
+    """falcon-7b's config.json has no num_kv_heads, and older ones no multi_query (True)."""
+    config = {"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 8}
+    assert settings(config)["multi_query"] is True
+    assert fused_rows(config, "h.0.self_attention.query_key_value", 80) == {
+        "q": ((0, 64),), "k": ((64, 72),), "v": ((72, 80),)
+    }  # fmt: skip
+    new = config | {"new_decoder_architecture": True}  # num_kv_heads: all 8 heads
+    assert fused_rows(new, "query_key_value", 192)["k"] == tuple(
+        (g * 24 + 8, g * 24 + 16) for g in range(8)
+    )
+
+
+def test_layout_specs():
+    assert spec_rows("4,2,2", None, 8) == {"q": ((0, 4),), "k": ((4, 6),), "v": ((6, 8),)}
+    assert spec_rows("2*2, 1, 1", None, 8) == {
+        "q": ((0, 2), (4, 6)), "k": ((2, 3), (6, 7)), "v": ((3, 4), (7, 8))
+    }  # fmt: skip
+    config = {"model_type": "gpt_neox", "hidden_size": 4, "num_attention_heads": 2}
+    assert spec_rows("gpt_neox", config, 12) == spec_rows("2*2,2,2", None, 12)
+    with pytest.raises(SpectraError, match="do not add up to the module's 9 output rows"):
+        spec_rows("4,2,2", None, 9)
+    with pytest.raises(SpectraError, match="neither 'Q,K,V'"):
+        spec_rows("q,k,v", None, 9)
+
+
+class MysteryConfig(BaichuanConfig):
+    model_type = "mystery"
+
+
+def _unknown_architecture():
+    torch.manual_seed(0)
+    return BaichuanForCausalLM(MysteryConfig())
+
+
+def test_unknown_architecture_names_its_candidates(tmp_path):
+    with pytest.raises(SpectraError) as err:
+        spectra.Tracker(_unknown_architecture(), tmp_path / "run", mode="deferred")
+    message = str(err.value)
+    assert "'mystery'" in message and "W_pack" in message and "o_proj" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_explicit_fused_layout_splits_an_unknown_module(tmp_path):
+    model = _unknown_architecture()
+    tracker = spectra.Tracker(model, tmp_path / "run", ("W_pack[q]", "W_pack[v]"),
+                              fused={"self_attn.W_pack": "32,32,32"}, mode="deferred")  # fmt: skip
+    tracker.close()
+    targets = open_run(tmp_path / "run").manifest.targets
+    baichuan = base_model("baichuan")
+    want = find_layers(baichuan)  # the registry's layout of the same module
+    assert {n: (t.source, t.rows) for n, t in targets.items()} == {
+        n: (layer.path, layer.rows) for n, layer in want.items()
+    }
+    with pytest.raises(SpectraError, match=r"fused layouts given for \['wqkv'\]"):
+        spectra.Tracker(model, tmp_path / "x", fused={"wqkv": "1,1,1"}, mode="deferred")
+
+
+def test_peft_layers_spectra_does_not_capture_hide_their_insides(tmp_path):
+    """The candidates never list peft internals (base_layer, default, ia3_l)."""
+    model = get_peft_model(base_model("llama"), IA3Config(target_modules=["q_proj", "v_proj"],
+                                                          feedforward_modules=[]))  # fmt: skip
+    with pytest.raises(SpectraError) as err:
+        spectra.Tracker(model, tmp_path / "run", mode="deferred")
+    message = str(err.value)
+    assert "q_proj" in message and "k_proj" in message
+    for internal in ("base_layer", "default", "ia3"):
+        assert internal not in message.split("targets:")[-1]
