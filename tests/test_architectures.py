@@ -13,7 +13,15 @@ import pytest
 import torch
 from baichuan import BaichuanConfig, BaichuanForCausalLM
 from peft import IA3Config, LoraConfig, get_peft_model
-from tiny_models import ARCHS, base_model, batch, perturb, reference_principal, reference_weights
+from tiny_models import (
+    ARCHS,
+    base_model,
+    batch,
+    perturb,
+    reference_principal,
+    reference_weights,
+    with_method,
+)
 
 import spectra
 from spectra.architectures import default_targets, fused_rows, settings, spec_rows
@@ -41,6 +49,10 @@ FUSED = {
 assert set(QUERY_VALUE) | set(FUSED) == set(ARCHS)
 CASES = [(arch, method) for arch in ARCHS for method in ("ft", "lora")]
 FUSED_CASES = [(arch, method) for arch, method in CASES if arch in FUSED]
+# Every other method on a fused Conv1D (GPT-2) and a fused Linear (Phi-3; SORSA needs Linear).
+METHOD_CASES = [("gpt2", m) for m in ("pissa", "dora", "adalora")] + [
+    ("phi3", m) for m in ("pissa", "dora", "adalora", "sorsa")
+]
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,18 +65,32 @@ def adapted(arch: str) -> list[str]:
 
 
 def references(model, method: str, paths: list[str]) -> dict:
-    """W_t (and W_p for LoRA) of every module, merged by transformers/peft in float64."""
-    principal = reference_principal(model, method, paths) if method == "lora" else {}
-    return {"weight": reference_weights(model, method, paths), "principal": principal}
+    """W_t (and W_p, and SORSA's orthonormality error) of every module, merged by
+    transformers/peft/the SORSA layer in float64."""
+    principal = reference_principal(model, method, paths) if method != "ft" else {}
+    ortho = {}
+    for path in paths if method == "sorsa" else ():
+        module = model.get_submodule(path)
+        b, a = module.sorsa_B.detach().double(), module.sorsa_A.detach().double()
+        eye = torch.eye(R, dtype=torch.float64)
+        ortho[path] = float(torch.dist(b.T @ b, eye) + torch.dist(a @ a.T, eye))
+    weight = reference_weights(model, method, paths)
+    return {"weight": weight, "principal": principal, "ortho": ortho}
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{a}-{m}" for a, m in CASES])
+def ids(cases):
+    return [f"{a}-{m}" for a, m in cases]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=ids(CASES))
 def tracked(request, tmp_path_factory):
     """A tiny model of the architecture tracked with the default targets for steps 0 and 1."""
     arch, method = request.param
     model = base_model(arch)
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=R, lora_alpha=8, target_modules=adapted(arch)))
+    elif method != "ft":
+        model = with_method(model, method, tuple(adapted(arch)), r=R)
     perturb(model, seed=1)
     out = tmp_path_factory.mktemp(arch) / "run"
     tracker = spectra.Tracker(model, out, every=1, mode="deferred")
@@ -122,7 +148,19 @@ def test_rows_equal_spectra_drift_on_the_slices(tracked):
         s = torch.linalg.svdvals(reference_slice(tracked, "principal", step, layer))[:R]
         assert row["rank"] == R
         assert row["cond_p"] == pytest.approx(float(s[0] / s[-1]), rel=1e-6)
-        assert pd.isna(row["ortho_err"])
+        if tracked.method == "sorsa":  # a slice's is its module's: U_p, V_p whole
+            ortho = tracked.refs[step]["ortho"][split_slice(layer)[0]]
+            assert row["ortho_err"] == pytest.approx(ortho, rel=1e-9)
+        else:
+            assert pd.isna(row["ortho_err"])
+
+
+@pytest.mark.parametrize("tracked", METHOD_CASES, indirect=True, ids=ids(METHOD_CASES))
+def test_every_method_on_a_fused_module(tracked):
+    """PiSSA, DoRA, AdaLoRA (and SORSA on Linear): slices of the effective weight and of W_p."""
+    assert {split_slice(layer)[1] for layer in tracked.run.layers} == {"q", "k", "v"}
+    test_captured_weights_equal_float64_merge(tracked)
+    test_rows_equal_spectra_drift_on_the_slices(tracked)
 
 
 @pytest.mark.parametrize(

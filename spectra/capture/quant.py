@@ -1,9 +1,8 @@
 """Quantized bases (bitsandbytes 4-bit and 8-bit): recognised and dequantized by peft's helpers.
 
-The dequantized weight is what the layer's forward multiplies by: ``dequantize_module_weight``
-is the call peft's DoRA and merge use (bitsandbytes' ``dequantize_4bit`` on the packed codes
-and quant state, nested absmax included; ``int8_vectorwise_dequant`` on the int8 rows and
-their scales).
+The dequantized weight is what the layer's forward multiplies by, made by the call peft's
+merge uses: bitsandbytes' ``dequantize_4bit`` on the packed codes and quant state (nested
+absmax included), or ``int8_vectorwise_dequant`` on the int8 rows and their scales.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from spectra.errors import SpectraError
 
 
 @contextmanager
@@ -42,7 +43,15 @@ def is_quantized(layer: nn.Module) -> bool:
 
 @torch.no_grad()
 def dequantize(layer: nn.Module) -> torch.Tensor:
-    """The weight (out × in) that the bitsandbytes ``layer``'s forward uses, dequantized."""
-    from peft.utils.integrations import dequantize_module_weight
+    """The weight (out × in) that the bitsandbytes ``layer``'s forward uses, dequantized by
+    ``dequantize_bnb_weight`` (what peft's merge calls; unlike ``dequantize_module_weight``
+    it leaves the layer as it is)."""
+    from peft.utils.integrations import dequantize_bnb_weight
 
-    return dequantize_module_weight(layer).detach()
+    weight = layer.weight
+    if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+        raise SpectraError(
+            "bitsandbytes has repacked a 4-bit weight for CPU inference (an eval-mode forward "
+            "without gradients); start tracking before evaluating, or reload the model"
+        )
+    return dequantize_bnb_weight(weight, state=getattr(layer, "state", None)).detach()
