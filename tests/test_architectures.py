@@ -291,3 +291,34 @@ def test_peft_layers_spectra_does_not_capture_hide_their_insides(tmp_path):
     assert "q_proj" in message and "k_proj" in message
     for internal in ("base_layer", "default", "ia3"):
         assert internal not in message.split("targets:")[-1]
+
+
+def test_readme_callback_on_a_fused_architecture(tmp_path):
+    """``SpectraCallback("runs/x")`` with no targets on a Trainer: Phi-3 with LoRA on qkv_proj
+    is tracked as its q, k, v slices, which the live summary and `spectra analyze` name."""
+    import io
+
+    from rich.console import Console
+    from tiny_models import RandomTokens
+    from transformers import Trainer, TrainingArguments
+
+    from spectra.follow import follow
+    from spectra.report import render
+    from spectra.store import load_runs
+
+    model = get_peft_model(base_model("phi3"), LoraConfig(r=R, target_modules=["qkv_proj"]))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "ckpt"), max_steps=2, per_device_train_batch_size=2,
+        learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+    )  # fmt: skip
+    callback = spectra.SpectraCallback(tmp_path / "runs" / "x", every=1, mode="deferred")
+    Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=[callback]).train()
+    run = open_run(tmp_path / "runs" / "x")
+    assert run.steps == [0, 1, 2] and run.manifest.method == "lora"
+    assert sorted(run.layers) == [f"model.layers.{b}.self_attn.qkv_proj[{p}]"
+                                  for b in (0, 1) for p in "kqv"]  # fmt: skip
+    screen = io.StringIO()
+    path = follow(tmp_path / "runs" / "x", poll=0.01, console=Console(file=screen, width=120))
+    assert all(f"qkv_proj[{p}]" in screen.getvalue() for p in "qkv")
+    text = render(load_runs([path]), "table")
+    assert all(f"qkv_proj[{p}]" in text for p in "qkv")

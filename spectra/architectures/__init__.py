@@ -70,9 +70,12 @@ def model_type(config) -> str | None:
 
 
 def settings(config) -> dict:
-    """The config as a dict, with the values transformers' config class of its ``model_type``
-    gives the keys a ``config.json`` leaves out (as ``from_pretrained`` would)."""
-    raw = dict(_mapping(config))
+    """The config as a dict; a mapping (a ``config.json``) completed with the values that
+    transformers' config class of its ``model_type`` gives the keys it leaves out (as
+    ``from_pretrained`` would)."""
+    if hasattr(config, "to_dict"):  # a live config has every value already
+        return config.to_dict()
+    raw = dict(config or {})
     from transformers import CONFIG_MAPPING
 
     kind = raw.get("model_type")

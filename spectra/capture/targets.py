@@ -83,12 +83,10 @@ def resolve(targets: str | Iterable[str], paths: Iterable[str]) -> list[str]:
     return [path for path in paths if any(matches(t, path) for t in targets)]
 
 
-def model_config(model: nn.Module) -> Mapping | None:
-    """The model's transformers config as a dict (a peft model's is its base model's)."""
+def model_config(model: nn.Module):
+    """The model's transformers config (a peft model's is its base model's), or None."""
     config = getattr(model, "config", None)
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    return config if isinstance(config, Mapping) else None
+    return config if hasattr(config, "to_dict") or isinstance(config, Mapping) else None
 
 
 def _slices(path: str, out_features: int, config, fused: Fusing) -> dict[str, Rows] | None:
