@@ -161,3 +161,14 @@ def test_importing_spectra_keeps_bitsandbytes_quiet():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)  # fmt: skip
     assert result.stderr == "" and result.stdout == ""
+
+
+def test_a_wrong_target_lists_module_names_not_peft_internals(quantized):
+    """The error on a QLoRA model once listed base_layer and default as target names."""
+    from spectra.errors import SpectraError
+
+    with pytest.raises(SpectraError) as err:
+        find_targets(quantized[2], "query")
+    names = str(err.value).split("targets: ")[1].split(", ")
+    assert "q_proj" in names and "v_proj" in names
+    assert not {"base_layer", "default", "lora_A", "lora_B"} & set(names)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from spectra import architectures
@@ -101,7 +102,7 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
     """(name, layer) of every capturable module, a fused projection once per slice.
 
     Never the insides of a peft tuner layer (its ``base_layer``, ``lora_A``, ``default``, …),
-    whether spectra captures that layer or not.
+    whether spectra captures that layer or not, nor of a ``modules_to_save`` copy.
     """
     config, fused = model_config(model), dict(fused or {})
     inside: str | None = None
@@ -109,7 +110,8 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
         if inside is not None and path.startswith(inside):
             continue
         found = recognise(module)
-        adapter = isinstance(module, BaseTunerLayer) or (found and found.kind != "dense")
+        wrapper = isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper))
+        adapter = wrapper or (found is not None and found.kind != "dense")
         inside = f"{path}." if adapter else None
         if found is None:
             continue
