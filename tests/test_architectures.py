@@ -163,46 +163,73 @@ def test_every_method_on_a_fused_module(tracked):
     test_rows_equal_spectra_drift_on_the_slices(tracked)
 
 
-@pytest.mark.parametrize(
-    "tracked", FUSED_CASES, indirect=True, ids=[f"{a}-{m}" for a, m in FUSED_CASES]
-)
-def test_slices_are_what_the_attention_forward_computes(tracked, monkeypatch):
-    """q, k and v that the model's own attention passes to SDPA equal x @ W_slice.T + b_slice
-    for the slices of the fused module's effective weight, in float64 (positions 0, where
-    rotary embeddings are the identity)."""
-    model = copy.deepcopy(tracked.model).double().eval()
-    layers = find_layers(model, FUSED[tracked.arch])  # every slice
+def check_slices_against_forward(model, targets, monkeypatch, **inputs) -> int:
+    """Run ``model`` (float64, eval) on ``inputs`` and check that the q, k and v its attention
+    passes to SDPA equal x @ W_slice.T + b_slice, x the fused module's input and W_slice the
+    slice of its captured effective weight; return how many slices were checked."""
+    layers = find_layers(model, targets)
     modules = {layer.path: layer.module for layer in layers.values()}
-    inputs, seen = {}, []
+    inputs_of, seen = {}, []
     for path, module in modules.items():
-        module.register_forward_pre_hook(
-            lambda m, args, path=path: inputs.setdefault(path, args[0])
-        )
+        module.register_forward_pre_hook(lambda m, a, path=path: inputs_of.setdefault(path, a[0]))
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def recording(query, key, value, *args, **kwargs):
-        seen.append((query, key, value))
+        seen.append({"q": query, "k": key, "v": value})
         return sdpa(query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
-    ids = batch(3)
     with torch.no_grad():
-        model(input_ids=ids, position_ids=torch.zeros_like(ids))
-    assert len(seen) == len(modules) == len(inputs)
-    for path, (query, key, value) in zip(modules, seen, strict=True):
-        x, module = inputs[path], modules[path]
+        model(**inputs)
+    assert len(seen) == len(modules) == len(inputs_of)
+    checked = 0
+    for path, got in zip(modules, seen, strict=True):
+        x, module = inputs_of[path], modules[path]
         found = layout(module)
         bias = getattr(getattr(module, "base_layer", module), "bias", None)
-        for part, got in zip("qkv", (query, key, value), strict=True):
+        for part in "qkv":
+            if f"{path}[{part}]" not in layers:
+                continue
             rows = layers[f"{path}[{part}]"].rows
             w = effective_weight(found.kind, slice_rows(found.frozen | found.step, rows))
             want = x @ w.T
             if bias is not None:
                 want = want + torch.cat([bias[a:b] for a, b in rows]).double()
-            b, heads, s, d = got.shape
-            want = want.view(b, s, -1, d).transpose(1, 2)  # (batch, heads of the slice, seq, d)
+            b, heads, n, d = got[part].shape
+            want = want.view(b, n, -1, d).transpose(1, 2)  # (batch, heads of the slice, seq, d)
             want = want.repeat_interleave(heads // want.shape[1], dim=1)  # shared k/v heads
-            assert relative_error(got.reshape(-1, d), want.reshape(-1, d)) <= 1e-12, (path, part)
+            error = relative_error(got[part].reshape(-1, d), want.reshape(-1, d))
+            assert error <= 1e-12, (path, part, error)
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("tracked", FUSED_CASES, indirect=True, ids=ids(FUSED_CASES))
+def test_slices_are_what_the_attention_forward_computes(tracked, monkeypatch):
+    """Every slicing rule against the model's own attention: q, k and v at positions 0 (where
+    rotary embeddings are the identity), for FT and LoRA weights, in float64."""
+    model = copy.deepcopy(tracked.model).double().eval()
+    tokens = batch(3)
+    positions = torch.zeros_like(tokens)
+    checked = check_slices_against_forward(
+        model, FUSED[tracked.arch], monkeypatch, input_ids=tokens, position_ids=positions
+    )
+    assert checked == 3 * 2  # q, k, v of both blocks
+
+
+def test_gpt2_cross_attention_c_attn_is_key_and_value(monkeypatch):
+    """A GPT-2 decoder with cross-attention: its crossattention.c_attn holds [k; v] only."""
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, add_cross_attention=True)
+    model = GPT2Model(config).double().eval()
+    memory = torch.randn(4, 5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    cross = find_layers(model, "crossattention.c_attn")
+    assert sorted(cross) == [f"h.{b}.crossattention.c_attn[{p}]" for b in (0, 1) for p in "kv"]
+    checked = check_slices_against_forward(model, "c_attn", monkeypatch, input_ids=batch(3),
+                                           encoder_hidden_states=memory)  # fmt: skip
+    assert checked == 2 * 3 + 2 * 2
 
 
 # --- the registry on config.json dicts, explicit layouts, errors -----------------------------
