@@ -30,6 +30,7 @@ from spectra.capture import (
     detect_method,
     find_layers,
     layout,
+    recognise,
     step_tensors,
     weight_shape,
 )
@@ -221,7 +222,7 @@ class Tracker:
         found = find_layers(model, targets, fused)
         self.layers = {name: layer.module for name, layer in found.items()}
         self._modules = {layer.path: layer.module for layer in found.values()}  # snapshot once
-        layouts = {path: layout(module) for path, module in self._modules.items()}
+        layouts = {path: recognise(module) for path, module in self._modules.items()}
         self.method = method or detect_method(model, layouts)
         self.every, self.path = every, Path(out)
         self.writing = _rank_zero() if write is None else write
@@ -238,9 +239,10 @@ class Tracker:
         self._taken = set(self.writer.manifest.steps)
         self._log = _log_rows(read_train_log(self.path), start_step)
         self._writes = _SnapshotWriter(self.writer)
-        if start_step == 0:
+        if start_step == 0:  # one module at a time: a quantized base is dequantized here, once
             frozen = {
-                p: {k: _to_cpu(t) for k, t in lay.frozen.items()} for p, lay in layouts.items()
+                path: {k: _to_cpu(t) for k, t in layout(module).frozen.items()}
+                for path, module in self._modules.items()
             }
             if any(frozen.values()):
                 self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})

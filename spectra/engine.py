@@ -104,11 +104,12 @@ def principal_metrics(run: Run, step: int, layer: str, factors: Principal) -> di
     orthonormal; the rows of U_p that a slice takes are not meant to be)."""
     alive = live(factors)
     rank = alive.right.shape[0]
-    out = {"rank": rank, "cond_p": math.nan, "ortho_err": None}
-    if rank:
-        out |= factor_metrics(alive.left, alive.right, alive.values)
-    if factors.values is not None and run.manifest.targets[layer].rows:
-        whole = live(principal(run.manifest.targets[layer].kind, run.parts(step, layer, False)))
+    if rank == 0:
+        return {"rank": 0, "cond_p": math.nan, "ortho_err": None}
+    out = {"rank": rank, **factor_metrics(alive.left, alive.right, alive.values)}
+    target = run.manifest.targets[layer]
+    if factors.values is not None and target.rows:
+        whole = live(principal(target.kind, run.parts(step, layer, sliced=False)))
         out["ortho_err"] = factor_metrics(whole.left, whole.right, whole.values)["ortho_err"]
     return out
 

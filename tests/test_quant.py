@@ -128,13 +128,22 @@ def test_forward_agrees_with_the_captured_weight(quantized):
         assert error <= FORWARD_TOL, (path, error)
 
 
-def test_tracked_run_keeps_factors_only(quantized, tmp_path):
+def test_tracked_run_keeps_factors_only(quantized, tmp_path, monkeypatch):
+    """The base is dequantized once per module, when tracking starts; snapshots hold factors."""
+    import spectra.capture.common as common
+
     _, method, model = quantized
+    calls = []
+    dequantize = common.dequantize
+    monkeypatch.setattr(
+        common, "dequantize", lambda layer: calls.append(layer) or dequantize(layer)
+    )
     with spectra.Tracker(model, tmp_path / "run", every=1, mode="deferred") as tracker:
         refs = {0: {p: reference(m) for p, m in tracker.layers.items()}}
         perturb(model, seed=2)
         tracker.step(1)
         refs[1] = {p: reference(m) for p, m in tracker.layers.items()}
+    assert len(calls) == len(tracker.layers) == 4
     run = open_run(tmp_path / "run")
     assert run.manifest.method == method and run.manifest.rank == R
     from safetensors import safe_open
