@@ -27,7 +27,7 @@ ends in such a suffix selects that slice of the modules its front part selects
 Targets are resolved once to full layer names; the tracker receives that list, and the SORSA
 adapter and peft's ``target_modules`` receive its module paths (:func:`module_paths`). With no
 targets (None), they are the architecture's query and value projections
-(:func:`~spectra.capture.targets.default_targets`).
+(:func:`~spectra.capture.targets.default_layers`).
 
 Only capturable leaves are candidates: the peft wrapper of an adapted layer, never its inner
 ``base_layer``, ``lora_A`` or ``lora_B``. Paths are reported without the ``base_model.model.``
@@ -49,7 +49,7 @@ from spectra.capture.targets import (
     Layer,
     as_targets,
     candidates,
-    default_targets,
+    default_layers,
     find_layers,
     find_targets,
     matches,
@@ -61,7 +61,7 @@ from spectra.capture.targets import (
 
 __all__ = [
     "EXTRACTORS", "PEFT_PREFIX", "Layer", "adapter_rank", "as_targets", "candidates",
-    "default_targets", "detect_method", "find_layers", "find_targets", "layout", "matches",
+    "default_layers", "detect_method", "find_layers", "find_targets", "layout", "matches",
     "module_paths", "recognise", "resolve", "slice_name", "split_slice", "step_tensors",
     "weight_shape",
 ]  # fmt: skip

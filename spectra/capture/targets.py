@@ -128,7 +128,7 @@ def _is_adapter(layer: Layer) -> bool:
     return recognise(layer.module).kind != "dense"
 
 
-def default_targets(model: nn.Module, found: Mapping[str, Layer]) -> tuple[str, ...]:
+def default_layers(model: nn.Module, found: Mapping[str, Layer]) -> tuple[str, ...]:
     """The query and value projections: the layers that carry an adapter (a peft model's
     ``target_modules`` as peft resolved them, or SORSA's), else the registry's names for the
     config's ``model_type``, else the first pair of :data:`~spectra.architectures.COMMON`
@@ -163,7 +163,7 @@ def find_layers(
     if unused:
         raise SpectraError(f"fused layouts given for {unused}, which match no module")
     if targets is None:
-        targets = default_targets(model, found)
+        targets = default_layers(model, found)
     return {name: found[name] for name in resolve(targets, found)}
 
 
