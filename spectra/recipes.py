@@ -198,13 +198,14 @@ def _resolve_targets(
         skeleton = AutoModelForCausalLM.from_config(config)
     layers = find_layers(skeleton, targets or None, fused)
     largest = max(adalora_ranks(rank)[0] if m == "adalora" else rank for m in methods)
+    sorsa = any(m.startswith("sorsa") for m in methods)
+    kinds = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
     for path in module_paths(layers):
         module = skeleton.get_submodule(path)
-        kinds = (nn.Linear,) if any(m.startswith("sorsa") for m in methods) else (nn.Linear, Conv1D)
         if not isinstance(module, kinds):
             raise SpectraError(
                 f"{path} is a {type(module).__name__}; the recipes adapt "
-                f"{' and '.join(k.__name__ for k in kinds)} layers"
+                f"{'nn.Linear layers (SORSA)' if sorsa else 'nn.Linear and Conv1D layers'}"
             )
         limit = min(module.weight.shape)
         if methods != ("ft",) and not 0 < largest <= limit:

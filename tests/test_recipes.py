@@ -252,7 +252,7 @@ def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatc
     assert job.layers == tuple(f"transformer.h.{b}.attn.c_attn[{p}]" for b in (0, 1) for p in "qv")
     config = recipes._peft_config("lora", recipes.module_paths(job.layers), 4, 10)
     assert sorted(config.target_modules) == [f"transformer.h.{b}.attn.c_attn" for b in (0, 1)]
-    with pytest.raises(SpectraError, match=r"c_attn is a Conv1D; the recipes adapt Linear layers"):
+    with pytest.raises(SpectraError, match=r"c_attn is a Conv1D; .* nn.Linear layers \(SORSA\)"):
         plan(("sorsa",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
 
     seen = {}
