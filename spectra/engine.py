@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -29,9 +30,10 @@ from safetensors.torch import load_file, save_file
 
 from spectra import __version__
 from spectra.errors import SpectraError
+from spectra.factors import Principal, live, principal
 from spectra.metrics import INTRUDER_EPS, SVD, TOP_K, drift_from_svd, factor_metrics, svd
-from spectra.snapshots import atomic_write, open_run
-from spectra.store import KEY, layer_position, read_run, write_run
+from spectra.snapshots import Run, atomic_write, open_run
+from spectra.store import KEY, SCHEMA_VERSION, layer_position, read_run, write_run
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
 
@@ -82,7 +84,7 @@ def matrix_task(
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
-    w, principal = run.weight_and_principal(step, layer)
+    w, factors = run.weight_and_principal(step, layer)
     block, module = layer_position(layer)
     row = {"run": run.name, "method": run.manifest.method, "step": step, "layer": layer,
            "block": block, "module": module, "rows": w.shape[0], "cols": w.shape[1]}  # fmt: skip
@@ -91,10 +93,25 @@ def matrix_task(
     base = _load_base(base_file)
     cur = base if step == 0 else svd(w, device)
     row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
-    factors = {"cond_p": None, "ortho_err": None}
-    if principal is not None:
-        factors = factor_metrics(principal.left, principal.right, principal.values)
-    return row | factors
+    if factors is None:
+        return row | {"cond_p": None, "ortho_err": None, "rank": None}
+    return row | principal_metrics(run, step, layer, factors)
+
+
+def principal_metrics(run: Run, step: int, layer: str, factors: Principal) -> dict:
+    """``rank`` (W_p's live components), ``cond_p`` over them (NaN when W_p = 0) and
+    ``ortho_err``: of a slice, its module's (SORSA's regularizer keeps the whole U_p and V_p
+    orthonormal; the rows of U_p that a slice takes are not meant to be)."""
+    alive = live(factors)
+    rank = alive.right.shape[0]
+    if rank == 0:
+        return {"rank": 0, "cond_p": math.nan, "ortho_err": None}
+    out = {"rank": rank, **factor_metrics(alive.left, alive.right, alive.values)}
+    target = run.manifest.targets[layer]
+    if factors.values is not None and target.rows:
+        whole = live(principal(target.kind, run.parts(step, layer, sliced=False)))
+        out["ortho_err"] = factor_metrics(whole.left, whole.right, whole.values)["ortho_err"]
+    return out
 
 
 def check_device(device: str) -> None:
@@ -181,7 +198,8 @@ class Engine:
         self.workers, self.executor, self.progress = workers, executor, progress
         self.device, self.write_every = device, write_every
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
-        self.settings = {"top_k": top_k, "intruder_eps": intruder_eps, "dtype": "float64"}
+        self.settings = {"top_k": top_k, "intruder_eps": intruder_eps, "dtype": "float64",
+                         "schema": SCHEMA_VERSION}  # fmt: skip
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
         self._bases: dict[str, str] = {}

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spectra.errors import SpectraError
@@ -328,7 +329,7 @@ def _rich_table(frame: pd.DataFrame, title: str, styles: dict | None = None) -> 
 def _cell(value) -> str:
     if isinstance(value, float):
         return "—" if math.isnan(value) else _fmt(value)
-    return str(value)
+    return escape(str(value))  # a slice's module is c_attn[q]: not rich markup
 
 
 def _display(frame: pd.DataFrame) -> pd.DataFrame:

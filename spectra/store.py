@@ -47,8 +47,10 @@ SCHEMA = pa.schema(
         ("cols", pa.int32()),
         *[(name, pa.float64()) for name in METRICS],
         ("intruders", pa.int32()),
+        ("rank", pa.int32()),
     ]
 )
+SCHEMA_VERSION = 2  # raise when a column is added or a definition changes: older rows recompute
 KEY = ["step", "layer"]
 
 
@@ -85,9 +87,11 @@ def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
     except (pa.ArrowException, OSError) as exc:
         raise SpectraError(f"{path} is not a readable Parquet file: {exc}") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    missing = set(SCHEMA.names) - set(table.column_names)
-    if raw is None or missing:
+    if raw is None or not set(KEY) <= set(table.column_names):
         raise SpectraError(f"{path} is not a spectra run (no spectra metadata or columns)")
+    for field in SCHEMA:  # a column added since the file was written: null
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
     try:
         metadata = json.loads(raw)
     except ValueError:

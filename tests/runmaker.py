@@ -61,6 +61,7 @@ def make_run(
         "stable_rank": lambda i, s: 40.0,
         "eff_rank": lambda i, s: 60.0,
         "intruders": lambda i, s: s // 20,
+        "rank": lambda i, s: None if method == "ft" else 16,
     }
     values = defaults | columns
     rows = [
