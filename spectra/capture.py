@@ -27,6 +27,9 @@ adapter and peft's ``target_modules`` receive.
 Only capturable leaves are candidates: the peft wrapper of an adapted layer, never its inner
 ``base_layer``, ``lora_A`` or ``lora_B``. Paths are reported without the ``base_model.model.``
 prefix that peft adds, so runs of different methods share layer names.
+
+peft and transformers are imported by the extractors on first use, so that the target rule
+alone loads without them (the checkpoint importer needs no model classes).
 """
 
 from __future__ import annotations
@@ -35,10 +38,7 @@ import fnmatch
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
-from peft.tuners.adalora import SVDLinear
-from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from spectra.architectures import SLICES
 from spectra.errors import SpectraError
@@ -107,6 +107,8 @@ def sorsa(module: nn.Module) -> Layout | None:
 @extractor
 def adalora(module: nn.Module) -> Layout | None:
     """peft AdaLoRA: base + B (A ⊙ E) · scaling / (ranknum + 1e-5), no singular values."""
+    from peft.tuners.adalora import SVDLinear
+
     if not isinstance(module, SVDLinear):
         return None
     name = _active_adapter(module)
@@ -123,6 +125,8 @@ def adalora(module: nn.Module) -> Layout | None:
 @extractor
 def lora(module: nn.Module) -> Layout | None:
     """peft LoRA / PiSSA (base + scaling · B A) and DoRA (magnitude ⊙ direction)."""
+    from peft.tuners.lora import Linear as LoraLinear
+
     if not isinstance(module, LoraLinear):
         return None
     name = _active_adapter(module)
@@ -143,6 +147,8 @@ def full(module: nn.Module) -> Layout | None:
     """Full fine-tuning of nn.Linear, or of GPT-2's Conv1D (stored in × out, transposed here)."""
     if isinstance(module, nn.Linear):
         return Layout("ft", "dense", {}, {"weight": module.weight})
+    from transformers.pytorch_utils import Conv1D
+
     if isinstance(module, Conv1D):
         return Layout("ft", "dense", {}, {"weight": module.weight.T})
     return None
