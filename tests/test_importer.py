@@ -152,6 +152,8 @@ def test_imported_checkpoints_give_the_tracked_rows(trained, tmp_path, method):
     assert not any(
         Path(f).name in GARBAGE for s in provenance["steps"].values() for f in s["files"]
     )
+    assert list(provenance["train_log"]) == [str(t.out / f"checkpoint-{imported.steps[-1]}" /
+                                                 "trainer_state.json")]  # fmt: skip
     log = pd.read_parquet(run_dir / "train_log.parquet")
     assert log["loss"].notna().all() and log["step"].tolist() == list(range(1, len(log) + 1))
 

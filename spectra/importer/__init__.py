@@ -24,7 +24,7 @@ from spectra.errors import SpectraError
 from spectra.importer.model import open_model
 from spectra.importer.plan import plan_import
 from spectra.importer.sources import default_name, find_checkpoints
-from spectra.importer.trainer import checkpoint_step, train_log
+from spectra.importer.trainer import train_log, trainer_state
 from spectra.importer.writer import Checksums, check_destination, staged, write_run
 
 __all__ = ["compare_runs", "import_run"]
@@ -53,12 +53,12 @@ def import_run(
     base_model = open_model(Path(base))
     job = plan_import(checkpoints, base_model, targets or None, method)
     origin = {0: base_model} | {c.step: c.reader for c in checkpoints}
+    state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
     with Checksums() as checksums, _progress(run_dir.name, len(origin), progress) as advance:
 
         def written_steps():
             for step, layers in job.steps():
                 yield step, layers
-                checksums.add(origin[step].files_read())
                 advance()
 
         def provenance() -> dict:
@@ -72,13 +72,16 @@ def import_run(
                     }
                     for step, reader in origin.items()
                 },
+                **({"train_log": checksums.of([state])} if state else {}),
                 **job.details(),
             }
 
+        checksums.add(job.files())  # hashed on other threads while the steps are written
         frozen = job.frozen()
         with staged(run_dir, overwrite) as tmp:
             manifest = job.manifest(run_dir.name, str(base))
-            write_run(tmp, manifest, frozen, written_steps(), _log(checkpoints), provenance)
+            log = train_log(state) if state else {}
+            write_run(tmp, manifest, frozen, written_steps(), log, provenance)
     return run_dir
 
 
@@ -90,14 +93,6 @@ def _progress(name: str, total: int, enabled: bool):
     ) as bar:
         task = bar.add_task(f"importing {name}", total=total)
         yield lambda: bar.advance(task)
-
-
-def _log(checkpoints) -> dict[int, dict[str, float]]:
-    """The training log of a Trainer run, from its last checkpoint's trainer_state.json."""
-    last = checkpoints[-1]
-    if checkpoint_step(last.path) is None or not last.path.is_dir():
-        return {}
-    return train_log(last.path)
 
 
 def compare_runs(

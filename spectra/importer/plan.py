@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -67,10 +68,19 @@ def _modules(selected: list[str]) -> list[str]:
 
 
 class Import:
-    """What both kinds of import share: the manifest of the run they make."""
+    """What both kinds of import share: the manifest of the run they make, the files read."""
 
     method: str
     targets: dict[str, Target]
+    base: Model
+    base_of: dict[str, str]  # module → base module
+    modules: list[str]
+    checkpoints: list[Checkpoint]
+
+    def files(self) -> list[Path]:
+        """Every file the import will read (to checksum while it runs)."""
+        files = self.base.files_of(self.base_of.values())
+        return files + [f for c in self.checkpoints for f in c.reader.files_of(self.modules)]
 
     def manifest(self, run: str, model: str) -> Manifest:
         """The run's manifest (after :meth:`frozen`, which fills in the adapter ranks)."""
@@ -116,9 +126,7 @@ class FullImport(Import):
         layers = {}
         for module in self.modules:
             weight = model.weight(names[module])
-            layers[module] = {
-                "weight": weight.T.contiguous() if self.transposed[module] else weight
-            }
+            layers[module] = {"weight": weight.T if self.transposed[module] else weight}
         return layers
 
     def frozen(self) -> Layers:

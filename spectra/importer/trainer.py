@@ -33,11 +33,14 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def train_log(checkpoint: Path) -> dict[int, dict[str, float]]:
-    """{step: values} of the training log that ``checkpoint/trainer_state.json`` holds."""
+def trainer_state(checkpoint: Path) -> Path | None:
+    """``checkpoint-N/trainer_state.json`` (the training log up to N), if it has one."""
     path = checkpoint / TRAINER_STATE
-    if not path.is_file():
-        return {}
+    return path if checkpoint_step(checkpoint) is not None and path.is_file() else None
+
+
+def train_log(path: Path) -> dict[int, dict[str, float]]:
+    """{step: values} of the training log in a trainer_state.json."""
     from spectra.callback import trainer_log  # imports transformers' Trainer: only when needed
 
     try:

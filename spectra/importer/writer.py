@@ -24,7 +24,7 @@ import torch
 from spectra.errors import SpectraError
 from spectra.snapshots import MANIFEST, Manifest, RunWriter, write_train_log
 
-CHUNK = 1 << 24
+CHUNK = 1 << 20  # per hashing thread
 
 Layers = dict[str, dict[str, torch.Tensor]]  # {module: {part: tensor}}
 
@@ -51,7 +51,9 @@ class Checksums:
                 self._futures[path] = self._pool.submit(sha256, path)
 
     def of(self, paths: Iterable[Path]) -> dict[str, str]:
-        """{path: sha256} of files added before."""
+        """{path: sha256} of the files (added now if they were not)."""
+        paths = list(paths)
+        self.add(paths)
         try:
             return {str(p.resolve()): self._futures[p].result() for p in paths}
         except OSError as exc:
