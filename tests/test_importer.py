@@ -309,7 +309,10 @@ def test_sharded_checkpoints_read_only_the_target_tensors(tmp_path, monkeypatch)
     weights = [f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in TARGETS]
     assert sorted(read) == sorted(weights * 2)  # base and checkpoint: the targets only
     assert sharded.steps == [0, 7]
-    whole = open_run(import_run([tmp_path / "whole"], tmp_path / "whole", out=tmp_path / "w"))
+    whole = open_run(
+        import_run([tmp_path / "whole"], tmp_path / "whole", out=tmp_path / "w", method="sorsa")
+    )
+    assert whole.manifest.method == "sorsa"  # a label for full weights
     for layer in sharded.layers:
         assert torch.equal(sharded.weight(7, layer), whole.weight(1, layer))
         assert torch.equal(
@@ -409,6 +412,8 @@ def _bad_inputs(t_ft: Trained, t_lora: Trained, t_dora: Trained, tmp: Path) -> d
         "adapter shapes": ([ckpt, "--base", tmp / "other"], "q_proj.lora_B.weight has shape"),
         "targets": ([ckpt, "--base", t_lora.base, "--targets", "k_proj"],
                     "adapter_model.safetensors"),
+        "method": ([ckpt, "--base", t_lora.base, "--method", "dora"], "--method dora, but"),
+        "unknown method": ([t_ft.out, "--base", t_ft.base, "--method", "qlora"], "unknown method"),
         "no weights": ([empty, "--base", t_ft.base], "no weights"),
         "mixed adapters": ([ckpt, t_dora.out / f"checkpoint-{2 * SAVE}", "--base", t_lora.base],
                            "one import takes one method"),
