@@ -1,4 +1,4 @@
-"""The `spectra` command line: compute, track, analyze, plot."""
+"""The `spectra` command line: compute, track, analyze, plot, import, compare."""
 
 from __future__ import annotations
 
@@ -172,6 +172,86 @@ def track(
         fused=recipes.parse_fused(fused),
     )  # fmt: skip
     recipes.run(job)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeatable, comma-separated option values as one flat list."""
+    return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+
+def _step_numbers(values: list[str] | None) -> list[int] | None:
+    if not values:
+        return None
+    try:
+        return [int(v) for v in _split(values)]
+    except ValueError:
+        raise SpectraError(f"--steps takes whole step numbers, got {', '.join(values)}") from None
+
+
+@app.command("import")
+def import_(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Trainer output folders (every checkpoint-N/ is step N), checkpoint, peft "
+            "adapter or model folders, or weight files (.safetensors; torch.save .pt/.bin)."
+        ),
+    ],
+    base: Annotated[Path, typer.Option(help="The base model (folder or weight file): step 0.")],
+    name: Annotated[str | None, typer.Option(help="Run name [the sources' folder name].")] = None,
+    out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs"),
+    targets: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Target modules; repeat or comma list [the adapter's modules; for full "
+            "weights the architecture's query and value projections]."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Method label [from adapter_config.json, else ft].")
+    ] = None,
+    steps: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The step of each checkpoint, in order; repeat or comma list "
+            "[checkpoint-N names, else 1, 2, 3, …]."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run that already exists.")] = False,
+) -> None:
+    """Import checkpoints you already have as a run directory (then: spectra compute)."""
+    from spectra.importer import import_run
+
+    run = import_run(
+        sources, base, out=out, name=name, targets=_split(targets), method=method,
+        steps=_step_numbers(steps), overwrite=overwrite, progress=True,
+    )  # fmt: skip
+    typer.echo(f"wrote {run}")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="The base model (folder or weight file).")],
+    finetuned: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Fine-tuned versions: each becomes a run named after its folder (a Trainer "
+            "output folder gives all its checkpoints as steps)."
+        ),
+    ],
+    targets: Annotated[
+        list[str] | None, typer.Option(help="Target modules; repeat or comma list.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs"),
+    overwrite: Annotated[bool, typer.Option(help="Replace runs that already exist.")] = False,
+) -> None:
+    """What did these fine-tunes do to the weights? Import, compute, print the summary."""
+    from spectra.importer import compare_runs
+    from spectra.report import render_summary
+    from spectra.store import load_runs
+
+    paths = compare_runs(base, finetuned, out=out, targets=_split(targets), overwrite=overwrite)
+    typer.echo(render_summary(load_runs(paths)), nl=False)
 
 
 def main() -> None:

@@ -382,3 +382,12 @@ def _markdown(frame: pd.DataFrame) -> str:
     cells = [[_cell(v).replace("|", "\\|") for v in row] for row in frame.values]
     rows = ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join([header, rule, *rows])
+
+
+def render_summary(frame: pd.DataFrame, width: int = 160) -> str:
+    """The summary table alone, as text (``spectra compare``: its runs need share no step)."""
+    console = Console(file=io.StringIO(), width=width, force_terminal=False)
+    console.print(
+        _rich_table(_display(summary(frame)), "Summary (layer means at each run's final step)")
+    )
+    return console.file.getvalue()

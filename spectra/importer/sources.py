@@ -1,0 +1,88 @@
+"""What to import: the checkpoints that the sources name, and the step of each.
+
+Sources are Trainer output folders (every ``checkpoint-N/`` inside is step N), checkpoint,
+adapter or model folders, and weight files. Steps come from ``checkpoint-N`` names when
+every source has one, else 1, 2, 3, … in the order given, or from ``--steps``; step 0 is the
+base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from spectra.errors import SpectraError
+from spectra.importer.adapter import Adapter, is_adapter, open_adapter
+from spectra.importer.model import Model, open_model
+from spectra.importer.trainer import checkpoint_step, checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """One step's weights: its number, where they are, and their reader."""
+
+    step: int
+    path: Path
+    reader: Model | Adapter
+
+
+def _read(path: Path) -> Model | Adapter:
+    """The reader of one checkpoint: its adapter or its full weights."""
+    return open_adapter(path) if path.is_dir() and is_adapter(path) else open_model(path)
+
+
+def _expand(sources: Sequence[Path]) -> list[tuple[Path, int | None]]:
+    """(checkpoint, step from its name) of every source, Trainer output folders expanded."""
+    found = []
+    for source in sources:
+        if not source.exists():
+            raise SpectraError(f"{source}: no such file or folder")
+        inside = checkpoints(source) if source.is_dir() else []
+        found += [(p, step) for step, p in inside] or [(source, checkpoint_step(source))]
+    return found
+
+
+def _steps(found: list[tuple[Path, int | None]], steps: Sequence[int] | None) -> list[int]:
+    """The step of every checkpoint (see the module docstring); SpectraError on conflicts."""
+    if steps is not None and len(steps) != len(found):
+        raise SpectraError(f"--steps gives {len(steps)} step numbers for {len(found)} checkpoints")
+    if steps is not None:
+        numbers = list(steps)
+    elif all(step is not None for _, step in found):
+        numbers = [step for _, step in found]
+    else:
+        numbers = list(range(1, len(found) + 1))
+    seen: dict[int, Path] = {}
+    for (path, _), step in zip(found, numbers, strict=True):
+        if step < 1:
+            raise SpectraError(
+                f"{path} would be step {step}; steps start at 1 (step 0 is the base)"
+            )
+        if step in seen:
+            raise SpectraError(
+                f"{seen[step]} and {path} are both step {step}; give distinct --steps"
+            )
+        seen[step] = path
+    return numbers
+
+
+def find_checkpoints(sources: Sequence[Path], steps: Sequence[int] | None) -> list[Checkpoint]:
+    """The checkpoints of the sources, by step, each with its (lazy) reader."""
+    if not sources:
+        raise SpectraError("no sources to import")
+    found = _expand([Path(s) for s in sources])
+    numbers = _steps(found, steps)
+    return sorted(
+        (Checkpoint(n, path, _read(path)) for (path, _), n in zip(found, numbers, strict=True)),
+        key=lambda c: c.step,
+    )
+
+
+def default_name(sources: Sequence[Path]) -> str:
+    """A run name from the sources: the first one's folder name (its parent's for a
+    ``checkpoint-N`` folder or a file)."""
+    first = Path(sources[0]).resolve()
+    return (
+        first.parent.name if first.is_file() or checkpoint_step(first) is not None else first.name
+    )

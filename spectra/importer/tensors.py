@@ -1,0 +1,137 @@
+"""Lazy access to the tensors of weight files, by name, one tensor at a time.
+
+A :class:`Tensors` spans one or more files: a single ``.safetensors`` file, the shards of a
+``*.safetensors.index.json`` (or a sharded ``pytorch_model.bin.index.json``), or ``torch.save``
+files. Safetensors files are opened per tensor with ``safe_open`` and only their headers are
+read up front (names, shapes), so reading the q/v projections of a sharded model touches only
+those bytes. ``torch.save`` files are loaded with ``torch.load(weights_only=True, mmap=True)``,
+never a full unpickle, and must hold tensors only (a dict of name → tensor, possibly nested).
+The files whose tensors were read are recorded, for the run's provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from spectra.errors import SpectraError
+
+SAFETENSORS = ".safetensors"
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+WRAPPERS = ("state_dict", "model")  # a torch.save dict holding only one of these is unwrapped
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """The line of a torch.load error that says why (not its advice to unpickle anyway)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    why = next((line for line in lines if "WeightsUnpickler error" in line), None)
+    return why or (lines[0] if lines else type(exc).__name__)
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """{name: shape} from a safetensors header (no tensor data is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = f.keys()
+            return {name: tuple(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise SpectraError(
+            f"{path}: not a readable safetensors file ({_first_line(exc)})"
+        ) from None
+
+
+def _flatten(value, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    if not isinstance(value, dict) or not value:
+        what = "an empty dict" if isinstance(value, dict) else type(value).__name__
+        raise SpectraError(
+            f"{path}: {prefix or 'the file'} holds {what}, not tensors; "
+            "spectra reads torch.save files of tensors only (a dict of name → tensor)"
+        )
+    out = {}
+    for key, item in value.items():
+        out |= _flatten(item, path, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def load_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``torch.save`` file, loaded weights-only; SpectraError for anything else."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise SpectraError(f"{path}: no such file") from None
+    except Exception as exc:  # torch raises many kinds for files it refuses
+        raise SpectraError(
+            f"{path}: not a file of tensors that torch.load(weights_only=True) can read "
+            f"({_reason(exc)})"
+        ) from None
+    while isinstance(loaded, dict) and len(loaded) == 1 and next(iter(loaded)) in WRAPPERS:
+        loaded = next(iter(loaded.values()))
+    return _flatten(loaded, path)
+
+
+class Tensors:
+    """The tensors of some weight files, by name; read one at a time, on demand."""
+
+    def __init__(self, where: Path, files: list[Path]):
+        self.where = where  # the folder or file the tensors belong to, for messages
+        self.files: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._loaded: dict[str, torch.Tensor] = {}  # tensors of torch.save files
+        self.read_files: list[Path] = []  # files whose tensor data was read, in order
+        for file in files:
+            if file.suffix == SAFETENSORS:
+                shapes = _safetensors_shapes(file)
+            else:
+                tensors = load_torch_file(file)
+                self._loaded |= tensors
+                shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+            duplicate = next((name for name in shapes if name in self.files), None)
+            if duplicate is not None:
+                raise SpectraError(f"{file}: tensor {duplicate} is also in {self.files[duplicate]}")
+            self.shapes |= shapes
+            self.files |= dict.fromkeys(shapes, file)
+
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor ``name``, read from its file now (only this tensor's bytes)."""
+        file = self.files[name]
+        if file not in self.read_files:
+            self.read_files.append(file)
+        if name in self._loaded:
+            return self._loaded[name]
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise SpectraError(f"{file}: cannot read tensor {name} ({_first_line(exc)})") from None
+
+
+def index_files(index: Path) -> list[Path]:
+    """The shard files that a ``*.index.json`` maps tensors to, in order of first mention."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = list(dict.fromkeys(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SpectraError(f"{index}: not a readable shard index ({_first_line(exc)})") from None
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        raise SpectraError(f"{index}: shard {missing[0]} is missing")
+    return [index.parent / s for s in shards]
+
+
+def open_index(index: Path) -> Tensors:
+    """The tensors of a sharded model, checked against its index."""
+    tensors = Tensors(index.parent, index_files(index))
+    weight_map = json.loads(index.read_text())["weight_map"]
+    for name, shard in weight_map.items():
+        if tensors.files.get(name) != index.parent / shard:
+            raise SpectraError(f"{index}: tensor {name} is not in shard {shard}")
+    return tensors

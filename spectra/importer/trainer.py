@@ -1,0 +1,58 @@
+"""transformers ``Trainer`` output folders: every ``checkpoint-N/`` inside is step N.
+
+Only the weights (an adapter or a full model, read by their own readers) and
+``trainer_state.json`` (JSON: the training log) are read; ``optimizer.pt``, ``scheduler.pt``,
+``rng_state*.pth`` and ``training_args.bin`` are pickles and are never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from spectra.errors import SpectraError
+
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+TRAINER_STATE = "trainer_state.json"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N for a folder named ``checkpoint-N``, else None."""
+    match = CHECKPOINT.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``checkpoint-N/`` in a Trainer output folder, by step."""
+    found = [
+        (step, p)
+        for p in folder.iterdir()
+        if p.is_dir() and (step := checkpoint_step(p)) is not None
+    ]
+    return sorted(found)
+
+
+def trainer_state(checkpoint: Path) -> Path | None:
+    """``checkpoint-N/trainer_state.json`` (the training log up to N), if it has one."""
+    path = checkpoint / TRAINER_STATE
+    return path if checkpoint_step(checkpoint) is not None and path.is_file() else None
+
+
+def train_log(path: Path) -> dict[int, dict[str, float]]:
+    """{step: values} of the training log in a trainer_state.json."""
+    from spectra.callback import trainer_log  # imports transformers' Trainer: only when needed
+
+    try:
+        history = json.loads(path.read_text())["log_history"]
+        rows: dict[int, dict[str, float]] = {}
+        for entry in history:
+            values = {
+                k: float(v)
+                for k, v in trainer_log(entry).items()
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            rows.setdefault(int(entry["step"]), {}).update(values)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpectraError(f"{path}: not a readable trainer state ({exc})") from None
+    return rows

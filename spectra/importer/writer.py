@@ -1,0 +1,127 @@
+"""The run directory an import writes: built beside its destination and renamed into place.
+
+Nothing is left half-written: the run is written with :class:`~spectra.snapshots.RunWriter`
+into a hidden folder next to ``runs/<run>/``, which becomes ``runs/<run>/`` only once the last
+step and the manifest are complete; on any error the folder is removed. ``--overwrite``
+replaces an existing run directory (and its now stale ``runs/<run>.parquet``), never a folder
+that is not a run. The SHA-256 of every file read is computed on background threads while
+the import goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from spectra.errors import SpectraError
+from spectra.snapshots import MANIFEST, Manifest, RunWriter, write_train_log
+
+CHUNK = 1 << 20  # per hashing thread
+
+Layers = dict[str, dict[str, torch.Tensor]]  # {module: {part: tensor}}
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Checksums:
+    """SHA-256 of files, each computed once, on background threads."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="sha256")
+        self._futures: dict[Path, Future] = {}
+
+    def add(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            if path not in self._futures:
+                self._futures[path] = self._pool.submit(sha256, path)
+
+    def of(self, paths: Iterable[Path]) -> dict[str, str]:
+        """{path: sha256} of the files (added now if they were not)."""
+        paths = list(paths)
+        self.add(paths)
+        try:
+            return {str(p.resolve()): self._futures[p].result() for p in paths}
+        except OSError as exc:
+            raise SpectraError(f"cannot read {exc.filename} again for its checksum") from None
+
+    def __enter__(self) -> Checksums:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+def parquet_of(run_dir: Path) -> Path:
+    """``runs/<run>.parquet`` of ``runs/<run>/``."""
+    return run_dir.parent / f"{run_dir.name}.parquet"
+
+
+def check_destination(run_dir: Path, overwrite: bool) -> None:
+    """SpectraError unless ``run_dir`` is free, or ``overwrite`` and it holds a run."""
+    taken = [p for p in (run_dir, parquet_of(run_dir)) if p.exists()]
+    if taken and not overwrite:
+        raise SpectraError(f"{taken[0]} already exists; pass --overwrite to replace that run")
+    if run_dir.exists() and not (run_dir / MANIFEST).is_file():
+        raise SpectraError(f"{run_dir} exists and is not a spectra run directory; not replacing it")
+
+
+def _replace(new: Path, run_dir: Path, overwrite: bool) -> None:
+    check_destination(run_dir, overwrite)
+    old = run_dir.with_name(f".{run_dir.name}.replaced-{uuid.uuid4().hex[:8]}")
+    if run_dir.exists():
+        os.rename(run_dir, old)
+    os.rename(new, run_dir)
+    parquet_of(run_dir).unlink(missing_ok=True)  # the replaced run's rows
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged(run_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A fresh folder beside ``run_dir`` that replaces it on success and vanishes on error."""
+    check_destination(run_dir, overwrite)
+    tmp = run_dir.with_name(f".{run_dir.name}.importing-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise SpectraError(f"cannot create {tmp.parent}: {exc.strerror}") from None
+    try:
+        yield tmp
+        _replace(tmp, run_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_run(
+    path: Path,
+    manifest: Manifest,
+    frozen: Layers,
+    steps: Iterable[tuple[int, Layers]],
+    log: dict[int, dict[str, float]],
+    provenance,
+) -> None:
+    """Write a complete run directory: frozen tensors, each step as it comes, the training
+    log, then the manifest marked finished with ``provenance()`` under ``extra["import"]``."""
+    writer = RunWriter(path, manifest)
+    if frozen:
+        writer.write_frozen(frozen)
+    for step, layers in steps:
+        writer.write_step(step, layers)
+    if log:
+        write_train_log(path, log)
+    writer.finish(status="completed", **{"import": provenance()})
