@@ -10,7 +10,8 @@ entry there. Tensors are returned as references in torch layout (out × in), not
 quantized base (bitsandbytes 4-bit or 8-bit, :mod:`~spectra.capture.quant`) is dequantized
 once, when :func:`layout` is asked for the frozen tensors, never by :func:`step_tensors`.
 
-Targets select modules by name, by the one rule of this package (:func:`resolve`). A target
+Targets select modules by name, by the one rule of this package (:func:`resolve`, in
+:mod:`~spectra.capture.names`, which loads without peft). A target
 matches a module path when it is
 
 - the exact path (``"model.layers.0.self_attn.q_proj"``),
@@ -34,34 +35,25 @@ Only capturable leaves are candidates: the peft wrapper of an adapted layer, nev
 prefix that peft adds, so runs of different methods share layer names.
 """
 
-from spectra.capture import quant  # noqa: F401  (first: imports peft, and bitsandbytes, quietly)
-from spectra.capture.methods import (
-    EXTRACTORS,
-    adapter_rank,
-    detect_method,
-    layout,
-    recognise,
-    step_tensors,
-    weight_shape,
-)
-from spectra.capture.targets import (
-    PEFT_PREFIX,
-    Layer,
-    as_targets,
-    candidates,
-    default_layers,
-    find_layers,
-    find_targets,
-    matches,
-    module_paths,
-    resolve,
-    slice_name,
-    split_slice,
-)
+from importlib import import_module
 
-__all__ = [
-    "EXTRACTORS", "PEFT_PREFIX", "Layer", "adapter_rank", "as_targets", "candidates",
-    "default_layers", "detect_method", "find_layers", "find_targets", "layout", "matches",
-    "module_paths", "recognise", "resolve", "slice_name", "split_slice", "step_tensors",
-    "weight_shape",
-]  # fmt: skip
+# Public names by the module that holds them. Only ``names`` (the target rule on names) loads
+# without peft; the others import ``quant`` first, which imports peft and bitsandbytes quietly.
+_EXPORTS = {
+    "names": ("PEFT_PREFIX", "as_targets", "matches", "resolve", "slice_name", "split_slice"),
+    "methods": ("EXTRACTORS", "adapter_rank", "detect_method", "layout", "recognise",
+                "step_tensors", "weight_shape"),
+    "targets": ("Layer", "candidates", "default_layers", "find_layers", "find_targets",
+                "module_paths"),
+}  # fmt: skip
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    """Import a public name's module on first use (peft only for the model-side names)."""
+    if name not in _HOME:
+        raise AttributeError(f"module 'spectra.capture' has no attribute {name!r}")
+    if _HOME[name] != "names":
+        import_module("spectra.capture.quant")
+    return getattr(import_module(f"spectra.capture.{_HOME[name]}"), name)

@@ -1,9 +1,8 @@
-"""The one target rule (see :mod:`spectra.capture`), the capturable layers of a model, fused
-projections as slices, and the default targets."""
+"""The capturable layers of a model (fused projections as slices), the default targets, and
+the targets resolved on a model by the one rule of :mod:`spectra.capture.names`."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
@@ -12,13 +11,20 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from spectra import architectures
-from spectra.architectures import COMMON, SLICES, fused_rows, spec_rows
+from spectra.architectures import COMMON, fused_rows, spec_rows
 from spectra.capture.methods import recognise, weight_shape
+from spectra.capture.names import (
+    PEFT_PREFIX,
+    matches,
+    resolve,
+    selects,
+    slice_name,
+    split_slice,
+    target_names,
+)
 from spectra.errors import SpectraError
 from spectra.factors import Rows
 
-PEFT_PREFIX = "base_model.model."
-GLOB_CHARS = "*?["
 Fusing = Mapping[str, str]  # target → layout spec of fused modules the registry does not know
 
 
@@ -30,60 +36,6 @@ class Layer(NamedTuple):
     rows: Rows | None = None
 
 
-def slice_name(path: str, part: str) -> str:
-    """The layer name of slice ``part`` (q, k or v) of the fused module at ``path``."""
-    return f"{path}[{part}]"
-
-
-def split_slice(name: str) -> tuple[str, str | None]:
-    """(module, slice) of a layer or target name; slice None when it names no slice."""
-    if name.endswith("]") and "[" in name:
-        module, _, part = name[:-1].rpartition("[")
-        if part in SLICES:
-            return module, part
-    return name, None
-
-
-def _selects(target: str, path: str) -> bool:
-    if any(c in target for c in GLOB_CHARS):
-        return fnmatch.fnmatchcase(path, target)
-    return path == target or path.endswith(f".{target}")
-
-
-def matches(target: str, path: str) -> bool:
-    """Whether ``target`` selects the layer ``path`` (see the module docstring)."""
-    target_module, target_slice = split_slice(target)
-    module, part = split_slice(path)
-    if target_slice is not None and target_slice != part:
-        return False
-    return _selects(target_module, module)
-
-
-def as_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
-    """Targets as a tuple of names; one string is one target."""
-    return (targets,) if isinstance(targets, str) else tuple(targets)
-
-
-def _names(paths: Iterable[str]) -> str:
-    return ", ".join(sorted({path.rsplit(".", 1)[-1] for path in paths})) or "(none)"
-
-
-def resolve(targets: str | Iterable[str], paths: Iterable[str]) -> list[str]:
-    """The paths, in their order, that the targets select.
-
-    SpectraError, listing the names that could be targets, when some target selects nothing.
-    """
-    targets, paths = as_targets(targets), list(paths)
-    if not targets:
-        raise SpectraError("no targets given")
-    missing = [t for t in targets if not any(matches(t, path) for path in paths)]
-    if missing:
-        raise SpectraError(
-            f"targets {missing} match no module; module names that can be targets: {_names(paths)}"
-        )
-    return [path for path in paths if any(matches(t, path) for t in targets)]
-
-
 def model_config(model: nn.Module):
     """The model's transformers config (a peft model's is its base model's), or None."""
     config = getattr(model, "config", None)
@@ -92,7 +44,7 @@ def model_config(model: nn.Module):
 
 def _slices(path: str, out_features: int, config, fused: Fusing) -> dict[str, Rows] | None:
     """The rows of each slice of the module at ``path`` when it is a fused projection."""
-    spec = next((spec for target, spec in fused.items() if _selects(target, path)), None)
+    spec = next((spec for target, spec in fused.items() if selects(target, path)), None)
     if spec is not None:
         return spec_rows(spec, config, out_features)
     return fused_rows(config, path, out_features)
@@ -147,7 +99,7 @@ def default_layers(model: nn.Module, found: Mapping[str, Layer]) -> tuple[str, .
     raise SpectraError(
         f"no targets given and {f'a {kind!r} model' if kind else 'this model'} has no known "
         f"query/value projections; name them with targets=…; module names that can be "
-        f"targets: {_names(found)}"
+        f"targets: {target_names(found)}"
     )
 
 
@@ -159,7 +111,7 @@ def find_layers(
     projections the registry does not know (``{"wqkv": "32*128,128,128"}``)."""
     found = dict(candidates(model, fused))
     paths = {layer.path for layer in found.values()}
-    unused = [t for t in fused or {} if not any(_selects(t, path) for path in paths)]
+    unused = [t for t in fused or {} if not any(selects(t, path) for path in paths)]
     if unused:
         raise SpectraError(f"fused layouts given for {unused}, which match no module")
     if targets is None:

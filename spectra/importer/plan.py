@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from spectra.architectures import COMMON, default_targets, fused_rows, model_type
-from spectra.capture import layout, matches, resolve, slice_name, split_slice
+from spectra.capture.names import matches, resolve, slice_name, split_slice
 from spectra.errors import SpectraError
 from spectra.factors import Rows, row_count
 from spectra.importer.adapter import approximate_init
@@ -200,6 +200,7 @@ class AdapterImport(Import):
         self.layers, self.init = {}, {}
 
     def frozen(self) -> Layers:
+        from spectra.capture import layout
         from spectra.importer.layer import adapted_layer
 
         for module in self.modules:
