@@ -25,7 +25,7 @@ from spectra.importer.model import open_model
 from spectra.importer.plan import plan_import
 from spectra.importer.sources import default_name, find_checkpoints
 from spectra.importer.trainer import train_log, trainer_state
-from spectra.importer.writer import Checksums, check_destination, staged, write_run
+from spectra.importer.writer import check_destination, checksums, staged, write_run
 
 __all__ = ["compare_runs", "import_run"]
 
@@ -54,7 +54,7 @@ def import_run(
     job = plan_import(checkpoints, base_model, targets or None, method)
     origin = {0: base_model} | {c.step: c.reader for c in checkpoints}
     state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
-    with Checksums() as checksums, _progress(run_dir.name, len(origin), progress) as advance:
+    with _progress(run_dir.name, len(origin), progress) as advance:
 
         def written_steps():
             for step, layers in job.steps():
@@ -68,15 +68,14 @@ def import_run(
                 "steps": {
                     str(step): {
                         "source": str(reader.path.resolve()),
-                        "files": checksums.of(reader.files_read()),
+                        "files": checksums(reader.files_read(), reader.tensors),
                     }
                     for step, reader in origin.items()
                 },
-                **({"train_log": checksums.of([state])} if state else {}),
+                **({"train_log": checksums([state], base_model.tensors)} if state else {}),
                 **job.details(),
             }
 
-        checksums.add(job.files())  # hashed on other threads while the steps are written
         frozen = job.frozen()
         with staged(run_dir, overwrite) as tmp:
             manifest = job.manifest(run_dir.name, str(base))

@@ -15,7 +15,6 @@ by peft's own matching (a list of names, or a regular expression).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,11 +91,6 @@ class Adapter:
     @property
     def method(self) -> str:
         return method_of(self.raw)
-
-    def files_of(self, modules: Iterable[str]) -> list[Path]:
-        """The files that reading these modules' tensors reads."""
-        names = (name for m in modules for name in self.modules[m].values())
-        return [self.config_file, *dict.fromkeys(self.tensors.files[n] for n in names)]
 
     def files_read(self) -> list[Path]:
         """Every file whose contents went into the import."""

@@ -11,7 +11,6 @@ tensor is asked for.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,11 +73,6 @@ class Model:
     def weight(self, module: str) -> torch.Tensor:
         """``module``'s weight as stored (read now)."""
         return self.tensors.read(self.modules[module])
-
-    def files_of(self, modules: Iterable[str]) -> list[Path]:
-        """The files that reading these modules' weights reads."""
-        files = dict.fromkeys(self.tensors.files[self.modules[m]] for m in modules)
-        return [*self.meta_files, *files]
 
     def files_read(self) -> list[Path]:
         """Every file whose contents went into the import."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
@@ -68,7 +67,7 @@ def _modules(selected: list[str]) -> list[str]:
 
 
 class Import:
-    """What both kinds of import share: the manifest of the run they make, the files read."""
+    """What both kinds of import share: the manifest of the run they make."""
 
     method: str
     targets: dict[str, Target]
@@ -76,11 +75,6 @@ class Import:
     base_of: dict[str, str]  # module → base module
     modules: list[str]
     checkpoints: list[Checkpoint]
-
-    def files(self) -> list[Path]:
-        """Every file the import will read (to checksum while it runs)."""
-        files = self.base.files_of(self.base_of.values())
-        return files + [f for c in self.checkpoints for f in c.reader.files_of(self.modules)]
 
     def manifest(self, run: str, model: str) -> Manifest:
         """The run's manifest (after :meth:`frozen`, which fills in the adapter ranks)."""

@@ -6,11 +6,14 @@ files. Safetensors files are opened per tensor with ``safe_open`` and only their
 read up front (names, shapes), so reading the q/v projections of a sharded model touches only
 those bytes. ``torch.save`` files are loaded with ``torch.load(weights_only=True, mmap=True)``,
 never a full unpickle, and must hold tensors only (a dict of name → tensor, possibly nested).
-The files whose tensors were read are recorded, for the run's provenance.
+For the run's provenance, the files whose tensors were read are recorded, and the SHA-256 of
+each safetensors tensor read (of its bytes as stored), so that no byte beyond the target
+tensors is ever read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -87,6 +90,7 @@ class Tensors:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._loaded: dict[str, torch.Tensor] = {}  # tensors of torch.save files
         self.read_files: list[Path] = []  # files whose tensor data was read, in order
+        self.digests: dict[Path, dict[str, str]] = {}  # safetensors file → {tensor: sha256}
         for file in files:
             if file.suffix == SAFETENSORS:
                 shapes = _safetensors_shapes(file)
@@ -109,9 +113,16 @@ class Tensors:
             return self._loaded[name]
         try:
             with safe_open(str(file), framework="pt") as f:
-                return f.get_tensor(name)
+                tensor = f.get_tensor(name)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise SpectraError(f"{file}: cannot read tensor {name} ({_first_line(exc)})") from None
+        self.digests.setdefault(file, {})[name] = tensor_sha256(tensor)
+        return tensor
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """Hex SHA-256 of a tensor's bytes (little-endian, as safetensors stores them)."""
+    return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
 def index_files(index: Path) -> list[Path]:

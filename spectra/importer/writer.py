@@ -4,8 +4,7 @@ Nothing is left half-written: the run is written with :class:`~spectra.snapshots
 into a hidden folder next to ``runs/<run>/``, which becomes ``runs/<run>/`` only once the last
 step and the manifest are complete; on any error the folder is removed. ``--overwrite``
 replaces an existing run directory (and its now stale ``runs/<run>.parquet``), never a folder
-that is not a run. The SHA-256 of every file read is computed on background threads while
-the import goes on.
+that is not a run.
 """
 
 from __future__ import annotations
@@ -15,55 +14,50 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from spectra.errors import SpectraError
+from spectra.importer.tensors import SAFETENSORS, Tensors
 from spectra.snapshots import MANIFEST, Manifest, RunWriter, write_train_log
 
-CHUNK = 1 << 20  # per hashing thread
+CHUNK = 1 << 20
+HEADER_LENGTH = 8  # a safetensors file starts with its header's length, a little-endian u64
 
 Layers = dict[str, dict[str, torch.Tensor]]  # {module: {part: tensor}}
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
+def sha256(path: Path, size: int | None = None) -> str:
+    """Hex SHA-256 of a file, or of its first ``size`` bytes, read in chunks."""
     digest = hashlib.sha256()
+    left = size if size is not None else -1
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+        while left and (chunk := f.read(CHUNK if left < 0 else min(CHUNK, left))):
             digest.update(chunk)
+            left -= len(chunk) if left > 0 else 0
     return digest.hexdigest()
 
 
-class Checksums:
-    """SHA-256 of files, each computed once, on background threads."""
-
-    def __init__(self):
-        self._pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="sha256")
-        self._futures: dict[Path, Future] = {}
-
-    def add(self, paths: Iterable[Path]) -> None:
-        for path in paths:
-            if path not in self._futures:
-                self._futures[path] = self._pool.submit(sha256, path)
-
-    def of(self, paths: Iterable[Path]) -> dict[str, str]:
-        """{path: sha256} of the files (added now if they were not)."""
-        paths = list(paths)
-        self.add(paths)
+def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
+    """What of each file went into the import: of a safetensors file the SHA-256 of its header
+    (names, dtypes, shapes, offsets) and of each tensor read; of any other file (JSON, a
+    torch.save file, read whole) the SHA-256 of the file."""
+    records = {}
+    for path in files:
         try:
-            return {str(p.resolve()): self._futures[p].result() for p in paths}
+            if path.suffix == SAFETENSORS:
+                length = int.from_bytes(path.open("rb").read(HEADER_LENGTH), "little")
+                header = sha256(path, HEADER_LENGTH + length)
+                records[str(path.resolve())] = {
+                    "header_sha256": header, "tensors": tensors.digests.get(path, {}),
+                }  # fmt: skip
+            else:
+                records[str(path.resolve())] = {"sha256": sha256(path)}
         except OSError as exc:
-            raise SpectraError(f"cannot read {exc.filename} again for its checksum") from None
-
-    def __enter__(self) -> Checksums:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._pool.shutdown(cancel_futures=True)
+            raise SpectraError(f"cannot read {path} again for its checksum: {exc}") from None
+    return records
 
 
 def parquet_of(run_dir: Path) -> Path:
