@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 from rich.progress import MofNCompleteColumn, Progress
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load
 
 from spectra import __version__
 from spectra.errors import SpectraError
@@ -63,7 +63,7 @@ def base_path(cache_dir: Path, key: str) -> Path:
 
 @lru_cache(maxsize=1)  # tasks arrive layer-major: one base per worker bounds memory
 def _load_base(path: str) -> SVD:
-    t = load_file(path)
+    t = load(Path(path).read_bytes())  # in memory, not mapped: the file may change later
     return SVD(t["u"], t["s"], t["vh"])
 
 
@@ -83,21 +83,25 @@ def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> 
             raise SpectraError(f"cannot use the SVD cache {cache_dir}: {exc.strerror}") from None
         base = svd(w0, device)
         save_tensors(path, {"u": base.u, "s": base.s, "vh": base.vh})
+        _load_base.cache_clear()
     return str(path)
 
 
 def _cached(path: Path, shape: tuple[int, int]) -> bool:
-    """Whether ``path`` holds a complete float64 SVD of an m×n matrix."""
-    if not path.is_file():
-        return False
-    try:
-        base = _load_base(str(path))
-    except (SafetensorError, OSError, KeyError):
-        return False
+    """Whether ``path`` holds a whole float64 SVD of an m×n matrix (read from its header)."""
     (m, n), k = shape, min(shape)
-    shapes = (tuple(base.u.shape), tuple(base.s.shape), tuple(base.vh.shape))
-    float64 = all(t.dtype == torch.float64 for t in base)
-    return shapes == ((m, k), (k,), (k, n)) and float64 and bool(torch.isfinite(base.s).all())
+    want = {"u": [m, k], "s": [k], "vh": [k, n]}
+    try:
+        with safe_open(str(path), framework="pt") as f:  # checks the file is complete
+            if set(f.keys()) != set(want):
+                return False
+            for name, dims in want.items():
+                part = f.get_slice(name)
+                if part.get_shape() != dims or part.get_dtype() != "F64":
+                    return False
+            return bool(torch.isfinite(f.get_tensor("s")).all())
+    except (SafetensorError, OSError):
+        return False
 
 
 def matrix_task(

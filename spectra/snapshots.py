@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -207,7 +208,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = None
     try:
         tmp = _new_file(path)
+        mode = os.stat(tmp).st_mode  # what the umask made of 0666
         yield tmp
+        if os.stat(tmp).st_mode != mode:  # some writers (safetensors) make their own file
+            os.chmod(tmp, stat.S_IMODE(mode))
         os.replace(tmp, path)
     except OSError as exc:
         raise SpectraError(f"cannot write {path}: {exc.strerror or exc}") from None
