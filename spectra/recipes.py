@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -189,9 +190,21 @@ def _causal_lm_config(model: str):
     heads = getattr(config, "architectures", None) or []
     if heads and not CAUSAL_HEADS & set(heads):
         raise SpectraError(f"{model}: a {heads[0]} has no causal language-model head")
-    if Path(model).is_dir() and not any((Path(model) / f).is_file() for f in WEIGHT_FILES):
-        raise SpectraError(f"{model}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    if Path(model).is_dir():
+        _check_weights(Path(model))
     return config
+
+
+def _check_weights(folder: Path) -> None:
+    """SpectraError unless the model folder has weights, every safetensors file whole."""
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise SpectraError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):  # reads the header, checks the length
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise SpectraError(f"{path}: corrupt or truncated weights ({exc})") from None
 
 
 def _first_line(exc: BaseException) -> str:

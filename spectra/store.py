@@ -53,6 +53,7 @@ SCHEMA = pa.schema(
 )
 KEY = ["step", "layer"]
 NOT_NULL = ("run", "method", "step", "layer", "module")
+FINITE = ("delta_sigma", "delta_d", "delta_d_matched")  # no row is written for NaN weights
 METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # required?
 
 
@@ -142,6 +143,11 @@ def _metadata(raw: bytes, path: Path) -> dict:
     return metadata
 
 
+def _all_finite(column: pa.ChunkedArray) -> bool:
+    """Whether every value is a finite number (true of no values at all)."""
+    return column.null_count == 0 and pc.all(pc.is_finite(column)).as_py() is not False
+
+
 def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
     """The table with every spectra column in its schema type; SpectraError when one cannot be
     (a wrong type, nulls where a value is needed, rows of another run)."""
@@ -157,6 +163,8 @@ def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
             table = table.set_column(table.column_names.index(spec.name), spec.name, column)
         if spec.name in NOT_NULL and column.null_count:
             raise SpectraError(f"{path}: column {spec.name!r} has empty values")
+        if spec.name in FINITE and not _all_finite(column):
+            raise SpectraError(f"{path}: column {spec.name!r} has NaN, infinite or empty values")
     others = pc.unique(pc.filter(table.column("run"), pc.not_equal(table.column("run"), run)))
     if len(others):
         raise SpectraError(

@@ -356,6 +356,9 @@ CASES = [
         parquet(lambda p: damage_column(p, "step", [None], pa.int64())), "empty", id="step null"
     ),
     pytest.param(
+        parquet(lambda p: damage_column(p, "delta_d", [float("nan")])), "NaN", id="delta_d NaN"
+    ),
+    pytest.param(
         parquet(lambda p: damage_column(p, "run", ["zzz"])), "rows of run 'zzz'", id="other run"
     ),
     pytest.param(cmd("analyze", "parquet"), "no such file", id="analyze a directory"),
@@ -411,6 +414,11 @@ CASES = [
     ),
     pytest.param(
         model(lambda m: (m / "model.safetensors").unlink()), "no weights", id="no weights"
+    ),
+    pytest.param(
+        model(lambda m: (m / "model.safetensors").write_bytes(b"\x08" + b"\0" * 64)),
+        "corrupt or truncated weights",
+        id="weights garbage",
     ),
     pytest.param(
         model(lambda m: (m / "config.json").write_text("{oops")),
