@@ -293,7 +293,7 @@ class Engine:
         return kept
 
     def metadata(self) -> dict:
-        """Key-value metadata of the Parquet file: the manifest and the engine settings."""
+        """Key-value metadata of the Parquet file: the manifest, identity and engine settings."""
         return {
             "run": self.run.name,
             "run_id": self.run.manifest.run_id,

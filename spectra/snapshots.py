@@ -121,7 +121,7 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
         """The manifest in ``text``; SpectraError naming ``where`` and the field if it is bad."""
         try:
-            raw = json.loads(text)
+            raw = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
         except UnicodeDecodeError:
             raise SpectraError(f"{where} is not UTF-8 text") from None
         except ValueError as exc:
@@ -138,6 +138,7 @@ class Manifest:
             _check(manifest)
         except SpectraError as exc:
             raise SpectraError(f"{where}: {exc}") from None
+        manifest.steps = sorted(set(manifest.steps))
         return manifest
 
 
@@ -157,7 +158,6 @@ def _check(manifest: Manifest) -> None:
     for name in ("steps", "resumed"):
         if any(step < 0 for step in getattr(manifest, name)):
             raise SpectraError(f"{name}: steps are never negative")
-    manifest.steps = sorted(set(manifest.steps))
     for key in ("status", "error"):
         if not isinstance(manifest.extra.get(key, ""), str):
             raise SpectraError(f"extra.{key}: expected a string")

@@ -54,7 +54,7 @@ SCHEMA = pa.schema(
 KEY = ["step", "layer"]
 NOT_NULL = ("run", "method", "step", "layer", "module")
 FINITE = ("delta_sigma", "delta_d", "delta_d_matched")  # no row is written for NaN weights
-METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # required?
+METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # field: required
 
 
 def remove_run_file(path: str | Path) -> None:
