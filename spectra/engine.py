@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load
@@ -385,7 +386,10 @@ class Engine:
             yield lambda: None
             return
         columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-        with Progress(*columns, transient=True) as bar:  # gone when done, or on an error
+        console = Console(stderr=True)  # on a terminal only, and gone when done or on an error
+        with Progress(
+            *columns, console=console, transient=True, disable=not console.is_terminal
+        ) as bar:
             task = bar.add_task(f"{self.run.name}", total=total)
             yield lambda: bar.advance(task)
 

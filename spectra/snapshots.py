@@ -387,7 +387,8 @@ class Run:
         if FROZEN_PARTS[target.kind]:
             parts |= self._read(FROZEN, [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]])
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
-        where = f"{self.path / step_file(step)} layer {layer}"
+        frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
+        where = f"{self.path / step_file(step)}{frozen} layer {layer}"
         m, n = check_parts(target.kind, parts, where)
         if target.rows:
             if target.rows[-1][1] > m:

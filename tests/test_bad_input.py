@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import torch
 from runmaker import make_run, make_run_dir, parallel
 from safetensors.torch import load_file, save_file
 
-from spectra.cli import main
 from spectra.recipes import DEFAULT_MODEL
 from spectra.snapshots import FROZEN, MANIFEST, step_file
 
@@ -448,31 +446,18 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
-def run_cli(arguments: list, monkeypatch, capsys) -> tuple[int, str]:
-    """Run ``spectra ARGS`` in-process; (exit code, stdout + stderr)."""
-    monkeypatch.setattr(sys, "argv", ["spectra", *map(str, arguments)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
 @pytest.mark.parametrize(("setup", "fragment"), CASES)
 def test_bad_input_is_one_error_line_and_damages_nothing(
-    setup, fragment, template, tmp_path, monkeypatch, capsys
+    setup, fragment, template, tmp_path, monkeypatch, cli
 ):
     work = tmp_path / "work"
     shutil.copytree(template, work)
     monkeypatch.chdir(work)
-    with monkeypatch.context() as mp:
-        arguments = setup(work, mp)
-        before = tree(work)
-        code, output = run_cli(arguments, mp, capsys)
-    lines = output.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), output
+    arguments = setup(work, monkeypatch)
+    before = tree(work)
+    code, out, err = cli(arguments)
+    lines = (out + err).strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), out + err
     assert fragment in lines[0], lines[0]
     after = tree(work)
     assert {k: after.get(k) for k in before} == before, "a file that existed was changed"

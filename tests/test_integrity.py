@@ -312,6 +312,19 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
+def test_a_read_only_file_system_is_one_error(tmp_path, tiny_disk, cli):
+    run_dir = make_run_dir(tmp_path, "run")
+    kept = tiny_disk / "run.parquet"
+    compute_run(run_dir, kept)
+    before = kept.read_bytes()
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    spectra.snapshots.remove_run(run_dir)
+    make_run_dir(tmp_path, "run", seed=5)
+    code, _, err = cli(["compute", run_dir, "--out", kept])
+    assert code == 2 and err == f"error: cannot write {kept}: Read-only file system\n"
+    assert kept.read_bytes() == before
+
+
 def test_a_full_disk_is_one_error_and_keeps_what_was_there(tmp_path, tiny_disk, cli):
     run_dir = make_run_dir(tmp_path, "run")
     kept = tiny_disk / "run.parquet"
