@@ -31,6 +31,7 @@ FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 LAYER = "model.layers.0.self_attn.q_proj"
+KINDS = ("dense", "lowrank", "dora")
 DELETE = object()
 TRICKY = st.sampled_from(["", "\n", "\ud800", "a\x00b", "é", "../..", "runs/*"])
 json_values = st.recursive(
@@ -47,7 +48,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fuzz")
-    for kind in ("dense", "lowrank", "dora"):
+    for kind in KINDS:
         make_run_dir(root, kind, kind)
     make_run(root / "parquet", "a", "ft", parallel(0.1))
     make_run(root / "parquet", "b", "sorsa", parallel(0.1))
@@ -65,7 +66,7 @@ def only_spectra_errors(action) -> None:
 
 
 @contextmanager
-def copy(template: Path, name: str) -> Iterator[Path]:
+def scratch(template: Path, name: str) -> Iterator[Path]:
     """A fresh copy of ``template/name`` for one example, removed afterwards."""
     with tempfile.TemporaryDirectory(dir=template.parent) as work:
         shutil.copytree(template / name, Path(work) / name)
@@ -102,46 +103,34 @@ def mutate(raw, path: tuple, value):
 
 
 @st.composite
-def manifests(draw):
-    """(kind, manifest text): a good manifest with one value replaced, removed or garbled."""
-    kind = draw(st.sampled_from(["dense", "lowrank", "dora"]))
-    good = json.loads(TEMPLATE_MANIFESTS[kind])
+def manifest_texts(draw, good: dict) -> bytes:
+    """A good manifest with one value replaced, removed or garbled, or a few random bytes."""
     if draw(st.integers(0, 9)) == 0:
-        return kind, draw(st.binary(max_size=40))
+        return draw(st.binary(max_size=40))
     path = draw(st.sampled_from(paths(good)))
     value = draw(json_values | st.just(DELETE))
-    text = json.dumps(mutate(good, path, value))
-    return kind, text.encode("utf-8", "surrogatepass")
-
-
-TEMPLATE_MANIFESTS: dict[str, str] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def template_manifests(template):
-    for kind in ("dense", "lowrank", "dora"):
-        TEMPLATE_MANIFESTS[kind] = (template / kind / MANIFEST).read_text()
+    return json.dumps(mutate(good, path, value)).encode()
 
 
 @FUZZ
-@given(manifest=manifests())
-def test_crafted_manifests(template, manifest):
-    kind, text = manifest
-    with copy(template, kind) as run:
+@given(kind=st.sampled_from(KINDS), data=st.data())
+def test_crafted_manifests(template, kind, data):
+    with scratch(template, kind) as run:
+        text = data.draw(manifest_texts(json.loads((run / MANIFEST).read_text())))
         (run / MANIFEST).write_bytes(text)
         only_spectra_errors(lambda: compute_run(run))
 
 
 @FUZZ
-@given(manifest=manifests())
-def test_crafted_manifests_followed(template, manifest):
-    kind, text = manifest
-    try:
-        finished = json.loads(text).get("finished", False)
-    except (ValueError, AttributeError):
-        finished = True  # not a manifest at all: refused before any waiting
-    assume(finished is not False)  # a run still training is followed until it finishes
-    with copy(template, kind) as run:
+@given(kind=st.sampled_from(KINDS), data=st.data())
+def test_crafted_manifests_followed(template, kind, data):
+    with scratch(template, kind) as run:
+        text = data.draw(manifest_texts(json.loads((run / MANIFEST).read_text())))
+        try:
+            finished = json.loads(text).get("finished", False)
+        except (ValueError, AttributeError):
+            finished = True  # not a manifest at all: refused before any waiting
+        assume(finished is not False)  # a run still training is followed until it finishes
         (run / MANIFEST).write_bytes(text)
         only_spectra_errors(lambda: compute_until_finished(run, poll=0))
 
@@ -155,7 +144,7 @@ tensors = st.builds(
 
 @FUZZ
 @given(
-    kind=st.sampled_from(["dense", "lowrank", "dora"]),
+    kind=st.sampled_from(KINDS),
     frozen=st.booleans(),
     parts=st.dictionaries(
         st.sampled_from(["weight", "base", "left", "right", "scale", "values", "magnitude"]),
@@ -166,7 +155,7 @@ tensors = st.builds(
     garbage=st.none() | st.binary(max_size=64),
 )
 def test_crafted_step_files(template, kind, frozen, parts, garbage):
-    with copy(template, kind) as run:
+    with scratch(template, kind) as run:
         file = run / (FROZEN if frozen and kind != "dense" else step_file(1))
         if garbage is not None:
             file.write_bytes(garbage)
@@ -197,11 +186,11 @@ def metadata(draw):
     if choice == 0:
         raw = draw(st.binary(max_size=40))
     elif choice == 1:
-        raw = json.dumps(draw(json_values)).encode("utf-8", "surrogatepass")
+        raw = json.dumps(draw(json_values)).encode()
     else:
         path = draw(st.sampled_from(paths(good)))
         raw = json.dumps(mutate(good, path, draw(json_values | st.just(DELETE))))
-        raw = raw.encode("utf-8", "surrogatepass")
+        raw = raw.encode()
     column = draw(st.none() | columns)
     return raw if choice != 3 else None, column
 
@@ -210,7 +199,7 @@ def metadata(draw):
 def crafted_parquet(template: Path, crafted) -> Iterator[Path]:
     """A copy of the Parquet runs with run a's metadata or one of its columns replaced."""
     raw, column = crafted
-    with copy(template, "parquet") as folder:
+    with scratch(template, "parquet") as folder:
         craft(folder / "a.parquet", raw, column)
         yield folder
 
