@@ -227,8 +227,8 @@ class Tracker:
     ``with`` block) at the end. Step 0 is recorded when the tracker is created; with
     ``start_step > 0`` it continues the run directory of an interrupted run instead, and
     discards what the interrupted run recorded after ``start_step`` (snapshots, their Parquet
-    rows, training-log rows), so the resumed run equals an uninterrupted one. An existing run
-    is refused unless ``overwrite`` (it is replaced, with its Parquet file).
+    rows, training-log rows), so the resumed run equals an uninterrupted one. Otherwise an
+    existing run is refused unless ``overwrite`` (it is replaced, with its Parquet file).
     ``write`` (default: torch.distributed rank 0) says whether this process writes.
     """
 
