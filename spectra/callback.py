@@ -7,10 +7,16 @@ thread writes the snapshot files, checks them for NaN/Inf and rewrites the train
 metrics into ``runs/<run>.parquet`` while training continues; in ``deferred`` mode only
 snapshots are written (compute them later with ``spectra compute`` or follow them live).
 Under DDP only rank 0 writes.
+
+A training that raises marks its run failed, with the error, so followers stop waiting: the
+``with`` block of a Tracker, ``Trainer.train`` of a trainer built with a SpectraCallback, an
+uncaught exception (``sys.excepthook``) and an exit before ``close()`` (``atexit``) all do.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import queue
 import subprocess
@@ -34,6 +40,7 @@ from spectra.capture import (
     step_tensors,
     weight_shape,
 )
+from spectra.engine import Engine
 from spectra.errors import SpectraError
 from spectra.factors import row_count
 from spectra.follow import compute_until_finished
@@ -44,8 +51,10 @@ from spectra.snapshots import (
     Target,
     open_run,
     read_train_log,
+    remove_run,
     write_train_log,
 )
+from spectra.store import remove_run_file, run_file
 
 MODES = ("inline", "deferred")
 WORKERS = ("process", "thread")
@@ -171,6 +180,45 @@ class _InlineWorker:
         return None if self.error is None else str(self.error)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as the run records it: ``RuntimeError: message``."""
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+class _OpenTrackers:
+    """The trackers of this process not yet closed. While there are any, an uncaught exception
+    (``sys.excepthook``) or an exit before ``close()`` (``atexit``) closes them as failed."""
+
+    def __init__(self):
+        self.trackers: dict[Tracker, None] = {}
+        self.previous_hook = None
+        self.registered = False
+
+    def add(self, tracker: Tracker) -> None:
+        if not self.trackers and sys.excepthook != self.excepthook:
+            self.previous_hook, sys.excepthook = sys.excepthook, self.excepthook
+        if not self.registered:
+            atexit.register(self.fail, "the process exited before the tracker was closed")
+            self.registered = True
+        self.trackers[tracker] = None
+
+    def discard(self, tracker: Tracker) -> None:
+        self.trackers.pop(tracker, None)
+        if not self.trackers and sys.excepthook == self.excepthook:
+            sys.excepthook = self.previous_hook
+
+    def fail(self, error: str) -> None:
+        for tracker in list(self.trackers):
+            tracker.close(error=error)
+
+    def excepthook(self, exc_type, exc, tb) -> None:
+        self.fail(describe(exc))
+        self.previous_hook(exc_type, exc, tb)
+
+
+_OPEN = _OpenTrackers()
+
+
 def _log_rows(log, up_to: int) -> dict[int, dict[str, float]]:
     """The rows of a stored train log with step ≤ ``up_to`` (what a resumed run keeps)."""
     if log is None:
@@ -191,7 +239,10 @@ class Tracker:
     (``{"wqkv": "32*128,128,128"}``, see :func:`spectra.architectures.spec_rows`).
     ``tracker.step(step, loss=..., **logs)`` after each optimizer step; ``close()`` (or a
     ``with`` block) at the end. Step 0 is recorded when the tracker is created; with
-    ``start_step > 0`` it continues the run directory of an interrupted run instead.
+    ``start_step > 0`` it continues the run directory of an interrupted run instead, and
+    discards what the interrupted run recorded after ``start_step`` (snapshots, their Parquet
+    rows, training-log rows), so the resumed run equals an uninterrupted one. Otherwise an
+    existing run is refused unless ``overwrite`` (it is replaced, with its Parquet file).
     ``write`` (default: torch.distributed rank 0) says whether this process writes.
     """
 
@@ -213,6 +264,7 @@ class Tracker:
         write: bool | None = None,
         worker: str = "process",
         poll: float = 0.5,
+        overwrite: bool = False,
     ):
         if every < 1:
             raise SpectraError(f"every must be a positive number of steps, got {every}")
@@ -235,10 +287,19 @@ class Tracker:
         manifest.gamma, manifest.learning_rate, manifest.every = gamma, learning_rate, every
         if start_step > 0:
             self._check_resumable(manifest)
+            rows = Engine(self.path)  # refuses a foreign Parquet file before anything changes
+        elif overwrite:
+            remove_run(self.path)
+            remove_run_file(run_file(self.path))
         self.writer = RunWriter(self.path, manifest, resume=start_step > 0)
-        self._taken = set(self.writer.manifest.steps)
         self._log = _log_rows(read_train_log(self.path), start_step)
+        if start_step > 0:
+            self.writer.discard_after(start_step)
+            write_train_log(self.path, self._log)
+            rows.drop_stale()
+        self._taken = set(self.writer.manifest.steps)
         self._writes = _SnapshotWriter(self.writer)
+        _OPEN.add(self)
         if start_step == 0:  # one module at a time: a quantized base is dequantized here, once
             frozen = {
                 path: {k: _to_cpu(t) for k, t in layout(module).frozen.items()}
@@ -316,20 +377,26 @@ class Tracker:
         if self.writing:
             self._writes.join()
 
-    def close(self, failed: bool = False) -> None:
+    def close(self, failed: bool = False, error: str | None = None) -> None:
         """Snapshot the last step, write the training log, mark the run finished.
 
-        In inline mode, wait for the metrics of every step (unless ``failed``).
+        ``failed`` (or an ``error``, the exception that ended training) marks it failed
+        instead. In inline mode, wait for the metrics of every step (unless it failed).
         """
         if self._closed or not self.writing:
             self._closed = True
             return
         self._closed = True
+        _OPEN.discard(self)
+        failed = failed or error is not None
         if self._last is not None and not failed:
             self.snapshot(self._last)
         self.flush()
         write_train_log(self.path, self._log)
-        self.writer.finish(status="failed" if failed else "completed")
+        if failed:
+            self.writer.finish(status="failed", error=error or "closed as failed")
+        else:
+            self.writer.finish(status="completed")
         problem = self._worker.wait(stop=failed) if self._worker else None
         if problem:
             warnings.warn(
@@ -343,7 +410,7 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(failed=exc_type is not None)
+        self.close(error=None if exc is None else describe(exc))
 
 
 def trainer_log(logs: dict) -> dict[str, float]:
@@ -355,13 +422,31 @@ class SpectraCallback(TrainerCallback):
     """Track ``targets`` of a ``Trainer``'s model every ``every`` optimizer steps.
 
     Targets and options are :class:`Tracker`'s (None: the architecture's query and value
-    projections; fused, mode, method, run_name, gamma, …). Resuming from a checkpoint
-    continues the same run directory.
+    projections; fused, mode, method, run_name, gamma, overwrite, …). Resuming from a
+    checkpoint continues the same run directory from the checkpoint's step. When
+    ``trainer.train()`` raises, the run is marked failed with the error.
     """
 
     def __init__(self, out: str | Path, targets=None, every: int = 10, **options):
         self.out, self.targets, self.every, self.options = out, targets, every, options
         self.tracker: Tracker | None = None
+
+    def on_init_end(self, args, state, control, **kwargs):
+        trainer = _calling_trainer()
+        if trainer is not None:  # on_train_end is never called when training raises
+            trainer.train = self._failing_on_exception(trainer.train)
+
+    def _failing_on_exception(self, train):
+        @functools.wraps(train)
+        def guarded(*args, **kwargs):
+            try:
+                return train(*args, **kwargs)
+            except BaseException as exc:
+                if self.tracker is not None:
+                    self.tracker.close(error=describe(exc))
+                raise
+
+        return guarded
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         options = {"learning_rate": args.learning_rate} | self.options
@@ -381,3 +466,18 @@ class SpectraCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.tracker.close()
+
+
+def _calling_trainer(depth: int = 8):
+    """The transformers ``Trainer`` whose ``__init__`` is calling this callback, or None."""
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer):
+            return candidate
+        frame = frame.f_back
+    return None

@@ -10,6 +10,11 @@ import typer
 
 from spectra.errors import SpectraError
 
+try:  # typer vendors click since 0.2x; older typers use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
 app = typer.Typer(
     help="Spectral drift analysis of fine-tuning: ΔΣ, ΔD, κ and orthonormality per layer per step.",
     no_args_is_help=True,
@@ -42,7 +47,7 @@ def compute(
     out: Annotated[
         Path | None, typer.Option(help="Parquet path (one run only); default runs/<run>.parquet.")
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(help="Local worker processes.")] = 1,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Step-0 SVD cache (default $SPECTRA_CACHE or ~/.cache/spectra)."),
@@ -255,12 +260,26 @@ def compare(
 
 
 def main() -> None:
-    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors (spectra's and the command line's own, like an unknown option)
+    become one line on stderr and exit code 2."""
+    if len(sys.argv) <= 1:
+        app()  # no arguments: the help
     try:
-        app()
+        code = app(standalone_mode=False)
     except SpectraError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        sys.exit(2)
+        _fail(str(exc))
+    except ClickException as exc:
+        where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+        _fail(exc.format_message() + where, exc.exit_code)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` as one line (whatever the message holds) and exit."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    typer.secho(f"error: {line}", err=True, fg="red")
+    sys.exit(code)

@@ -6,16 +6,22 @@ steps and every other run that shares the base weights reuse it. Each (step, lay
 is one task: a module-level function of paths, so it runs the same in this process, in a
 local process pool or on any ``concurrent.futures`` executor. Rows land in
 ``runs/<run>.parquet``, rewritten atomically as tasks finish, and a re-run computes only
-the rows that are missing.
+the rows that are missing. Rows are kept only while the run directory backs them: rows of
+another run identity (``run_id``) and rows after a step the run was resumed from are dropped.
+A local worker process exits when the process that started it dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
@@ -25,17 +31,22 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load
 
 from spectra import __version__
 from spectra.errors import SpectraError
 from spectra.factors import Principal, live, principal
 from spectra.metrics import INTRUDER_EPS, SVD, TOP_K, drift_from_svd, factor_metrics, svd
-from spectra.snapshots import Run, atomic_write, open_run
-from spectra.store import KEY, SCHEMA_VERSION, layer_position, read_run, write_run
+from spectra.snapshots import Manifest, Run, open_run, save_tensors
+from spectra.store import KEY, SCHEMA_VERSION, layer_position, read_run, run_file, write_run
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
+WORKERS_PER_CORE = 4  # at most this many local worker processes per usable core
+WATCH_PARENT_S = 0.5  # how often a worker checks that its parent is alive
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for us when our parent dies
 
 
 def default_cache_dir() -> Path:
@@ -55,22 +66,45 @@ def base_path(cache_dir: Path, key: str) -> Path:
 
 @lru_cache(maxsize=1)  # tasks arrive layer-major: one base per worker bounds memory
 def _load_base(path: str) -> SVD:
-    t = load_file(path)
+    t = load(Path(path).read_bytes())  # in memory, not mapped: the file may change later
     return SVD(t["u"], t["s"], t["vh"])
 
 
 def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> str:
-    """Compute (or find) the SVD of ``layer``'s step-0 weight in the cache; return its path."""
+    """Compute (or find) the SVD of ``layer``'s step-0 weight in the cache; return its path.
+
+    A cache entry that cannot be read back whole (truncated, corrupt) is computed again.
+    """
     w0 = open_run(run_dir).weight(0, layer)
     if not torch.isfinite(w0).all():
         raise SpectraError(f"{Path(run_dir).name} layer {layer}: step-0 weight has NaN or Inf")
     path = base_path(Path(cache_dir), weight_key(w0))
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if not _cached(path, tuple(w0.shape)):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpectraError(f"cannot use the SVD cache {cache_dir}: {exc.strerror}") from None
         base = svd(w0, device)
-        tensors = {"u": base.u.contiguous(), "s": base.s, "vh": base.vh.contiguous()}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+        save_tensors(path, {"u": base.u, "s": base.s, "vh": base.vh})
+        _load_base.cache_clear()
     return str(path)
+
+
+def _cached(path: Path, shape: tuple[int, int]) -> bool:
+    """Whether ``path`` holds a whole float64 SVD of an m×n matrix (read from its header)."""
+    (m, n), k = shape, min(shape)
+    want = {"u": [m, k], "s": [k], "vh": [k, n]}
+    try:
+        with safe_open(str(path), framework="pt") as f:  # checks the file is complete
+            if set(f.keys()) != set(want):
+                return False
+            for name, dims in want.items():
+                part = f.get_slice(name)
+                if part.get_shape() != dims or part.get_dtype() != "F64":
+                    return False
+            return bool(torch.isfinite(f.get_tensor("s")).all())
+    except (SafetensorError, OSError):
+        return False
 
 
 def matrix_task(
@@ -124,7 +158,34 @@ def check_device(device: str) -> None:
         raise SpectraError(f"--device {device}: no CUDA GPU is available on this machine")
 
 
-def _init_worker(threads: int) -> None:
+def check_workers(workers: int) -> None:
+    """Raise SpectraError unless ``workers`` is between 1 and WORKERS_PER_CORE per usable core."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+    limit = WORKERS_PER_CORE * cores
+    if not 1 <= workers <= limit:
+        raise SpectraError(
+            f"--workers {workers}: use 1 to {limit} worker processes ({cores} cores here)"
+        )
+
+
+def exit_with_parent(parent: int, death_signal: bool = False) -> None:
+    """End this process soon after its parent ``parent`` dies (even of kill -9): a watchdog
+    thread that sees the parent change, and with ``death_signal`` on Linux the kernel's
+    parent-death signal (sent when the *thread* that started us ends: pools only)."""
+    if death_signal and sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:  # also right when the parent died before we got here
+            time.sleep(WATCH_PARENT_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="spectra-parent-watch", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    exit_with_parent(parent, death_signal=True)
     torch.set_num_threads(threads)
 
 
@@ -138,6 +199,14 @@ def dask_executor(address: str) -> Iterator[Executor]:
         from distributed import Client
     except ImportError:
         raise SpectraError("--scheduler needs Dask: pip install 'spectra-drift[dask]'") from None
+    from distributed.comm.addressing import get_address_host_port
+
+    try:
+        get_address_host_port(address)
+    except ValueError as exc:
+        raise SpectraError(
+            f"--scheduler {address!r} is not a Dask scheduler address (tcp://HOST:PORT): {exc}"
+        ) from None
     try:
         client = Client(address, timeout="10s")
     except (OSError, TimeoutError) as exc:
@@ -154,7 +223,8 @@ def local_pool(workers: int) -> Iterator[Executor | None]:
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, _init_worker, (threads,)) as pool:
+    initargs = (threads, os.getpid())
+    with ProcessPoolExecutor(workers, context, _init_worker, initargs) as pool:
         yield pool
 
 
@@ -192,14 +262,16 @@ class Engine:
         write_every: float = WRITE_EVERY_S,
     ):
         check_device(device)
+        check_workers(workers)
         self.run = open_run(run_dir)
         self.run_dir = str(self.run.path.resolve())
-        self.out = Path(out) if out else self.run.path.parent / f"{self.run.path.name}.parquet"
+        self.out = Path(out) if out else run_file(self.run.path)
         self.workers, self.executor, self.progress = workers, executor, progress
         self.device, self.write_every = device, write_every
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
         self.settings = {"top_k": top_k, "intruder_eps": intruder_eps, "dtype": "float64",
                          "schema": SCHEMA_VERSION}  # fmt: skip
+        self.stale = False  # rows were dropped that the Parquet file still holds
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
         self._bases: dict[str, str] = {}
@@ -213,17 +285,38 @@ class Engine:
             raise SpectraError(
                 f"{self.out} exists and is not a spectra run file; refusing to overwrite it"
             ) from None
-        if meta.get("run") != self.run.name:
+        if meta["run"] != self.run.name:
             raise SpectraError(
-                f"{self.out} holds run {meta.get('run')!r}, not {self.run.name!r}; "
+                f"{self.out} holds run {meta['run']!r}, not {self.run.name!r}; "
                 "refusing to overwrite it"
             )
-        return rows if meta.get("engine") == self.settings else pd.DataFrame()
+        if meta.get("engine") != self.settings:
+            return pd.DataFrame()
+        return self._backed(rows, meta.get("run_id"), meta.get("resumed", []), self.run.manifest)
+
+    def _backed(self, rows: pd.DataFrame, run_id, resumed, now: Manifest) -> pd.DataFrame:
+        """The rows, computed from run ``run_id`` resumed at steps ``resumed``, that ``now``
+        still backs: none of another identity, none after a step it was resumed from since."""
+        if rows.empty:
+            return rows
+        if (
+            run_id != now.run_id
+            or not isinstance(resumed, list)
+            or resumed != now.resumed[: len(resumed)]
+        ):
+            kept = rows.iloc[:0]
+        else:
+            since = now.resumed[len(resumed) :]
+            kept = rows[rows["step"] <= min(since)] if since else rows
+        self.stale = self.stale or len(kept) < len(rows)
+        return kept
 
     def metadata(self) -> dict:
-        """Key-value metadata of the Parquet file: the manifest and the engine settings."""
+        """Key-value metadata of the Parquet file: the manifest, identity and engine settings."""
         return {
             "run": self.run.name,
+            "run_id": self.run.manifest.run_id,
+            "resumed": self.run.manifest.resumed,
             "method": self.run.manifest.method,
             "run_dir": os.path.relpath(self.run_dir, self.out.parent.resolve()),
             "manifest": json.loads(self.run.manifest.to_json()),
@@ -233,7 +326,7 @@ class Engine:
 
     def pending(self) -> list[tuple[int, str]]:
         """(step, layer) pairs listed in the manifest and not yet computed, layer-major."""
-        self.run = open_run(self.run.path)
+        self._reopen()
         done = set()
         if not self.rows.empty:
             done = set(zip(self.rows["step"].tolist(), self.rows["layer"].tolist(), strict=True))
@@ -244,17 +337,37 @@ class Engine:
             if (step, layer) not in done | self.nonfinite
         ]
 
+    def _reopen(self) -> None:
+        """Read the manifest again; forget what a resume or a re-created run invalidated."""
+        run = open_run(self.run.path)
+        old = self.run.manifest
+        rows = self._backed(self.rows, old.run_id, old.resumed, run.manifest)
+        if len(rows) < len(self.rows) or run.manifest.run_id != old.run_id:
+            self.nonfinite.clear()  # look at those steps again
+        if run.manifest.run_id != old.run_id:
+            self._bases.clear()
+        self.rows, self.run = rows, run
+
     def _write(self, new: list[dict]) -> None:
         if new:
             fresh = pd.DataFrame(new)
             self.rows = fresh if self.rows.empty else pd.concat([self.rows, fresh])
             self.rows = self.rows.drop_duplicates(KEY, keep="last")
         write_run(self.out, self.rows, self.metadata())
+        self.stale = False
+
+    def drop_stale(self) -> None:
+        """Rewrite the Parquet file without the rows the run directory no longer backs."""
+        self._reopen()
+        if self.stale:
+            self._write([])
 
     def update(self) -> int:
         """Compute and write every pending row; return how many rows were added."""
         tasks = self.pending()
         if not tasks:
+            if self.stale:
+                self._write([])
             return 0
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
@@ -290,7 +403,11 @@ class Engine:
         if not self.progress:
             yield lambda: None
             return
-        with Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as bar:
+        columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+        console = Console(stderr=True)  # on a terminal only, and gone when done or on an error
+        with Progress(
+            *columns, console=console, transient=True, disable=not console.is_terminal
+        ) as bar:
             task = bar.add_task(f"{self.run.name}", total=total)
             yield lambda: bar.advance(task)
 

@@ -64,13 +64,46 @@ def f64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=torch.float64)
 
 
-def check_parts(kind: str, parts: dict[str, torch.Tensor], where: str) -> None:
-    """Raise SpectraError unless ``parts`` holds every tensor that ``kind`` needs."""
+def check_parts(kind: str, parts: dict[str, torch.Tensor], where: str) -> tuple[int, int]:
+    """(m, n) of W_t; SpectraError unless ``parts`` holds every tensor that ``kind`` needs, each
+    floating point and of matching shape: ``weight``/``base`` m×n, ``left`` m×r, ``right`` r×n
+    (r ≥ 1), ``scale`` one element, ``values`` r elements, ``magnitude`` m elements."""
     if kind not in KINDS:
         raise SpectraError(f"{where}: unknown layer kind {kind!r} (expected one of {KINDS})")
     missing = [p for p in FROZEN_PARTS[kind] + STEP_PARTS[kind] if p not in parts]
     if missing:
         raise SpectraError(f"{where}: missing tensors {missing} for a {kind} layer")
+    for part, t in parts.items():
+        if not t.is_floating_point():
+            raise SpectraError(f"{where}: {part} has dtype {t.dtype}, expected a floating type")
+    m, n = _matrix(parts, "weight" if kind == "dense" else "base", where)
+    if kind == "dense":
+        return m, n
+    r = _matrix(parts, "left", where)[1]
+    want = {"left": (m, r), "right": (r, n)}
+    for part, shape in want.items():
+        if tuple(parts[part].shape) != shape:
+            got = tuple(parts[part].shape)
+            raise SpectraError(
+                f"{where}: {part} has shape {got}, expected {shape} (base {m}×{n}, rank {r})"
+            )
+    counts = {"scale": 1, "values": r, "magnitude": m}
+    for part, count in counts.items():
+        if part in parts and parts[part].numel() != count:
+            raise SpectraError(
+                f"{where}: {part} has {parts[part].numel()} elements, expected {count}"
+            )
+    return m, n
+
+
+def _matrix(parts: dict[str, torch.Tensor], part: str, where: str) -> tuple[int, int]:
+    """The shape of a non-empty 2-D part; SpectraError otherwise."""
+    shape = tuple(parts[part].shape)
+    if len(shape) != 2:
+        raise SpectraError(f"{where}: {part} has shape {shape}, expected a 2-D matrix")
+    if 0 in shape:
+        raise SpectraError(f"{where}: {part} is empty (shape {shape})")
+    return shape
 
 
 def row_count(rows: Rows) -> int:
@@ -90,7 +123,7 @@ def principal(kind: str, parts: dict[str, torch.Tensor]) -> Principal | None:
         return None
     left, right, scale = f64(parts["left"]), f64(parts["right"]), f64(parts["scale"]).reshape(())
     if "values" in parts:  # singular-vector factors stay orthonormal: scale the values
-        return Principal(left, scale * f64(parts["values"]), right)
+        return Principal(left, scale * f64(parts["values"]).reshape(-1), right)
     return Principal(scale * left, None, right)
 
 

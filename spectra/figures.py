@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from spectra.errors import SpectraError
-from spectra.snapshots import read_train_log
+from spectra.snapshots import atomic_path, atomic_write, read_train_log
 from spectra.store import delta_d_column, delta_d_name, label, load_runs, ordered_runs
 
 FIGURES = ("2", "3", "cond", "heatmap")
@@ -297,12 +298,16 @@ def browser() -> str | None:
 
 
 def write_figures(figures: dict[str, go.Figure], out: Path, formats: Iterable[str]) -> list[Path]:
-    """Write each figure as self-contained HTML and in every image format asked for."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write each figure as self-contained HTML and in every image format asked for (each file
+    atomically, like every file spectra writes)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpectraError(f"cannot make the figure folder {out}: {exc.strerror}") from None
     written = []
     for stem, fig in figures.items():
         path = out / f"{stem}.html"
-        fig.write_html(path, include_plotlyjs=True, full_html=True)
+        atomic_write(path, lambda tmp, fig=fig: fig.write_html(tmp, include_plotlyjs=True))
         written.append(path)
     images = [f for f in formats if f in IMAGE_FORMATS]
     if images and browser() is None:
@@ -315,7 +320,10 @@ def write_figures(figures: dict[str, go.Figure], out: Path, formats: Iterable[st
     if paths:
         figs = [figures[path.stem] for path in paths]
         sizes = {"width": [f.layout.width for f in figs], "height": [f.layout.height for f in figs]}
-        pio.write_images(figs, paths, scale=2, **sizes)
+        with ExitStack() as stack:  # each image renamed into place once all are rendered
+            tmps = [stack.enter_context(atomic_path(path)) for path in paths]
+            formats = [path.suffix[1:] for path in paths]
+            pio.write_images(figs, tmps, format=formats, scale=2, **sizes)
     return written + paths
 
 

@@ -9,7 +9,6 @@ module); ``compute_until_finished`` is the same loop without a display, which th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from spectra.engine import Engine
+from spectra.engine import Engine, exit_with_parent
 from spectra.errors import SpectraError
 from spectra.snapshots import open_run
 
@@ -30,19 +29,28 @@ def compute_until_finished(
     poll: float = 1.0,
     *,
     on_update: Callable[[Engine], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> Engine:
-    """Run ``Engine.update()`` every ``poll`` seconds until the run is finished and computed."""
+    """Run ``Engine.update()`` every ``poll`` seconds until the run is finished and computed.
+
+    Raises SpectraError once the snapshots of a run whose training failed are computed.
+    """
     engine = Engine(run_dir)
     while True:
         # Read before updating: once finished is seen, this update covers every listed step.
-        finished = open_run(run_dir).manifest.finished
+        manifest = open_run(run_dir).manifest
         engine.update()
         if on_update is not None:
             on_update(engine)
-        if finished or (should_stop is not None and should_stop()):
+        if manifest.failed:
+            raise SpectraError(_failed(manifest, f"its snapshots' metrics are in {engine.out}"))
+        if manifest.finished:
             return engine
         time.sleep(poll)
+
+
+def _failed(manifest, then: str) -> str:
+    error = manifest.extra.get("error") or "no error recorded"
+    return f"the training of run {manifest.run} failed ({error}); {then}"
 
 
 def summary(engine: Engine) -> Table:
@@ -72,7 +80,9 @@ def summary(engine: Engine) -> Table:
 def follow(run_dir: str | Path, poll: float = 1.0, console: Console | None = None) -> Path:
     """Compute a deferred run's metrics live with a terminal summary; return the Parquet path."""
     console = console or Console()
-    open_run(run_dir)  # a clear error before the live display starts
+    manifest = open_run(run_dir).manifest  # a clear error before the live display starts
+    if manifest.failed:
+        raise SpectraError(_failed(manifest, f"compute its snapshots: spectra compute {run_dir}"))
     with Live(console=console, auto_refresh=False) as live:
         engine = compute_until_finished(
             run_dir, poll, on_update=lambda e: live.update(summary(e), refresh=True)
@@ -83,27 +93,24 @@ def follow(run_dir: str | Path, poll: float = 1.0, console: Console | None = Non
     return engine.out
 
 
-def _parent_gone(parent: int) -> Callable[[], bool]:
-    return lambda: os.getppid() != parent
-
-
 def main(argv: list[str] | None = None) -> int:
     """Inline worker entry point: compute quietly until finished (or the parent exits)."""
     parser = argparse.ArgumentParser(prog="python -m spectra.follow")
     parser.add_argument("run_dir")
     parser.add_argument("--poll", type=float, default=1.0)
     parser.add_argument("--quiet", action="store_true", help="no live display")
-    parser.add_argument("--parent", type=int, help="stop when this process is gone")
+    parser.add_argument("--parent", type=int, help="exit when this process is gone")
     parser.add_argument("--threads", type=int, help="torch threads for the SVDs")
     args = parser.parse_args(argv)
+    if args.parent:
+        exit_with_parent(args.parent)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
         if args.quiet:
-            stop = _parent_gone(args.parent) if args.parent else None
-            compute_until_finished(args.run_dir, args.poll, should_stop=stop)
+            compute_until_finished(args.run_dir, args.poll)
         else:
             follow(args.run_dir, args.poll)
     except SpectraError as exc:

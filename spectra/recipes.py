@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -37,11 +37,26 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import PrinterCallback
+from transformers.utils import (
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 
 from spectra.callback import WORKERS, SpectraCallback
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError
 from spectra.sorsa import apply_sorsa, regularizer_backward, sorsa_modules
+from spectra.store import run_file
+
+try:  # configs check their field types (huggingface_hub's strict dataclasses)
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # pragma: no cover - an older huggingface_hub
+    StrictDataclassError = ValueError
+# What transformers raises on a config.json with wrong or absurd values (a user's file).
+CONFIG_ERRORS = (ValueError, KeyError, TypeError, ArithmeticError, StrictDataclassError)
+MODEL_ERRORS = (*CONFIG_ERRORS, RuntimeError, AssertionError)  # building a model from it
 
 PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
@@ -55,6 +70,8 @@ DEFAULT_MODEL = DATA_DIR / "tiny-llama"
 DEFAULT_DATA = DATA_DIR / "math_qa.jsonl"
 ADALORA_INIT = 1.5  # AdaLoRA starts from 1.5 × the target rank (its paper's b(0) = 1.5 b(T))
 IGNORE = -100  # label of prompt and padding tokens
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+CAUSAL_HEADS = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 @dataclass(frozen=True)
@@ -146,10 +163,14 @@ def load_examples(path: Path, limit: int | None = None) -> list[dict[str, str]]:
     if not path.is_file():
         raise SpectraError(f"{path}: no such data file")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
             if limit is not None and len(records) >= limit:
                 break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SpectraError(f"{path}:{number}: not UTF-8 text") from None
             records.append(_record(line, f"{path}:{number}"))
     if not records:
         raise SpectraError(f"{path}: no examples")
@@ -175,11 +196,15 @@ def _causal_lm_config(model: str):
     """The model's config, or SpectraError when it is not a causal LM transformers can load."""
     try:
         config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpectraError(f"{model}: not a transformers model ({first})") from None
+    except (OSError, *CONFIG_ERRORS) as exc:
+        raise SpectraError(f"{model}: not a transformers model ({_first_line(exc)})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise SpectraError(f"{model}: a {config.model_type!r} model is not a causal LM")
+    heads = getattr(config, "architectures", None) or []
+    if heads and not CAUSAL_HEADS & set(heads):
+        raise SpectraError(f"{model}: a {heads[0]} has no causal language-model head")
+    if Path(model).is_dir():
+        _check_weights(Path(model))
     return config
 
 
@@ -188,14 +213,34 @@ def adalora_ranks(rank: int) -> tuple[int, int]:
     return math.ceil(ADALORA_INIT * rank), rank
 
 
+def _check_weights(folder: Path) -> None:
+    """SpectraError unless the model folder has weights, every safetensors file whole."""
+    if not any((folder / f).is_file() for f in WEIGHT_FILES):
+        raise SpectraError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):  # reads the header, checks the length
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise SpectraError(f"{path}: corrupt or truncated weights ({exc})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _resolve_targets(
     model: str, targets: tuple[str, ...], fused: dict, rank: int, methods: tuple[str, ...]
 ) -> tuple[str, ...]:
     """The full layer names of the targets (None: the architecture's query and value),
     checked to be layers the methods adapt and the rank fits (on a weightless meta model)."""
     config = _causal_lm_config(model)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except MODEL_ERRORS as exc:
+        raise SpectraError(f"{model}: its config.json does not make a model ({exc})") from None
     layers = find_layers(skeleton, targets or None, fused)
     largest = max(adalora_ranks(rank)[0] if m == "adalora" else rank for m in methods)
     sorsa = any(m.startswith("sorsa") for m in methods)
@@ -283,13 +328,16 @@ def plan(
         fused=tuple(fused.items()),
     )
     load_examples(job.data, chosen.examples)
+    load_tokenizer(job.model)
     _check_outputs(job)
     return job
 
 
 def _check_outputs(job: Plan) -> None:
+    if job.out.exists() and not job.out.is_dir():
+        raise SpectraError(f"--out {job.out} is a file; the runs go into a folder")
     for method in job.methods:
-        existing = [p for p in (job.run_dir(method), job.run_dir(method).with_suffix(".parquet"))
+        existing = [p for p in (job.run_dir(method), run_file(job.run_dir(method)))
                     if p.exists()]  # fmt: skip
         if existing and not job.overwrite:
             raise SpectraError(
@@ -324,7 +372,12 @@ def _tokenize(record: dict[str, str], tokenizer, max_length: int) -> dict[str, l
 
 def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     """The model's tokenizer, padding with EOS when it has no pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise SpectraError(f"{model}: no usable tokenizer ({_first_line(exc)})") from None
+    if tokenizer.eos_token is None:
+        raise SpectraError(f"{model}: its tokenizer has no end-of-sequence token")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -473,9 +526,6 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
     """Train one method and track it; returns the run directory."""
     steps = total_steps(job.preset, len(data))
     run_dir = job.run_dir(method)
-    if job.overwrite:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.with_suffix(".parquet").unlink(missing_ok=True)
     model = AutoModelForCausalLM.from_pretrained(job.model, dtype=torch.float32)
     model = prepare(method, model, job, steps)
     task = progress.add_task(method, total=steps, loss="")
@@ -483,7 +533,7 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
         SpectraCallback(run_dir, targets=job.layers, fused=dict(job.fused),
                         every=job.preset.every, method=method,
                         run_name=method, gamma=job.gamma(method), model_name=job.model,
-                        worker=job.worker),
+                        worker=job.worker, overwrite=job.overwrite),
         RichSteps(progress, task),
     ]  # fmt: skip
     if method == "adalora":
@@ -520,7 +570,7 @@ def run(job: Plan, console: Console | None = None) -> list[Path]:
             start = time.perf_counter()
             runs.append(train_one(job, method, data, tokenizer, progress))
             progress.console.print(
-                f"{method}: {runs[-1]}/ and {runs[-1].with_suffix('.parquet')} "
+                f"{method}: {runs[-1]}/ and {run_file(runs[-1])} "
                 f"({time.perf_counter() - start:.0f} s)"
             )
     console.print(f"next: spectra analyze {job.out}/*.parquet && spectra plot --figure 2 "

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spectra.errors import SpectraError
 from spectra.snapshots import atomic_write
+from spectra.typedjson import text
 
 METHOD_ORDER = ("ft", "lora", "pissa", "dora", "adalora", "sorsa-noreg", "sorsa")
 METHOD_LABELS = {
@@ -52,6 +54,30 @@ SCHEMA = pa.schema(
 )
 SCHEMA_VERSION = 2  # raise when a column is added or a definition changes: older rows recompute
 KEY = ["step", "layer"]
+NOT_NULL = ("run", "method", "step", "layer", "module")
+FINITE = ("delta_sigma", "delta_d", "delta_d_matched")  # no row is written for NaN weights
+METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # field: required
+
+
+def remove_run_file(path: str | Path) -> None:
+    """Delete the spectra Parquet file ``path`` if there is one (never a file of another kind)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        read_run(path)
+    except SpectraError:
+        return  # not a spectra file: the engine refuses to overwrite it later
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise SpectraError(f"cannot remove {path}: {exc.strerror}") from None
+
+
+def run_file(run_dir: str | Path) -> Path:
+    """The default Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/``."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f"{run_dir.name}.parquet"
 
 
 def layer_position(layer: str) -> tuple[int | None, str]:
@@ -84,6 +110,7 @@ def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
         raise SpectraError(f"no such file: {path}")
     try:
         table = pq.read_table(path)
+        table.validate(full=True)  # e.g. strings that are not UTF-8
     except (pa.ArrowException, OSError) as exc:
         raise SpectraError(f"{path} is not a readable Parquet file: {exc}") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
@@ -92,13 +119,62 @@ def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
     for field in SCHEMA:  # a column added since the file was written: null
         if field.name not in table.column_names:
             table = table.append_column(field, pa.nulls(len(table), field.type))
-    try:
-        metadata = json.loads(raw)
-    except ValueError:
-        raise SpectraError(f"{path} has corrupt spectra metadata") from None
+    metadata = _metadata(raw, path)
+    table = _columns(table, metadata["run"], path)
     if metadata.get("run_dir"):  # stored relative to the Parquet file
         metadata["run_dir"] = str((path.parent / metadata["run_dir"]).resolve())
     return table.to_pandas(), metadata
+
+
+def _metadata(raw: bytes, path: Path) -> dict:
+    """The spectra metadata of a Parquet file, its fields checked."""
+    try:
+        metadata = json.loads(raw)
+    except ValueError:
+        raise SpectraError(f"{path} has corrupt spectra metadata (not UTF-8 JSON)") from None
+    if not isinstance(metadata, dict):
+        raise SpectraError(f"{path} has corrupt spectra metadata (not a JSON object)")
+    for key, required in METADATA_TEXT.items():
+        value = metadata.get(key)
+        if value is None and not required:
+            continue
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise SpectraError(
+                f"{path}: spectra metadata field {key!r} must be a non-empty "
+                f"string, not {ascii(value)[:40]}"
+            )
+        text(value, f"{path}: spectra metadata field {key!r}")
+    return metadata
+
+
+def _all_finite(column: pa.ChunkedArray) -> bool:
+    """Whether every value is a finite number (true of no values at all)."""
+    return column.null_count == 0 and pc.all(pc.is_finite(column)).as_py() is not False
+
+
+def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
+    """The table with every spectra column in its schema type; SpectraError when one cannot be
+    (a wrong type, nulls where a value is needed, rows of another run)."""
+    for spec in SCHEMA:
+        column = table.column(spec.name)
+        if column.type != spec.type:
+            try:
+                column = column.cast(spec.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                raise SpectraError(
+                    f"{path}: column {spec.name!r} has type {column.type}, expected {spec.type}"
+                ) from None
+            table = table.set_column(table.column_names.index(spec.name), spec.name, column)
+        if spec.name in NOT_NULL and column.null_count:
+            raise SpectraError(f"{path}: column {spec.name!r} has empty values")
+        if spec.name in FINITE and not _all_finite(column):
+            raise SpectraError(f"{path}: column {spec.name!r} has NaN, infinite or empty values")
+    others = pc.unique(pc.filter(table.column("run"), pc.not_equal(table.column("run"), run)))
+    if len(others):
+        raise SpectraError(
+            f"{path} holds rows of run {others[0].as_py()!r}, its metadata says {run!r}"
+        )
+    return table
 
 
 def expand(patterns: Iterable[str | Path]) -> list[Path]:
@@ -115,27 +191,50 @@ def expand(patterns: Iterable[str | Path]) -> list[Path]:
 def read_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
     """All rows of many runs (file names or globs) in one frame, in the order given.
 
-    ``frame.attrs["runs"]`` maps each run name to its metadata (which includes ``run_dir``,
-    the run directory holding ``train_log.parquet``).
+    Runs are named by their run name; runs that share a name (two seeds in ``a/lora`` and
+    ``b/lora``) by the name prefixed with their folders (see :func:`run_labels`).
+    ``frame.attrs["runs"]`` maps each of these names to the run's metadata (which includes
+    ``run_dir``, the run directory holding ``train_log.parquet``).
     """
-    frames, metadata = [], {}
-    for path in expand(patterns):
-        rows, meta = read_run(path)
-        frames.append(rows)
-        metadata[meta["run"]] = meta
+    paths = expand(patterns)
+    runs = [read_run(path) for path in paths]
+    names = run_labels(paths, [meta["run"] for _, meta in runs])
+    frames = [rows.assign(run=name) for (rows, _), name in zip(runs, names, strict=True)]
     frame = pd.concat(frames, ignore_index=True)
-    frame.attrs["runs"] = metadata
+    frame.attrs["runs"] = {name: meta for (_, meta), name in zip(runs, names, strict=True)}
     return frame
 
 
+def run_labels(paths: list[Path], names: list[str]) -> list[str]:
+    """The run names, each one that several files share prefixed by the fewest folders that
+    tell those files apart (``a/lora``, ``b/lora``; the file paths when they share a folder)."""
+    labels = list(names)
+    for name in dict.fromkeys(names):
+        same = [i for i, n in enumerate(names) if n == name]
+        if len(same) < 2:
+            continue
+        folders = [paths[i].resolve().parent.parts for i in same]
+        for depth in range(1, max(map(len, folders)) + 1):
+            tried = ["/".join((*folder[-depth:], name)) for folder in folders]
+            if len(set(tried)) == len(tried):
+                break
+        else:
+            tried = [str(paths[i]) for i in same]
+        for i, new in zip(same, tried, strict=True):
+            labels[i] = new
+    clash = next((n for n in labels if labels.count(n) > 1), None)
+    if clash is not None:
+        files = [str(p) for p, n in zip(paths, labels, strict=True) if n == clash]
+        raise SpectraError(
+            f"{files[0]} and {files[1]} both hold a run called {clash!r}; rename one of the runs"
+        )
+    return labels
+
+
 def load_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
-    """Rows of the runs named by files or globs; SpectraError on duplicate or empty runs."""
-    patterns = list(patterns)
+    """Rows of the runs named by files or globs; SpectraError when a run has no rows."""
     frame = read_runs(patterns)
-    names = frame.attrs["runs"]
-    if len(names) < len(expand(patterns)):
-        raise SpectraError("two run files hold the same run name; rename one of the runs")
-    empty = [name for name in names if not (frame["run"] == name).any()]
+    empty = [name for name in frame.attrs["runs"] if not (frame["run"] == name).any()]
     if empty:
         raise SpectraError(f"run {empty[0]} has no rows: compute its metrics first")
     return frame

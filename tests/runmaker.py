@@ -98,3 +98,31 @@ def paper_like(root: Path) -> list[Path]:
             root, "sorsa", "sorsa", scattered(0.002) | {"cond_p": lambda i, s: 10.0 - 0.05 * s}
         ),
     ]
+
+
+def make_run_dir(root: Path, name: str, kind: str = "dense", steps=(0, 1), seed: int = 0) -> Path:
+    """A tiny finished run directory of one 6×4 layer stored as ``kind`` (rank 2 factors)."""
+    import torch
+
+    from spectra.snapshots import Manifest, RunWriter, Target
+
+    g = torch.Generator().manual_seed(seed)
+    layer, (m, n, r) = "model.layers.0.self_attn.q_proj", (6, 4, 2)
+    target = Target(kind, (m, n), None if kind == "dense" else r)
+    method = {"dense": "ft", "lowrank": "sorsa", "dora": "dora"}[kind]
+    writer = RunWriter(root / name, Manifest(run=name, method=method, targets={layer: target}))
+    if kind != "dense":
+        writer.write_frozen({layer: {"base": torch.randn(m, n, generator=g)}})
+    for step in steps:
+        if kind == "dense":
+            parts = {"weight": torch.randn(m, n, generator=g)}
+        else:
+            left, right = torch.randn(m, r, generator=g), torch.randn(r, n, generator=g)
+            parts = {"left": left, "right": right, "scale": torch.tensor([0.5])}
+        if kind == "lowrank":
+            parts["values"] = torch.rand(r, generator=g) + 1
+        if kind == "dora":
+            parts["magnitude"] = torch.rand(m, generator=g) + 1
+        writer.write_step(step, {layer: parts})
+    writer.finish()
+    return root / name

@@ -13,7 +13,15 @@ import pytest
 
 from spectra import cli, recipes
 from spectra.errors import SpectraError
-from spectra.recipes import DEFAULT_DATA, METHODS, PROMPT, load_examples, load_tokenizer, plan
+from spectra.recipes import (
+    DEFAULT_DATA,
+    DEFAULT_MODEL,
+    METHODS,
+    PROMPT,
+    load_examples,
+    load_tokenizer,
+    plan,
+)
 
 STEPS, EVERY = 4, 2
 DEFAULT = recipes.PRESETS["default"]
@@ -245,9 +253,11 @@ def test_targets_are_resolved_once_and_every_method_gets_that_list(method: str) 
 def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatch) -> None:
     """On GPT-2 the default targets are the q and v slices of c_attn; peft receives the module
     once; SORSA refuses a Conv1D before training; --fused reaches the plan."""
-    from transformers import GPT2Config
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4).save_pretrained(tmp_path / "gpt2")
+    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    load_tokenizer(str(DEFAULT_MODEL)).save_pretrained(tmp_path / "gpt2")  # plan checks for one
     job = plan(("lora",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
     assert job.layers == tuple(f"transformer.h.{b}.attn.c_attn[{p}]" for b in (0, 1) for p in "qv")
     config = recipes._peft_config("lora", recipes.module_paths(job.layers), 4, 10)

@@ -15,7 +15,7 @@ from runmaker import make_run, paper_like, parallel, scattered
 
 from spectra import report
 from spectra.errors import SpectraError
-from spectra.store import load_runs
+from spectra.store import load_runs, read_run, write_run
 
 
 def load(*paths):
@@ -196,15 +196,11 @@ def bad_inputs(tmp_path):
     (tmp_path / "text.parquet").write_text("not parquet")
     a = make_run(tmp_path, "a", "ft", parallel(0.1), steps=(0, 10))
     b = make_run(tmp_path, "b", "lora", parallel(0.1), steps=(0, 15))
-    twin = tmp_path / "twin"
-    twin.mkdir()
-    make_run(twin, "a", "ft", parallel(0.1))
     return [
         ([tmp_path / "nothing*.parquet"], "no run files match"),
         ([plain], "is not a spectra run"),
         ([tmp_path / "text.parquet"], "not a readable Parquet file"),
         ([a, b], "share no step after step 0"),
-        ([a, twin / "a.parquet"], "same run name"),
         ([a, "--format", "xml"], "unknown format"),
     ]
 
@@ -214,6 +210,29 @@ def test_analyze_bad_input_is_one_line_and_exit_2(tmp_path, cli):
         code, _, err = cli(["analyze", *args])
         assert code == 2, args
         assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_runs_of_the_same_name_are_told_apart_by_their_folders(tmp_path, cli):
+    """Two seeds tracked as runs/lora in a/ and b/: both analyzed, named a/lora and b/lora."""
+    make_run(tmp_path / "a", "lora", "lora", parallel(0.1))
+    make_run(tmp_path / "b", "lora", "lora", parallel(0.2))
+    make_run(tmp_path / "b", "ft", "ft", parallel(0.3))
+    frame = load_runs([tmp_path / "*" / "*.parquet"])
+    assert sorted(frame.attrs["runs"]) == ["a/lora", "b/lora", "ft"]
+    means = frame[frame["step"] == 40].groupby("run")["delta_sigma"].mean()
+    assert means["b/lora"] == pytest.approx(2 * means["a/lora"])
+    code, out, _ = cli(["analyze", tmp_path / "*" / "*.parquet", "--format", "json"])
+    assert code == 0 and {"a/lora", "b/lora", "ft"} <= set(out.split('"'))
+
+
+def test_same_name_in_one_folder_is_told_apart_by_file(tmp_path):
+    make_run(tmp_path, "x", "lora", parallel(0.1))
+    make_run(tmp_path, "y", "lora", parallel(0.1))
+    for name in ("x", "y"):  # both files hold a run named "lora"
+        rows, meta = read_run(tmp_path / f"{name}.parquet")
+        write_run(tmp_path / f"{name}.parquet", rows.assign(run="lora"), meta | {"run": "lora"})
+    frame = load_runs([tmp_path / "x.parquet", tmp_path / "y.parquet"])
+    assert list(frame.attrs["runs"]) == [str(tmp_path / "x.parquet"), str(tmp_path / "y.parquet")]
 
 
 def test_analyze_script_has_no_traceback(tmp_path):

@@ -1,0 +1,464 @@
+"""Every bad input a user can give the CLI ends in one `error:` line, exit 2, nothing damaged.
+
+One row per bad input: a setup that damages a copy of a few good runs (run directories of
+each kind, spectra Parquet files, a model folder, a data file) and returns the arguments.
+Each row asserts exactly one output line starting ``error:``, exit code 2, no traceback,
+every file that existed before byte-identical and no temporary file left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from runmaker import make_run, make_run_dir, parallel
+from safetensors.torch import load_file, save_file
+
+from spectra.recipes import DEFAULT_MODEL
+from spectra.snapshots import FROZEN, MANIFEST, step_file
+
+LAYER = "model.layers.0.self_attn.q_proj"
+GOOD_RECORD = json.dumps({"query": "1+1?", "response": "2"})
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """Good inputs: run directories of each kind, Parquet runs, a model folder, a data file."""
+    root = tmp_path_factory.mktemp("template")
+    for kind in ("dense", "lowrank", "dora"):
+        make_run_dir(root / "runs", kind, kind)
+    make_run(root / "parquet", "a", "ft", parallel(0.1))
+    make_run(root / "parquet", "b", "lora", parallel(0.1))
+    shutil.copytree(DEFAULT_MODEL, root / "model")
+    (root / "data.jsonl").write_text(GOOD_RECORD + "\n")
+    return root
+
+
+# --- damage ---------------------------------------------------------------------------------
+
+
+def damage_manifest(run: Path, change: Callable[[dict], object]) -> None:
+    raw = json.loads((run / MANIFEST).read_text())
+    change(raw)
+    (run / MANIFEST).write_text(json.dumps(raw))
+
+
+def damage_tensors(path: Path, **parts) -> None:
+    """Replace parts of the layer in a safetensors file (None: remove the part)."""
+    tensors = load_file(path)
+    for part, value in parts.items():
+        tensors.pop(f"{LAYER}/{part}", None)
+        if value is not None:
+            tensors[f"{LAYER}/{part}"] = value
+    save_file(tensors, path)
+
+
+def damage_metadata(path: Path, raw: bytes | None = None, **changes) -> None:
+    """Rewrite a Parquet file's spectra metadata: raw bytes, or JSON fields changed."""
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"spectra"]) | changes
+    value = raw if raw is not None else json.dumps(meta).encode()
+    pq.write_table(table.replace_schema_metadata({b"spectra": value}), path)
+
+
+def damage_column(path: Path, name: str, values: list, kind=None) -> None:
+    table = pq.read_table(path)
+    column = pa.array(values * table.num_rows, kind)
+    pq.write_table(table.set_column(table.column_names.index(name), name, column), path)
+
+
+def fail_renames(mp: pytest.MonkeyPatch, code: int) -> None:
+    """Every rename into place fails with ``code`` (a read-only or full file system)."""
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    mp.setattr(os, "replace", fail)
+
+
+def tiny_bert(path: Path) -> None:
+    """A model folder whose head is BertModel: no causal language-model head."""
+    from transformers import BertConfig
+
+    BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=48, architectures=["BertModel"],
+    ).save_pretrained(path)  # fmt: skip
+
+
+def ones(*shape, dtype=torch.float32) -> torch.Tensor:
+    return torch.ones(*shape, dtype=dtype)
+
+
+# --- the table: setup(work dir, monkeypatch) -> CLI arguments ----------------------------------
+
+Setup = Callable[[Path, pytest.MonkeyPatch], list]
+DENSE, LOWRANK, DORA = Path("runs/dense"), Path("runs/lowrank"), Path("runs/dora")
+A, B = Path("parquet/a.parquet"), Path("parquet/b.parquet")
+TRACK = ("track", "--method", "ft", "--steps", "1", "--device", "cpu", "--out", "out")
+
+
+def cmd(*arguments, prepare: Callable[[Path, pytest.MonkeyPatch], object] | None = None) -> Setup:
+    def setup(root, mp):
+        if prepare is not None:
+            prepare(root, mp)
+        return list(arguments)
+
+    return setup
+
+
+def compute(change: Callable[[Path], object], run: Path = DENSE, *more) -> Setup:
+    return cmd("compute", run, *more, prepare=lambda root, mp: change(root / run))
+
+
+def manifest(**fields) -> Setup:
+    return compute(lambda run: damage_manifest(run, lambda raw: raw.update(fields)))
+
+
+def without(field: str) -> Setup:
+    return compute(lambda run: damage_manifest(run, lambda raw: raw.pop(field)))
+
+
+def target(**fields) -> Setup:
+    return compute(
+        lambda run: damage_manifest(run, lambda raw: raw["targets"][LAYER].update(fields))
+    )
+
+
+def step(run: Path = DENSE, **parts) -> Setup:
+    return compute(lambda r: damage_tensors(r / step_file(1), **parts), run)
+
+
+def base(value: torch.Tensor) -> Setup:
+    return compute(lambda r: damage_tensors(r / FROZEN, base=value), LOWRANK)
+
+
+def write(file: str, data: bytes, run: Path = DENSE) -> Setup:
+    return compute(lambda r: (r / file).write_bytes(data), run)
+
+
+def parquet(change: Callable[[Path], object], command: str = "analyze") -> Setup:
+    more = ["--out", "figs"] if command == "plot" else []
+    return cmd(command, A, B, *more, prepare=lambda root, mp: change(root / A))
+
+
+def track(*arguments, prepare=None) -> Setup:
+    return cmd(*TRACK, *arguments, prepare=prepare)
+
+
+def model(change: Callable[[Path], object]) -> Setup:
+    return track("--model", "model", prepare=lambda root, mp: change(root / "model"))
+
+
+def config(**fields) -> Setup:
+    def change(folder):
+        raw = json.loads((folder / "config.json").read_text()) | fields
+        (folder / "config.json").write_text(json.dumps(raw))
+
+    return model(change)
+
+
+def failed(raw: dict) -> None:
+    raw["extra"].update(status="failed", error="RuntimeError: boom")
+
+
+CASES = [
+    # manifests
+    pytest.param(cmd("compute", "runs/nope"), "not found", id="run dir missing"),
+    pytest.param(cmd("compute", "runs"), "no manifest.json", id="no manifest"),
+    pytest.param(write(MANIFEST, b"{oops"), "not a valid spectra manifest", id="manifest not JSON"),
+    pytest.param(write(MANIFEST, b'{"run": "\xff"}'), "UTF-8", id="manifest not UTF-8"),
+    pytest.param(write(MANIFEST, b"[]"), "not a JSON object", id="manifest a list"),
+    pytest.param(
+        compute(lambda r: ((r / MANIFEST).unlink(), (r / MANIFEST).mkdir())),
+        "no manifest.json",
+        id="manifest a directory",
+    ),
+    pytest.param(manifest(targets=[]), "targets: expected an object", id="targets a list"),
+    pytest.param(manifest(targets={LAYER: 5}), "expected an object", id="target a number"),
+    pytest.param(manifest(targets={}), "no target layers", id="targets empty"),
+    pytest.param(without("targets"), "missing field 'targets'", id="targets missing"),
+    pytest.param(without("run"), "missing field 'run'", id="run missing"),
+    pytest.param(manifest(run=5), "run: expected a string", id="run a number"),
+    pytest.param(manifest(run=""), "run: expected a non-empty", id="run empty"),
+    pytest.param(manifest(run="a\nb"), "run: expected a non-empty printable", id="run two lines"),
+    pytest.param(manifest(method=[]), "method: expected a string", id="method a list"),
+    pytest.param(manifest(finished="yes"), "finished: expected true or false", id="finished a str"),
+    pytest.param(manifest(format="1"), "format: expected an integer", id="format a string"),
+    pytest.param(manifest(format=99), "format 99", id="format from the future"),
+    pytest.param(manifest(bogus=1), "unknown field 'bogus'", id="unknown field"),
+    pytest.param(manifest(rank="2"), "rank: expected an integer", id="rank a string"),
+    pytest.param(manifest(gamma="x"), "gamma: expected a number", id="gamma a string"),
+    pytest.param(manifest(every=0), "every: must be positive", id="every zero"),
+    pytest.param(manifest(model=5), "model: expected a string", id="model a number"),
+    pytest.param(manifest(extra=[]), "extra: expected an object", id="extra a list"),
+    pytest.param(manifest(extra={"error": 5}), "extra.error", id="error a number"),
+    pytest.param(manifest(run_id=5), "run_id: expected a string", id="run id a number"),
+    pytest.param(manifest(steps=["0", "1"]), "steps[0]: expected an integer", id="steps strings"),
+    pytest.param(manifest(steps=[0, 1.5]), "steps[1]: expected an integer", id="steps a float"),
+    pytest.param(manifest(steps=[-1, 0, 1]), "never negative", id="steps negative"),
+    pytest.param(manifest(steps=[True]), "steps[0]: expected an integer", id="steps a bool"),
+    pytest.param(manifest(steps="0,1"), "steps: expected a list of integers", id="steps a str"),
+    pytest.param(manifest(resumed=[-3]), "never negative", id="resumed negative"),
+    pytest.param(target(kind="sparse"), "unknown layer kind 'sparse'", id="kind unknown"),
+    pytest.param(target(kind=3), "kind: expected a string", id="kind a number"),
+    pytest.param(
+        compute(lambda r: damage_manifest(r, lambda raw: raw["targets"][LAYER].pop("kind"))),
+        "missing field 'kind'",
+        id="kind missing",
+    ),
+    pytest.param(target(shape=[6]), "expected a list of 2 integers", id="shape one int"),
+    pytest.param(target(shape=["6", "4"]), "shape[0]: expected an integer", id="shape strings"),
+    pytest.param(target(shape=[6.0, 4.0]), "shape[0]: expected an integer", id="shape floats"),
+    pytest.param(target(shape=[0, 4]), "must be positive", id="shape zero"),
+    pytest.param(target(rank=0), "must be positive", id="target rank zero"),
+    pytest.param(
+        target(shape=[7, 4]), "differs from the manifest's (7, 4)", id="shape not the tensors'"
+    ),
+    pytest.param(target(shape=[2, 4], rows=[[4, 2]]), "out of order", id="rows reversed"),
+    pytest.param(target(shape=[4, 4], rows=[[0, 2], [1, 3]]), "overlaps", id="rows overlap"),
+    pytest.param(target(rows=[[0, 3]]), "select 3 rows, the shape says 6", id="rows not the shape"),
+    pytest.param(target(shape=[4, 4], rows=[[4, 8]]), "go beyond the 6 rows", id="rows beyond"),
+    pytest.param(target(shape=[4, 4], rows=[[0, 2, 4]]), "expected a list of 2", id="rows triple"),
+    pytest.param(target(rows=[]), "select 0 rows", id="rows empty"),
+    pytest.param(target(source=""), "source: expected a non-empty", id="source empty"),
+    pytest.param(
+        compute(
+            lambda r: damage_manifest(
+                r, lambda raw: raw.update(targets={"\ud800": raw["targets"][LAYER]})
+            )
+        ),
+        "not valid UTF-8",
+        id="layer name not UTF-8",
+    ),
+    # step files
+    pytest.param(step(weight=ones(24)), "expected a 2-D matrix", id="weight 1-D"),
+    pytest.param(step(weight=ones(6, 4, 1)), "expected a 2-D matrix", id="weight 3-D"),
+    pytest.param(step(weight=ones(0, 4)), "weight is empty", id="weight empty"),
+    pytest.param(
+        step(weight=ones(6, 4, dtype=torch.int32)), "expected a floating", id="weight ints"
+    ),
+    pytest.param(
+        step(weight=ones(6, 4, dtype=torch.bool)), "expected a floating", id="weight bool"
+    ),
+    pytest.param(
+        step(weight=ones(6, 4, dtype=torch.complex64)), "expected a floating", id="weight complex"
+    ),
+    pytest.param(step(weight=None), "missing tensors ['weight']", id="weight missing"),
+    pytest.param(
+        step(LOWRANK, right=ones(3, 4)), "right has shape (3, 4)", id="left, right disagree"
+    ),
+    pytest.param(step(LOWRANK, left=ones(5, 2)), "left has shape (5, 2)", id="left not the base's"),
+    pytest.param(
+        step(LOWRANK, left=ones(6, 0), right=ones(0, 4), values=ones(0)), "empty", id="rank zero"
+    ),
+    pytest.param(step(LOWRANK, scale=ones(2)), "scale has 2 elements", id="scale two elements"),
+    pytest.param(step(LOWRANK, values=ones(3)), "values has 3 elements", id="values too long"),
+    pytest.param(
+        step(LOWRANK, left=ones(6, 2, dtype=torch.int64)), "expected a floating", id="left ints"
+    ),
+    pytest.param(step(DORA, magnitude=ones(5)), "magnitude has 5 elements", id="magnitude short"),
+    pytest.param(base(ones(7, 4)), "left has shape (6, 2), expected (7, 2)", id="base taller"),
+    pytest.param(base(ones(24)), "base has shape (24,)", id="base 1-D"),
+    pytest.param(compute(lambda r: (r / FROZEN).unlink(), LOWRANK), "frozen", id="frozen missing"),
+    pytest.param(write(step_file(1), b"\x00garbage" * 10), "corrupt", id="step file garbage"),
+    pytest.param(
+        compute(lambda r: (r / step_file(1)).write_bytes((r / step_file(1)).read_bytes()[:40])),
+        "corrupt or truncated",
+        id="step file truncated",
+    ),
+    pytest.param(compute(lambda r: (r / step_file(1)).unlink()), "missing", id="step file missing"),
+    # outputs, cache and options
+    pytest.param(cmd("compute", DENSE, "--out", "nope/d.parquet"), "nope", id="--out no parent"),
+    pytest.param(cmd("compute", DENSE, "--out", "runs"), "not a spectra run", id="--out a dir"),
+    pytest.param(
+        cmd("compute", DENSE, "--out", "data.jsonl/d.parquet"),
+        "Not a directory",
+        id="--out in file",
+    ),
+    pytest.param(
+        cmd("compute", DENSE, prepare=lambda root, mp: fail_renames(mp, errno.EROFS)),
+        "Read-only file system",
+        id="read-only file system",
+    ),
+    pytest.param(
+        cmd("compute", DENSE, prepare=lambda root, mp: fail_renames(mp, errno.ENOSPC)),
+        "No space left",
+        id="disk full",
+    ),
+    pytest.param(
+        compute(lambda r: pq.write_table(pa.table({"x": [1]}), r.parent / "dense.parquet")),
+        "not a spectra run file",
+        id="foreign Parquet at the output",
+    ),
+    pytest.param(
+        cmd("compute", DENSE, "--cache-dir", "data.jsonl"), "SVD cache", id="cache a file"
+    ),
+    pytest.param(
+        cmd("compute", DENSE, "--scheduler", "not an address"), "scheduler", id="scheduler bad"
+    ),
+    pytest.param(
+        cmd("compute", DENSE, "--scheduler", "tcp://localhost:port"), "scheduler", id="bad port"
+    ),
+    pytest.param(cmd("compute", DENSE, "--scheduler", "tcp://"), "scheduler", id="no host"),
+    pytest.param(cmd("compute", DENSE, "--workers", "0"), "--workers 0", id="workers 0"),
+    pytest.param(cmd("compute", DENSE, "--workers", "-2"), "--workers -2", id="workers < 0"),
+    pytest.param(cmd("compute", DENSE, "--workers", "100000"), "use 1 to", id="workers huge"),
+    pytest.param(cmd("compute", DENSE, "--workers", "many"), "'--workers'", id="workers a word"),
+    pytest.param(cmd("compute", DENSE, "--device", "tpu"), "tpu", id="device unknown"),
+    pytest.param(cmd("compute", DENSE, "--bogus"), "No such option: --bogus", id="unknown option"),
+    pytest.param(cmd("compute"), "Missing argument", id="missing argument"),
+    pytest.param(cmd("comptue"), "No such command 'comptue'", id="unknown command"),
+    pytest.param(
+        compute(lambda r: damage_manifest(r, failed), DENSE, "--follow"),
+        "failed (RuntimeError: boom)",
+        id="follow a failed run",
+    ),
+    pytest.param(cmd("compute", "runs/nope", "--follow"), "not found", id="follow no run"),
+    # Parquet files
+    pytest.param(parquet(lambda p: damage_metadata(p, raw=b"[]")), "not a JSON", id="meta a list"),
+    pytest.param(
+        parquet(lambda p: damage_metadata(p, raw=b"\xff\xfe")), "not UTF-8", id="meta bytes"
+    ),
+    pytest.param(
+        parquet(lambda p: damage_metadata(p, raw=b"{oops")), "corrupt", id="meta not JSON"
+    ),
+    pytest.param(
+        parquet(lambda p: damage_metadata(p, raw=b'{"method": "ft"}')), "'run'", id="meta no run"
+    ),
+    pytest.param(parquet(lambda p: damage_metadata(p, run=5)), "'run' must be", id="meta run int"),
+    pytest.param(
+        parquet(lambda p: damage_metadata(p, raw=b'{"run": "\\ud800", "method": "ft"}')),
+        "not valid UTF-8",
+        id="meta run not UTF-8",
+    ),
+    pytest.param(parquet(lambda p: damage_metadata(p, method=[])), "'method'", id="meta method"),
+    pytest.param(parquet(lambda p: damage_metadata(p, run_dir=5)), "'run_dir'", id="meta run_dir"),
+    pytest.param(
+        parquet(lambda p: damage_metadata(p, run_dir="a\x00b"), "plot"), "'run_dir'", id="NUL"
+    ),
+    pytest.param(parquet(lambda p: damage_column(p, "step", ["x"])), "'step'", id="step strings"),
+    pytest.param(
+        parquet(lambda p: damage_column(p, "delta_d", ["x"])), "'delta_d'", id="delta_d strings"
+    ),
+    pytest.param(
+        parquet(lambda p: damage_column(p, "step", [None], pa.int64())), "empty", id="step null"
+    ),
+    pytest.param(
+        parquet(lambda p: damage_column(p, "delta_d", [float("nan")])), "NaN", id="delta_d NaN"
+    ),
+    pytest.param(
+        parquet(lambda p: damage_column(p, "run", ["zzz"])), "rows of run 'zzz'", id="other run"
+    ),
+    pytest.param(cmd("analyze", "parquet"), "no such file", id="analyze a directory"),
+    pytest.param(cmd("plot", A, "--out", "data.jsonl"), "figure folder", id="plot out a file"),
+    pytest.param(
+        cmd(
+            "plot",
+            A,
+            "--out",
+            "figs",
+            prepare=lambda root, mp: (root / "figs" / "figure2.html").mkdir(parents=True),
+        ),
+        "Is a directory",
+        id="plot output a directory",
+    ),
+    pytest.param(
+        cmd("plot", A, "--out", "figs", prepare=lambda root, mp: fail_renames(mp, errno.EROFS)),
+        "Read-only file system",
+        id="plot read-only",
+    ),
+    pytest.param(
+        cmd(
+            "plot",
+            A,
+            "--figure",
+            "3",
+            "--out",
+            "figs",
+            prepare=lambda root, mp: (root / "parquet" / "a" / "train_log.parquet").write_bytes(
+                b"garbage"
+            ),
+        ),
+        "not a readable train log",
+        id="plot corrupt train log",
+    ),
+    # track
+    pytest.param(
+        track(
+            "--data",
+            "bad.jsonl",
+            prepare=lambda root, mp: (root / "bad.jsonl").write_bytes(
+                GOOD_RECORD.encode() + b"\n\xff\xfe\n"
+            ),
+        ),
+        "bad.jsonl:2: not UTF-8",
+        id="data not UTF-8",
+    ),
+    pytest.param(track("--data", "runs"), "no such data file", id="data a directory"),
+    pytest.param(
+        model(lambda m: [(m / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")]),
+        "no usable tokenizer",
+        id="model without a tokenizer",
+    ),
+    pytest.param(
+        model(lambda m: (m / "model.safetensors").unlink()), "no weights", id="no weights"
+    ),
+    pytest.param(
+        model(lambda m: (m / "model.safetensors").write_bytes(b"\x08" + b"\0" * 64)),
+        "corrupt or truncated weights",
+        id="weights garbage",
+    ),
+    pytest.param(
+        model(lambda m: (m / "config.json").write_text("{oops")),
+        "not a transformers model",
+        id="config not JSON",
+    ),
+    pytest.param(config(num_attention_heads=0), "not a transformers model", id="zero heads"),
+    pytest.param(config(hidden_size="big"), "hidden_size", id="config wrong type"),
+    pytest.param(config(intermediate_size=-1), "does not make a model", id="negative size"),
+    pytest.param(config(hidden_act="nope"), "does not make a model", id="unknown activation"),
+    pytest.param(config(model_type=5), "not a transformers model", id="model type a number"),
+    pytest.param(
+        track("--model", "bert", prepare=lambda root, mp: tiny_bert(root / "bert")),
+        "a BertModel has no causal language-model head",
+        id="non-causal head",
+    ),
+    pytest.param(track("--out", "data.jsonl"), "is a file", id="track out a file"),
+]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(("setup", "fragment"), CASES)
+def test_bad_input_is_one_error_line_and_damages_nothing(
+    setup, fragment, template, tmp_path, monkeypatch, cli
+):
+    work = tmp_path / "work"
+    shutil.copytree(template, work)
+    monkeypatch.chdir(work)
+    arguments = setup(work, monkeypatch)
+    before = tree(work)
+    code, out, err = cli(arguments)
+    lines = (out + err).strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), out + err
+    assert fragment in lines[0], lines[0]
+    after = tree(work)
+    assert {k: after.get(k) for k in before} == before, "a file that existed was changed"
+    assert not list(work.rglob("*.tmp")), "a temporary file was left behind"

@@ -1,0 +1,234 @@
+"""Fuzzing: crafted manifests, step files and Parquet metadata fed to compute, compute --follow,
+analyze and plot end in a result or in SpectraError, never in any other exception."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+from runmaker import make_run, make_run_dir, parallel
+from safetensors.torch import load_file, save_file
+
+from spectra.engine import compute_run
+from spectra.errors import SpectraError
+from spectra.figures import plot_runs
+from spectra.follow import compute_until_finished
+from spectra.report import render
+from spectra.snapshots import FROZEN, MANIFEST, step_file
+from spectra.store import SCHEMA, load_runs
+
+FUZZ = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+LAYER = "model.layers.0.self_attn.q_proj"
+KINDS = ("dense", "lowrank", "dora")
+DELETE = object()
+TRICKY = st.sampled_from(["", "\n", "\ud800", "a\x00b", "é", "../..", "runs/*"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**63) | st.floats() | st.text(max_size=6) | TRICKY,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.uint8,
+          torch.bool, torch.complex64)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz")
+    for kind in KINDS:
+        make_run_dir(root, kind, kind)
+    make_run(root / "parquet", "a", "ft", parallel(0.1))
+    make_run(root / "parquet", "b", "sorsa", parallel(0.1))
+    return root
+
+
+def only_spectra_errors(action) -> None:
+    """Run ``action``; a SpectraError is a fine answer to bad input, any other exception is not."""
+    try:
+        action()
+        event("accepted")
+    except SpectraError as exc:
+        str(exc).encode("utf-8")  # printable as the CLI's error line
+        event(f"refused: {str(exc).split(':')[-2][-30:] if ':' in str(exc) else str(exc)[:30]}")
+
+
+@contextmanager
+def scratch(template: Path, name: str) -> Iterator[Path]:
+    """A fresh copy of ``template/name`` for one example, removed afterwards."""
+    with tempfile.TemporaryDirectory(dir=template.parent) as work:
+        shutil.copytree(template / name, Path(work) / name)
+        yield Path(work) / name
+
+
+def paths(value, prefix=()) -> list[tuple]:
+    """Every key path into a JSON value (including the containers themselves)."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            found += paths(inner, (*prefix, key))
+        found.append((*prefix, "new-field"))
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            found += paths(inner, (*prefix, i))
+    return found
+
+
+def mutate(raw, path: tuple, value):
+    """``raw`` with the value at ``path`` replaced by ``value`` (or removed: DELETE)."""
+    if not path:
+        return value if value is not DELETE else {}
+    parent = raw
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is DELETE and isinstance(parent, dict):
+        parent.pop(path[-1], None)
+    elif value is DELETE:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return raw
+
+
+@st.composite
+def manifest_texts(draw, good: dict) -> bytes:
+    """A good manifest with one value replaced, removed or garbled, or a few random bytes."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=40))
+    path = draw(st.sampled_from(paths(good)))
+    value = draw(json_values | st.just(DELETE))
+    return json.dumps(mutate(good, path, value)).encode()
+
+
+@FUZZ
+@given(kind=st.sampled_from(KINDS), data=st.data())
+def test_crafted_manifests(template, kind, data):
+    with scratch(template, kind) as run:
+        text = data.draw(manifest_texts(json.loads((run / MANIFEST).read_text())))
+        (run / MANIFEST).write_bytes(text)
+        only_spectra_errors(lambda: compute_run(run))
+
+
+@FUZZ
+@given(kind=st.sampled_from(KINDS), data=st.data())
+def test_crafted_manifests_followed(template, kind, data):
+    with scratch(template, kind) as run:
+        text = data.draw(manifest_texts(json.loads((run / MANIFEST).read_text())))
+        try:
+            finished = json.loads(text).get("finished", False)
+        except (ValueError, AttributeError):
+            finished = True  # not a manifest at all: refused before any waiting
+        assume(finished is not False)  # a run still training is followed until it finishes
+        (run / MANIFEST).write_bytes(text)
+        only_spectra_errors(lambda: compute_until_finished(run, poll=0))
+
+
+tensors = st.builds(
+    lambda shape, dtype: torch.ones(shape).to(dtype),
+    st.lists(st.integers(0, 7), max_size=3),
+    st.sampled_from(DTYPES),
+)
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from(KINDS),
+    frozen=st.booleans(),
+    parts=st.dictionaries(
+        st.sampled_from(["weight", "base", "left", "right", "scale", "values", "magnitude"]),
+        tensors | st.just(None),
+        min_size=1,
+        max_size=3,
+    ),
+    garbage=st.none() | st.binary(max_size=64),
+)
+def test_crafted_step_files(template, kind, frozen, parts, garbage):
+    with scratch(template, kind) as run:
+        file = run / (FROZEN if frozen and kind != "dense" else step_file(1))
+        if garbage is not None:
+            file.write_bytes(garbage)
+        else:
+            stored = load_file(file)
+            for part, value in parts.items():
+                stored.pop(f"{LAYER}/{part}", None)
+                if value is not None:
+                    stored[f"{LAYER}/{part}"] = value
+            save_file(stored, file)
+        only_spectra_errors(lambda: compute_run(run))
+
+
+columns = st.sampled_from(SCHEMA.names).flatmap(
+    lambda name: st.tuples(
+        st.just(name),
+        st.sampled_from([pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.int8()]),
+        st.sampled_from([None, 0, 1, 2.5, "x", True]),
+    )
+)
+
+
+@st.composite
+def metadata(draw):
+    """(metadata bytes or None for unchanged, a column to replace or None)."""
+    good = {"run": "a", "method": "ft", "run_dir": "a"}
+    choice = draw(st.integers(0, 3))
+    if choice == 0:
+        raw = draw(st.binary(max_size=40))
+    elif choice == 1:
+        raw = json.dumps(draw(json_values)).encode()
+    else:
+        path = draw(st.sampled_from(paths(good)))
+        raw = json.dumps(mutate(good, path, draw(json_values | st.just(DELETE))))
+        raw = raw.encode()
+    column = draw(st.none() | columns)
+    return raw if choice != 3 else None, column
+
+
+@contextmanager
+def crafted_parquet(template: Path, crafted) -> Iterator[Path]:
+    """A copy of the Parquet runs with run a's metadata or one of its columns replaced."""
+    raw, column = crafted
+    with scratch(template, "parquet") as folder:
+        craft(folder / "a.parquet", raw, column)
+        yield folder
+
+
+def craft(path: Path, raw: bytes | None, column) -> None:
+    table = pq.read_table(path)
+    if raw is not None:
+        table = table.replace_schema_metadata({b"spectra": raw})
+    if column is not None:
+        name, kind, value = column
+        try:
+            values = pa.array([value] * table.num_rows).cast(kind)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            values = pa.nulls(table.num_rows, kind)
+        table = table.set_column(table.column_names.index(name), name, values)
+    pq.write_table(table, path)
+
+
+@FUZZ
+@given(crafted=metadata())
+def test_crafted_parquet_files_analyzed(template, crafted):
+    with crafted_parquet(template, crafted) as folder:
+        runs = [folder / "a.parquet", folder / "b.parquet"]
+        only_spectra_errors(lambda: render(load_runs(runs), "json", False))
+
+
+@settings(FUZZ, max_examples=15)
+@given(crafted=metadata())
+def test_crafted_parquet_files_plotted(template, crafted):
+    with crafted_parquet(template, crafted) as folder:
+        runs = [folder / "a.parquet", folder / "b.parquet"]
+        only_spectra_errors(lambda: plot_runs(runs, "2,3,heatmap", folder / "figs"))
