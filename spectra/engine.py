@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -29,11 +30,24 @@ from safetensors.torch import load_file, save_file
 
 from spectra import __version__
 from spectra.errors import SpectraError
-from spectra.metrics import INTRUDER_EPS, SVD, TOP_K, drift_from_svd, factor_metrics, svd
-from spectra.snapshots import atomic_write, open_run
-from spectra.store import KEY, layer_position, read_run, write_run
+from spectra.factors import Principal, update_factors
+from spectra.metrics import (
+    INTRUDER_EPS,
+    SVD,
+    TOP_K,
+    amplification_from_svd,
+    drift_from_svd,
+    factor_metrics,
+    factored_svd,
+    magnitude_direction,
+    svd,
+    top_overlaps,
+)
+from spectra.snapshots import Run, atomic_write, open_run
+from spectra.store import KEY, SCHEMA_VERSION, layer_position, read_metadata, read_run, write_run
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
+FT_RANK = 16  # default r of ΔW's top-r subspace (amplification) for layers without an adapter rank
 
 
 def default_cache_dir() -> Path:
@@ -71,6 +85,36 @@ def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> 
     return str(path)
 
 
+def update_metrics(
+    run: Run,
+    step: int,
+    layer: str,
+    w: torch.Tensor,
+    principal: Principal | None,
+    ft_rank: int = FT_RANK,
+    device: str = "cpu",
+) -> dict:
+    """delta_m, delta_dir and amplification of ``layer``'s update ΔW = W_t − W_0 at ``step``.
+
+    ΔW of a ``lowrank`` layer is low-rank and known as factors (:func:`update_factors`), so its
+    SVD costs O((m + n) r²); any other ΔW (FT, DoRA) takes a full SVD. r is the target's
+    adapter rank, else ``ft_rank``. Amplification is None at step 0 and NaN when ΔW = 0.
+    """
+    if step == 0:
+        return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
+    target = run.manifest.targets[layer]
+    w0, principal0 = run.weight_and_principal(0, layer)
+    row = magnitude_direction(w0, w)
+    if torch.equal(w, w0):
+        return row | {"amplification": math.nan}
+    if target.kind == "lowrank":
+        delta = factored_svd(*update_factors(principal0, principal))
+    else:
+        delta = svd(w - w0, device)
+    rank = target.rank or ft_rank
+    return row | {"amplification": amplification_from_svd(w0, delta, rank)}
+
+
 def matrix_task(
     run_dir: str,
     step: int,
@@ -79,6 +123,7 @@ def matrix_task(
     top_k: int = TOP_K,
     intruder_eps: float = INTRUDER_EPS,
     device: str = "cpu",
+    ft_rank: int = FT_RANK,
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
@@ -91,10 +136,12 @@ def matrix_task(
     base = _load_base(base_file)
     cur = base if step == 0 else svd(w, device)
     row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
+    overlaps = top_overlaps(base, cur, top_k)
+    row["intruder_overlap"] = [1.0] * overlaps.numel() if cur is base else overlaps.tolist()
     factors = {"cond_p": None, "ortho_err": None}
     if principal is not None:
         factors = factor_metrics(principal.left, principal.right, principal.values)
-    return row | factors
+    return row | factors | update_metrics(run, step, layer, w, principal, ft_rank, device)
 
 
 def check_device(device: str) -> None:
@@ -169,6 +216,7 @@ class Engine:
         cache_dir: str | Path | None = None,
         top_k: int = TOP_K,
         intruder_eps: float = INTRUDER_EPS,
+        ft_rank: int = FT_RANK,
         device: str = "cpu",
         executor: Executor | None = None,
         progress: bool = False,
@@ -181,7 +229,12 @@ class Engine:
         self.workers, self.executor, self.progress = workers, executor, progress
         self.device, self.write_every = device, write_every
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
-        self.settings = {"top_k": top_k, "intruder_eps": intruder_eps, "dtype": "float64"}
+        if ft_rank < 1:
+            raise SpectraError(f"ft_rank must be a positive rank, got {ft_rank}")
+        self.settings = {
+            "top_k": top_k, "intruder_eps": intruder_eps, "ft_rank": ft_rank, "dtype": "float64",
+            "schema": SCHEMA_VERSION,
+        }  # fmt: skip
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
         self._bases: dict[str, str] = {}
@@ -190,7 +243,7 @@ class Engine:
         if not self.out.exists():
             return pd.DataFrame()
         try:
-            rows, meta = read_run(self.out)
+            meta = read_metadata(self.out)
         except SpectraError:
             raise SpectraError(
                 f"{self.out} exists and is not a spectra run file; refusing to overwrite it"
@@ -200,7 +253,8 @@ class Engine:
                 f"{self.out} holds run {meta.get('run')!r}, not {self.run.name!r}; "
                 "refusing to overwrite it"
             )
-        return rows if meta.get("engine") == self.settings else pd.DataFrame()
+        # other settings or an older schema: recompute every row
+        return read_run(self.out)[0] if meta.get("engine") == self.settings else pd.DataFrame()
 
     def metadata(self) -> dict:
         """Key-value metadata of the Parquet file: the manifest and the engine settings."""
@@ -241,15 +295,13 @@ class Engine:
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
         with self._executor() as executor, self._progress(len(tasks)) as advance:
-            top_k, eps = self.settings["top_k"], self.settings["intruder_eps"]
+            options = [self.settings[k] for k in ("top_k", "intruder_eps")]
             layers = [layer for layer in self.run.layers if layer not in self._bases]
             base_args = [(self.run_dir, layer, self.cache_dir, self.device) for layer in layers]
             for (_, layer, *_), path in _run_tasks(executor, base_task, base_args):
                 self._bases[layer] = path
-            args = [
-                (self.run_dir, step, layer, self._bases[layer], top_k, eps, self.device)
-                for step, layer in tasks
-            ]
+            options += [self.device, self.settings["ft_rank"]]
+            args = [(self.run_dir, s, layer, self._bases[layer], *options) for s, layer in tasks]
             new, added, last_write = [], 0, time.monotonic()
             for _, row in _run_tasks(executor, matrix_task, args):
                 advance()
