@@ -85,6 +85,26 @@ def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> 
     return str(path)
 
 
+def base_svd(run_dir: str | Path, layer: str, cache_dir: str | Path | None = None) -> SVD:
+    """The SVD of ``layer``'s step-0 weight, from the cache (computed and cached if missing)."""
+    return _load_base(base_task(str(run_dir), layer, str(cache_dir or default_cache_dir())))
+
+
+def update_svd(
+    kind: str,
+    w0: torch.Tensor,
+    principal0: Principal | None,
+    w: torch.Tensor,
+    principal: Principal | None,
+    device: str = "cpu",
+) -> SVD:
+    """Thin SVD of ΔW = W_t − W_0: through the factors for a ``lowrank`` layer (O((m + n) r²),
+    see :func:`~spectra.factors.update_factors`), a full SVD otherwise (FT, DoRA)."""
+    if kind == "lowrank":
+        return factored_svd(*update_factors(principal0, principal))
+    return svd(w - w0, device)
+
+
 def update_metrics(
     run: Run,
     step: int,
@@ -96,9 +116,8 @@ def update_metrics(
 ) -> dict:
     """delta_m, delta_dir and amplification of ``layer``'s update ΔW = W_t − W_0 at ``step``.
 
-    ΔW of a ``lowrank`` layer is low-rank and known as factors (:func:`update_factors`), so its
-    SVD costs O((m + n) r²); any other ΔW (FT, DoRA) takes a full SVD. r is the target's
-    adapter rank, else ``ft_rank``. Amplification is None at step 0 and NaN when ΔW = 0.
+    r is the target's adapter rank, else ``ft_rank``. Amplification is None at step 0 and NaN
+    when ΔW = 0.
     """
     if step == 0:
         return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
@@ -107,10 +126,7 @@ def update_metrics(
     row = magnitude_direction(w0, w)
     if torch.equal(w, w0):
         return row | {"amplification": math.nan}
-    if target.kind == "lowrank":
-        delta = factored_svd(*update_factors(principal0, principal))
-    else:
-        delta = svd(w - w0, device)
+    delta = update_svd(target.kind, w0, principal0, w, principal, device)
     rank = target.rank or ft_rank
     return row | {"amplification": amplification_from_svd(w0, delta, rank)}
 

@@ -180,6 +180,18 @@ def ordered_runs(frame: pd.DataFrame) -> list[str]:
     return sorted(methods.index, key=key)
 
 
+def comparison_step(frame: pd.DataFrame) -> int:
+    """The last step after 0 present in every run; SpectraError when there is none."""
+    steps = [set(g["step"]) - {0} for _, g in frame.groupby("run", sort=False)]
+    common = set.intersection(*steps)
+    if not common:
+        spans = ", ".join(
+            f"{run} {g['step'].min()}..{g['step'].max()}" for run, g in frame.groupby("run")
+        )
+        raise SpectraError(f"the runs share no step after step 0 ({spans})")
+    return max(common)
+
+
 def delta_d_column(matched: bool) -> str:
     """The ΔD column: index-matched (the paper's) or sign-invariant matched."""
     return "delta_d_matched" if matched else "delta_d"

@@ -1,0 +1,62 @@
+"""Writing figures: HTML that shares one plotly.js file beside it (or inlines it, or takes it
+from a CDN), and PNG/SVG through kaleido when a Chrome/Chromium browser is available."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from spectra.errors import SpectraError
+
+IMAGE_FORMATS = ("png", "svg")
+PLOTLYJS = {  # --plotlyjs → plotly's include_plotlyjs
+    "directory": "directory",  # one plotly.min.js beside the HTML files, offline
+    "inline": True,  # each HTML file self-contained (≈ 4.8 MB each)
+    "cdn": "cdn",  # fetched from cdn.plot.ly when the page opens
+}
+
+
+def browser() -> str | None:
+    """The Chrome/Chromium executable kaleido would use, or None."""
+    from choreographer.browsers import Chromium
+
+    return Chromium.find_browser(skip_local=False)
+
+
+def include_plotlyjs(mode: str) -> str | bool:
+    """plotly's ``include_plotlyjs`` for a ``--plotlyjs`` mode; SpectraError on an unknown one."""
+    if mode not in PLOTLYJS:
+        raise SpectraError(f"unknown --plotlyjs {mode!r} (expected one of {', '.join(PLOTLYJS)})")
+    return PLOTLYJS[mode]
+
+
+def write_figures(
+    figures: dict[str, go.Figure],
+    out: Path,
+    formats: Iterable[str],
+    plotlyjs: str = "directory",
+) -> list[Path]:
+    """Write each figure as HTML and in every image format asked for; return the paths."""
+    include = include_plotlyjs(plotlyjs)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, fig in figures.items():
+        path = out / f"{stem}.html"
+        fig.write_html(path, include_plotlyjs=include, full_html=True)
+        written.append(path)
+    images = [f for f in formats if f in IMAGE_FORMATS]
+    if images and browser() is None:
+        raise SpectraError(
+            f"{'/'.join(images).upper()} export needs Chrome or Chromium for kaleido "
+            f"(install one with `apt-get install -y chromium` or `plotly_get_chrome`); "
+            f"the HTML figures are in {out}"
+        )
+    paths = [out / f"{stem}.{fmt}" for fmt in images for stem in figures]
+    if paths:
+        figs = [figures[path.stem] for path in paths]
+        sizes = {"width": [f.layout.width for f in figs], "height": [f.layout.height for f in figs]}
+        pio.write_images(figs, paths, scale=2, **sizes)
+    return written + paths
