@@ -426,3 +426,16 @@ def test_top_overlaps_are_the_best_cosines_with_base_vectors():
     ut = np.linalg.svd(wt, full_matrices=False)[0]
     got = top_overlaps(svd(w0), svd(wt), 10).numpy()
     np.testing.assert_allclose(got, np.abs(ut[:, :10].T @ u0).max(axis=1), atol=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(2, 12), st.integers(2, 12), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_amplification_through_factors_equals_the_full_svd(m, n, q, seed):
+    """ΔW = L R of rank q ≤ r: both paths span ΔW's whole range, whatever the gaps."""
+    rng = np.random.default_rng(seed)
+    q = min(q, m, n)
+    w0 = rng.standard_normal((m, n))
+    left, right = _low_rank(rng, m, n, q)
+    dense = amplification(w0, w0 + left @ right, q + 1)
+    factored = amplification_from_svd(w0, factored_svd(left, right), q + 1)
+    assert factored == pytest.approx(dense, rel=1e-8)

@@ -107,3 +107,14 @@ def test_ft_rank_must_be_positive(tmp_path):
     run_dir, _ = dense_run(tmp_path)
     with pytest.raises(SpectraError, match="ft_rank must be a positive rank"):
         Engine(run_dir, ft_rank=0)
+
+
+def test_compute_takes_the_ft_rank(tmp_path, cli):
+    run_dir, truth = dense_run(tmp_path)
+    code, _, err = cli(["compute", run_dir, "--ft-rank", "3"])
+    assert code == 0, err
+    rows, meta = read_run(tmp_path / "ft.parquet")
+    assert meta["engine"]["ft_rank"] == 3
+    assert_update_rows(rows, truth, 3)
+    code, _, err = cli(["compute", run_dir, "--ft-rank", "0"])
+    assert code == 2 and "--ft-rank" in err and "Traceback" not in err  # Click's usage error

@@ -136,7 +136,7 @@ def subspace_figure(frame: pd.DataFrame) -> go.Figure:
     for row, col, _, trace in cells:
         g.fig.add_trace(trace, row=row + 1, col=col + 1)
     for row, col, _, _ in cells:
-        other = "W₀" if col % 2 else reference
+        other = "W₀" if col % 2 else short_name(frame, reference)
         style_axis(g.fig, "x", "index", f"j: {other}", row=row + 1, col=col + 1)
     style_axis(g.fig, "y", "index", "i: this run")
     g.fig.update_yaxes(autorange="reversed")
