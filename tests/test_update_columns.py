@@ -118,3 +118,14 @@ def test_compute_takes_the_ft_rank(tmp_path, cli):
     assert_update_rows(rows, truth, 3)
     code, _, err = cli(["compute", run_dir, "--ft-rank", "0"])
     assert code == 2 and "--ft-rank" in err and "Traceback" not in err  # Click's usage error
+
+
+def test_an_update_that_is_zero_has_no_amplification(tmp_path):
+    manifest = Manifest(run="still", method="ft", targets={"l.0.q": Target("dense", (6, 5))})
+    writer = RunWriter(tmp_path / "still", manifest)
+    weight = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    for step in (0, 1):
+        writer.write_step(step, {"l.0.q": {"weight": weight}})
+    rows, _ = read_run(compute_run(tmp_path / "still"))
+    moved = rows[rows.step == 1].iloc[0]
+    assert moved.delta_m == moved.delta_dir == 0.0 and np.isnan(moved.amplification)
