@@ -133,7 +133,7 @@ def plot(
     ] = None,
     modules: Annotated[str | None, typer.Option(help="Modules to draw, e.g. q_proj [all].")] = None,
     shared_axes: Annotated[
-        bool, typer.Option(help="The same x and y ranges in every panel.")
+        bool, typer.Option(help="The same x and y ranges in every panel (figures 2 and dora).")
     ] = False,
     plotlyjs: Annotated[
         str,
