@@ -7,12 +7,18 @@ For each size n (square n×n), in one run:
 - ``engine``     the full engine (also the sign-invariant matched ΔD);
 - ``paper32``    the paper notebook's path: a float32 SVD of W_t and index-matched ΔΣ/ΔD.
 
+The cost that matched ΔD adds over index ΔD is timed on its own (the SVDs are shared), with
+the certificate that settles indices without the assignment and without it (the whole k×k
+overlap and assignment, as before the certificate), on the FT-like pair above and on a
+SORSA-like small drift: W_t keeps W_0's residual and moves its top-128 singular triplets
+slightly, as SORSA training does.
+
 The base SVD is cached (computed once per run), so none of these pays for it. The script
 also prints the error of the float32 path against float64 (max |Δ| of ΔΣ and ΔD) on a
 realistic fine-tuning perturbation, and the engine's ratio to the GEMM bound: 22·n³ flops
 at the DGEMM rate measured here.
 
-A second table gives the extra cost of the update columns (delta_m, delta_dir,
+The last table gives the extra cost of the update columns (delta_m, delta_dir,
 amplification, intruder_overlap) over the engine as it was (SVD of W_t and every metric
 above, plus κ(W_p) for a low-rank layer), per matrix, for
 
@@ -46,9 +52,11 @@ from spectra.metrics import (
     drift_from_svd,
     factor_metrics,
     factored_svd,
+    fixed_by_certificate,
     magnitude_direction,
     svd,
     top_overlaps,
+    vector_drift,
 )
 
 RANK = 16  # adapter rank of the LoRA-like pair, r of the FT-like one (the engine's ft_rank)
@@ -81,6 +89,36 @@ def realistic_pair(n: int, eps: float = 0.01, seed: int = 0) -> tuple[torch.Tens
     return w0, wt
 
 
+def sorsa_like_pair(n: int, r: int = 128, eps: float = 0.01, seed: int = 0):
+    """W_0 as in ``realistic_pair``; W_t = W_r + U_p' diag(S_p') V_p'ᵀ with the top-r triplets
+    perturbed by ``eps`` (relative), the residual W_r untouched."""
+    w0, _ = realistic_pair(n, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def gauss(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+    u_p = u[:, :r] + eps * gauss(n, r) / n**0.5
+    v_p = vh[:r] + eps * gauss(r, n) / n**0.5
+    s_p = s[:r] * (1 + eps * gauss(r))
+    return w0, w0 - (u[:, :r] * s[:r]) @ vh[:r] + (u_p * s_p) @ v_p
+
+
+def matched_cost(w0: torch.Tensor, wt: torch.Tensor, repeats: int) -> dict:
+    """Seconds of ΔD index-only, matched with the certificate, matched without it."""
+    base, cur = svd(w0), svd(wt)
+    a = (cur.u * base.u).sum(0).abs()
+    b = (cur.vh * base.vh).sum(1).abs()
+    return {
+        "index": best_time(lambda: vector_drift(base, cur, matched=False), repeats),
+        "certificate": best_time(lambda: vector_drift(base, cur), repeats),
+        "full": best_time(lambda: vector_drift(base, cur, certificate=False), repeats),
+        "certified": int(fixed_by_certificate(a, b).sum()),
+        "k": int(base.s.numel()),
+    }
+
+
 def paper_float32(base32, wt: torch.Tensor) -> tuple[float, float]:
     """The paper notebook's metrics: float32 SVD, index-matched ΔD."""
     u, s, vh = torch.linalg.svd(wt.float(), full_matrices=False)
@@ -108,6 +146,13 @@ def measure(n: int, repeats: int) -> dict:
         "engine": best_time(lambda: drift_from_svd(base, wt), repeats),
         "paper32": best_time(lambda: paper_float32(base32, wt), repeats),
     }
+    matched = {
+        "ft_like": matched_cost(w0, wt, repeats),
+        "sorsa_like": matched_cost(*sorsa_like_pair(n), repeats),
+    }
+    for m in matched.values():  # what matched ΔD adds to the engine's per-matrix time
+        m["extra_certificate"] = (m["certificate"] - m["index"]) / times["engine_idx"]
+        m["extra_full"] = (m["full"] - m["index"]) / times["engine_idx"]
     exact = drift_from_svd(base, wt)
     sigma32, d32 = paper_float32(base32, wt)
     rate = dgemm_rate(n, repeats)
@@ -116,6 +161,7 @@ def measure(n: int, repeats: int) -> dict:
         "seconds": times,
         "engine_idx_over_svd64": times["engine_idx"] / times["svd64"],
         "matched_extra": times["engine"] / times["engine_idx"] - 1,
+        "matched": matched,
         "dgemm_gflops": rate / 1e9,
         "gemm_bound_s": 22 * n**3 / rate,
         "engine_over_gemm_bound": times["engine"] / (22 * n**3 / rate),
@@ -260,6 +306,19 @@ def report(results: list[dict]) -> Table:
     return table
 
 
+def matched_report(results: list[dict]) -> Table:
+    table = Table(title="what matched ΔD adds to the engine, with and without the certificate")
+    for col in ("n", "pair", "certified", "certificate", "full assignment"):
+        table.add_column(col, justify="right")
+    for r in results:
+        for pair, m in r["matched"].items():
+            table.add_row(
+                str(r["n"]), pair, f"{m['certified']}/{m['k']}",
+                f"+{100 * m['extra_certificate']:.1f}%", f"+{100 * m['extra_full']:.1f}%",
+            )  # fmt: skip
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
@@ -275,6 +334,7 @@ def main() -> None:
         results.append(measure(n, args.repeats))
         updates.append(measure_update(n, args.repeats))
     console.print(report(results))
+    console.print(matched_report(results))
     console.print(update_report(updates))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {

@@ -25,8 +25,17 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from spectra.capture import detect_method, find_targets, layout
+from spectra.capture import (
+    adapter_rank,
+    detect_method,
+    find_layers,
+    layout,
+    recognise,
+    step_tensors,
+    weight_shape,
+)
 from spectra.errors import SpectraError
+from spectra.factors import row_count
 from spectra.follow import compute_until_finished
 from spectra.reporting import Reporter
 from spectra.snapshots import (
@@ -176,6 +185,11 @@ def _log_rows(log, up_to: int) -> dict[int, dict[str, float]]:
 class Tracker:
     """Snapshots ``targets`` of ``model`` into the run directory ``out`` every ``every`` steps.
 
+    ``targets`` follow :func:`spectra.capture.resolve`; None (the default) means the attention
+    query and value projections of the architecture (a peft model's adapted layers, else the
+    :mod:`spectra.architectures` registry, else the common names). A fused q/k/v projection
+    is tracked as its slices; ``fused`` gives the layout of one the registry does not know
+    (``{"wqkv": "32*128,128,128"}``, see :func:`spectra.architectures.spec_rows`).
     ``tracker.step(step, loss=..., **logs)`` after each optimizer step; ``close()`` (or a
     ``with`` block) at the end. Step 0 is recorded when the tracker is created; with
     ``start_step > 0`` it continues the run directory of an interrupted run instead.
@@ -186,9 +200,10 @@ class Tracker:
         self,
         model: nn.Module,
         out: str | Path,
-        targets: str | tuple[str, ...] | list[str] = ("q_proj", "v_proj"),
+        targets: str | tuple[str, ...] | list[str] | None = None,
         every: int = 10,
         *,
+        fused: dict[str, str] | None = None,
         mode: str = "inline",
         method: str | None = None,
         run_name: str | None = None,
@@ -205,8 +220,10 @@ class Tracker:
         if mode not in MODES or worker not in WORKERS:
             raise SpectraError(f"mode must be one of {MODES} and worker one of {WORKERS}")
         model = _unwrap(model)
-        self.layers = find_targets(model, targets)
-        layouts = {path: layout(module) for path, module in self.layers.items()}
+        found = find_layers(model, targets, fused)
+        self.layers = {name: layer.module for name, layer in found.items()}
+        self._modules = {layer.path: layer.module for layer in found.values()}  # snapshot once
+        layouts = {path: recognise(module) for path, module in self._modules.items()}
         self.method = method or detect_method(model, layouts)
         self.every, self.path = every, Path(out)
         self.writing = _rank_zero() if write is None else write
@@ -215,7 +232,7 @@ class Tracker:
         self._closed = False
         if not self.writing:
             return
-        manifest = self._manifest(layouts, run_name, model_name or _model_name(model))
+        manifest = self._manifest(found, layouts, run_name, model_name or _model_name(model))
         manifest.gamma, manifest.learning_rate, manifest.every = gamma, learning_rate, every
         if start_step > 0:
             self._check_resumable(manifest)
@@ -223,9 +240,10 @@ class Tracker:
         self._taken = set(self.writer.manifest.steps)
         self._log = _log_rows(read_train_log(self.path), start_step)
         self._writes = _SnapshotWriter(self.writer)
-        if start_step == 0:
+        if start_step == 0:  # one module at a time: a quantized base is dequantized here, once
             frozen = {
-                p: {k: _to_cpu(t) for k, t in lay.frozen.items()} for p, lay in layouts.items()
+                path: {k: _to_cpu(t) for k, t in layout(module).frozen.items()}
+                for path, module in self._modules.items()
             }
             if any(frozen.values()):
                 self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
@@ -233,12 +251,16 @@ class Tracker:
             self.snapshot(start_step)
         self._worker = _InlineWorker(self.path, poll, worker) if mode == "inline" else None
 
-    def _manifest(self, layouts, run_name, model_name) -> Manifest:
+    def _manifest(self, found, layouts, run_name, model_name) -> Manifest:
         targets = {}
-        for path, lay in layouts.items():
-            rank = None if lay.kind == "dense" else int(lay.step["left"].shape[1])
-            weight = lay.step["weight"] if lay.kind == "dense" else lay.frozen["base"]
-            targets[path] = Target(lay.kind, tuple(weight.shape), rank)
+        for name, layer in found.items():
+            lay = layouts[layer.path]
+            out_features, in_features = weight_shape(lay)
+            if layer.rows is None:
+                targets[name] = Target(lay.kind, (out_features, in_features), adapter_rank(lay))
+            else:
+                shape = (row_count(layer.rows), in_features)
+                targets[name] = Target(lay.kind, shape, adapter_rank(lay), layer.path, layer.rows)
         ranks = {t.rank for t in targets.values()}
         return Manifest(
             run=run_name or self.path.name, method=self.method, targets=targets,
@@ -284,8 +306,8 @@ class Tracker:
             return
         self._taken.add(int(step))
         parts = {
-            path: {k: _to_cpu(t) for k, t in layout(module).step.items()}
-            for path, module in self.layers.items()
+            path: {k: _to_cpu(t) for k, t in step_tensors(module).items()}
+            for path, module in self._modules.items()
         }
         self._writes.put(int(step), parts, self._log_copy())
 
@@ -340,13 +362,14 @@ def trainer_log(logs: dict) -> dict[str, float]:
 class SpectraCallback(TrainerCallback):
     """Track ``targets`` of a ``Trainer``'s model every ``every`` optimizer steps.
 
-    Options are :class:`Tracker`'s (mode, method, run_name, gamma, …). Resuming from a
-    checkpoint continues the same run directory. In inline mode the per-module means of the
-    latest metrics also go to TensorBoard and W&B when ``report_to`` names them, at the step
-    each snapshot was taken (see :mod:`spectra.reporting`).
+    Targets and options are :class:`Tracker`'s (None: the architecture's query and value
+    projections; fused, mode, method, run_name, gamma, …). Resuming from a checkpoint
+    continues the same run directory. In inline mode the per-module means of the latest
+    metrics also go to TensorBoard and W&B when ``report_to`` names them, at the step each
+    snapshot was taken (see :mod:`spectra.reporting`).
     """
 
-    def __init__(self, out: str | Path, targets=("q_proj", "v_proj"), every: int = 10, **options):
+    def __init__(self, out: str | Path, targets=None, every: int = 10, **options):
         self.out, self.targets, self.every, self.options = out, targets, every, options
         self.tracker: Tracker | None = None
         self.reporter: Reporter | None = None

@@ -173,7 +173,18 @@ def track(
         Path | None, typer.Option(help="JSONL with query/response [data/math_qa.jsonl].")
     ] = None,
     targets: Annotated[
-        list[str] | None, typer.Option(help="Target modules; repeat or comma list [q_proj,v_proj].")
+        list[str] | None,
+        typer.Option(
+            help="Target modules; repeat or comma list [the architecture's query and value]."
+        ),
+    ] = None,
+    fused: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="MODULE=LAYOUT: split a fused q/k/v module the registry does not know, "
+            "LAYOUT 'Q,K,V' (stacked rows), 'N*Q,K,V' (N groups) or a layout name "
+            "(gpt2, gpt_neox, phi3, falcon, baichuan); repeatable."
+        ),
     ] = None,
     rank: Annotated[int | None, typer.Option(help="Adapter rank [preset].")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps [preset].")] = None,
@@ -200,6 +211,7 @@ def track(
         methods=recipes.parse_list(method), model=model, data=data,
         targets=recipes.parse_list(targets), rank=rank, steps=steps, epochs=epochs,
         every=every, preset=preset, device=device, out=out, overwrite=overwrite,
+        fused=recipes.parse_fused(fused),
     )  # fmt: skip
     recipes.run(job)
 

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from spectra import __version__
 from spectra.errors import SpectraError
-from spectra.factors import Principal, update_factors
+from spectra.factors import Principal, live, principal, update_factors
 from spectra.metrics import (
     INTRUDER_EPS,
     SVD,
@@ -44,7 +44,7 @@ from spectra.metrics import (
     top_overlaps,
 )
 from spectra.snapshots import Run, atomic_write, open_run
-from spectra.store import KEY, SCHEMA_VERSION, layer_position, read_metadata, read_run, write_run
+from spectra.store import KEY, SCHEMA_VERSION, layer_position, read_run, write_run
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
 FT_RANK = 16  # default r of ΔW's top-r subspace (amplification) for layers without an adapter rank
@@ -93,15 +93,15 @@ def base_svd(run_dir: str | Path, layer: str, cache_dir: str | Path | None = Non
 def update_svd(
     kind: str,
     w0: torch.Tensor,
-    principal0: Principal | None,
+    factors0: Principal | None,
     w: torch.Tensor,
-    principal: Principal | None,
+    factors: Principal | None,
     device: str = "cpu",
 ) -> SVD:
     """Thin SVD of ΔW = W_t − W_0: through the factors for a ``lowrank`` layer (O((m + n) r²),
     see :func:`~spectra.factors.update_factors`), a full SVD otherwise (FT, DoRA)."""
     if kind == "lowrank":
-        return factored_svd(*update_factors(principal0, principal))
+        return factored_svd(*update_factors(factors0, factors))
     return svd(w - w0, device)
 
 
@@ -110,7 +110,7 @@ def update_metrics(
     step: int,
     layer: str,
     w: torch.Tensor,
-    principal: Principal | None,
+    factors: Principal | None,
     ft_rank: int = FT_RANK,
     device: str = "cpu",
 ) -> dict:
@@ -122,11 +122,11 @@ def update_metrics(
     if step == 0:
         return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
     target = run.manifest.targets[layer]
-    w0, principal0 = run.weight_and_principal(0, layer)
+    w0, factors0 = run.weight_and_principal(0, layer)
     row = magnitude_direction(w0, w)
     if torch.equal(w, w0):
         return row | {"amplification": math.nan}
-    delta = update_svd(target.kind, w0, principal0, w, principal, device)
+    delta = update_svd(target.kind, w0, factors0, w, factors, device)
     rank = target.rank or ft_rank
     return row | {"amplification": amplification_from_svd(w0, delta, rank)}
 
@@ -143,7 +143,7 @@ def matrix_task(
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
-    w, principal = run.weight_and_principal(step, layer)
+    w, factors = run.weight_and_principal(step, layer)
     block, module = layer_position(layer)
     row = {"run": run.name, "method": run.manifest.method, "step": step, "layer": layer,
            "block": block, "module": module, "rows": w.shape[0], "cols": w.shape[1]}  # fmt: skip
@@ -154,10 +154,26 @@ def matrix_task(
     row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
     overlaps = top_overlaps(base, cur, top_k)
     row["intruder_overlap"] = [1.0] * overlaps.numel() if cur is base else overlaps.tolist()
-    factors = {"cond_p": None, "ortho_err": None}
-    if principal is not None:
-        factors = factor_metrics(principal.left, principal.right, principal.values)
-    return row | factors | update_metrics(run, step, layer, w, principal, ft_rank, device)
+    row |= update_metrics(run, step, layer, w, factors, ft_rank, device)
+    if factors is None:
+        return row | {"cond_p": None, "ortho_err": None, "rank": None}
+    return row | principal_metrics(run, step, layer, factors)
+
+
+def principal_metrics(run: Run, step: int, layer: str, factors: Principal) -> dict:
+    """``rank`` (W_p's live components), ``cond_p`` over them (NaN when W_p = 0) and
+    ``ortho_err``: of a slice, its module's (SORSA's regularizer keeps the whole U_p and V_p
+    orthonormal; the rows of U_p that a slice takes are not meant to be)."""
+    alive = live(factors)
+    rank = alive.right.shape[0]
+    if rank == 0:
+        return {"rank": 0, "cond_p": math.nan, "ortho_err": None}
+    out = {"rank": rank, **factor_metrics(alive.left, alive.right, alive.values)}
+    target = run.manifest.targets[layer]
+    if factors.values is not None and target.rows:
+        whole = live(principal(target.kind, run.parts(step, layer, sliced=False)))
+        out["ortho_err"] = factor_metrics(whole.left, whole.right, whole.values)["ortho_err"]
+    return out
 
 
 def check_device(device: str) -> None:
@@ -259,7 +275,7 @@ class Engine:
         if not self.out.exists():
             return pd.DataFrame()
         try:
-            meta = read_metadata(self.out)
+            rows, meta = read_run(self.out)
         except SpectraError:
             raise SpectraError(
                 f"{self.out} exists and is not a spectra run file; refusing to overwrite it"
@@ -270,7 +286,7 @@ class Engine:
                 "refusing to overwrite it"
             )
         # other settings or an older schema: recompute every row
-        return read_run(self.out)[0] if meta.get("engine") == self.settings else pd.DataFrame()
+        return rows if meta.get("engine") == self.settings else pd.DataFrame()
 
     def metadata(self) -> dict:
         """Key-value metadata of the Parquet file: the manifest and the engine settings."""

@@ -94,6 +94,17 @@ def principal(kind: str, parts: dict[str, torch.Tensor]) -> Principal | None:
     return Principal(scale * left, None, right)
 
 
+def live(p: Principal) -> Principal:
+    """W_p's live components: those whose row of ``right`` (and value, where stored) is not
+    zero. AdaLoRA's pruned triplets are the dead ones (λ_i = 0 zeroes row i of A ⊙ λ); the
+    other methods keep all r. W_p is the same matrix with or without the dead ones."""
+    keep = p.right.ne(0).any(dim=1)
+    if p.values is not None:
+        keep &= p.values.ne(0)
+    values = None if p.values is None else p.values[keep]
+    return Principal(p.left[:, keep], values, p.right[keep])
+
+
 def product(p: Principal) -> torch.Tensor:
     """W_p as a dense float64 matrix."""
     left = p.left if p.values is None else p.left * p.values

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from spectra.engine import Engine
@@ -61,7 +62,7 @@ def summary(engine: Engine) -> Table:
     latest = rows[rows["step"] == rows["step"].max()]
     for module, group in latest.groupby("module", sort=True):
         table.add_row(
-            str(module), str(int(group["step"].iloc[0])), str(len(group)),
+            escape(str(module)), str(int(group["step"].iloc[0])), str(len(group)),
             f"{group['delta_sigma'].mean():.4g}", f"{group['delta_d'].mean():.4g}",
             f"{group['delta_d_matched'].mean():.4g}",
         )  # fmt: skip
@@ -77,7 +78,8 @@ def follow(run_dir: str | Path, poll: float = 1.0, console: Console | None = Non
             run_dir, poll, on_update=lambda e: live.update(summary(e), refresh=True)
         )
     for step, layer in sorted(engine.nonfinite):
-        console.print(f"[yellow]warning:[/] step {step} {layer}: NaN or Inf weights, no row")
+        where = escape(f"step {step} {layer}")
+        console.print(f"[yellow]warning:[/] {where}: NaN or Inf weights, no row")
     return engine.out
 
 

@@ -91,27 +91,70 @@ def scale_metrics(s: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _overlaps(base: SVD, cur: SVD) -> torch.Tensor:
-    """Joint cost |⟨u_t^i, u_0^j⟩| + |⟨v_t^i, v_0^j⟩| for every pair (i, j), k×k."""
+def _overlaps(base: SVD, cur: SVD, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Joint cost |⟨u_t^i, u_0^j⟩| + |⟨v_t^i, v_0^j⟩| for every pair (i, j) of ``index``."""
+    if index is not None:
+        base = SVD(base.u[:, index], base.s[index], base.vh[index])
+        cur = SVD(cur.u[:, index], cur.s[index], cur.vh[index])
     return (cur.u.mT @ base.u).abs_() + (cur.vh @ base.vh.mT).abs_()
 
 
-def vector_drift(base: SVD, cur: SVD, matched: bool = True) -> tuple[float, float | None]:
+def fixed_by_certificate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Which indices some optimal assignment provably maps to themselves (a boolean mask).
+
+    ``a[i] = |⟨u_t^i, u_0^i⟩|`` and ``b[i] = |⟨v_t^i, v_0^i⟩|`` are the diagonal overlaps.
+    Write C for the joint cost, α_i = √(1 − a_i²), β_i = √(1 − b_i²).
+
+    Bessel's inequality bounds every off-diagonal entry in row i and in column i:
+    Σ_j ⟨u_t^i, u_0^j⟩² ≤ 1 gives |⟨u_t^i, u_0^j⟩| ≤ α_i for j ≠ i, and Σ_l ⟨u_t^l, u_0^i⟩² ≤ 1
+    gives |⟨u_t^l, u_0^i⟩| ≤ α_i for l ≠ i; likewise for v with β_i. So C_ij ≤ α_i + β_i and
+    C_li ≤ α_i + β_i.
+
+    *Every index* when all a_i, b_i > 1/√2: then α_i < 1/√2 < a_i and β_i < b_i, so each
+    row's largest entry is its diagonal one; the identity takes every row's maximum, and no
+    assignment can do better.
+
+    *Index i alone* when C_ii = a_i + b_i ≥ 2(α_i + β_i): take an optimal assignment π with
+    π(i) = j ≠ i and π(l) = i. Sending i → i and l → j changes the total by
+    C_ii + C_lj − C_ij − C_li ≥ C_ii − 2(α_i + β_i) ≥ 0 (C_lj ≥ 0), so it stays optimal,
+    gains the fixed point i and keeps every other fixed point. Repeating this for each such i
+    gives one optimal assignment that fixes all of them at once; on the other indices it is an
+    optimal assignment of their own square block of C.
+    """
+    half = 2**-0.5
+    if bool((a > half).all()) and bool((b > half).all()):
+        return torch.ones_like(a, dtype=torch.bool)
+    alpha = (1 - a.clamp(max=1) ** 2).sqrt()
+    beta = (1 - b.clamp(max=1) ** 2).sqrt()
+    return a + b >= 2 * (alpha + beta)
+
+
+def vector_drift(
+    base: SVD, cur: SVD, matched: bool = True, certificate: bool = True
+) -> tuple[float, float | None]:
     """(delta_d, delta_d_matched): index-matched and sign-invariant assignment-matched ΔD.
 
-    ``matched=False`` skips the assignment (two k×k GEMMs and a linear assignment) and
-    returns None for delta_d_matched.
+    ``matched=False`` skips the assignment and returns None for delta_d_matched. The
+    assignment runs only on the indices that :func:`fixed_by_certificate` cannot settle
+    (``certificate=False`` solves it on all k, as a check and a benchmark baseline).
     """
     k = base.s.numel()
-    index_total = float((cur.u * base.u).sum(0).abs().sum() + (cur.vh * base.vh).sum(1).abs().sum())
+    a = (cur.u * base.u).sum(0).abs()
+    b = (cur.vh * base.vh).sum(1).abs()
+    index_total = float(a.sum() + b.sum())
     clip = lambda x: min(max(x, 0.0), 1.0)  # noqa: E731  |cos| may exceed 1 by an ulp
     if not matched:
         return clip(1 - index_total / (2 * k)), None
-    cost = _overlaps(base, cur).numpy()
-    rows, cols = linear_sum_assignment(cost, maximize=True)
-    # The identity is one of the candidates, so the optimum is never below the index sum;
-    # max() keeps that exact when the two sums differ only by rounding.
-    matched_total = max(float(cost[rows, cols].sum()), index_total)
+    fixed = fixed_by_certificate(a, b) if certificate else torch.zeros(k, dtype=torch.bool)
+    matched_total = index_total
+    if not bool(fixed.all()):
+        free = (~fixed).nonzero().flatten()
+        cost = _overlaps(base, cur, None if free.numel() == k else free).numpy()
+        rows, cols = linear_sum_assignment(cost, maximize=True)
+        settled = float(a[fixed].sum() + b[fixed].sum())
+        # The identity is one of the candidates, so the optimum is never below the index sum;
+        # max() keeps that exact when the two sums differ only by rounding.
+        matched_total = max(settled + float(cost[rows, cols].sum()), index_total)
     return clip(1 - index_total / (2 * k)), clip(1 - matched_total / (2 * k))
 
 

@@ -35,10 +35,11 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.pytorch_utils import Conv1D
 from transformers.trainer_callback import PrinterCallback
 
 from spectra.callback import WORKERS, SpectraCallback
-from spectra.capture import find_targets
+from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError
 from spectra.sorsa import apply_sorsa, regularizer_backward, sorsa_modules
 
@@ -52,7 +53,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_MODEL = DATA_DIR / "tiny-llama"
 DEFAULT_DATA = DATA_DIR / "math_qa.jsonl"
-DEFAULT_TARGETS = ("q_proj", "v_proj")
+ADALORA_INIT = 1.5  # AdaLoRA starts from 1.5 × the target rank (its paper's b(0) = 1.5 b(T))
 IGNORE = -100  # label of prompt and padding tokens
 
 
@@ -102,13 +103,14 @@ class Plan:
     methods: tuple[str, ...]
     model: str
     data: Path
-    targets: tuple[str, ...]
-    layers: tuple[str, ...]  # the targets resolved to full module paths
+    targets: tuple[str, ...]  # as given; () means the architecture's query and value
+    layers: tuple[str, ...]  # the targets resolved to full layer names (slices included)
     preset: Preset
     device: str
     out: Path
     overwrite: bool = False
     worker: str = "process"  # the inline metrics worker: "process" or "thread"
+    fused: tuple[tuple[str, str], ...] = ()  # (target, layout spec) of unregistered fused modules
 
     def run_dir(self, method: str) -> Path:
         return self.out / method
@@ -126,6 +128,17 @@ class Plan:
 def parse_list(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
     """Repeatable and comma-separated option values as one flat tuple."""
     return tuple(v.strip() for value in values or () for v in value.split(",") if v.strip())
+
+
+def parse_fused(values: list[str] | None) -> dict[str, str]:
+    """``--fused MODULE=LAYOUT`` options as {module: layout}; SpectraError when malformed."""
+    fused = {}
+    for value in values or ():
+        module, sep, spec = value.partition("=")
+        if not sep or not module.strip() or not spec.strip():
+            raise SpectraError(f"--fused {value!r}: expected MODULE=LAYOUT (wqkv=32*128,128,128)")
+        fused[module.strip()] = spec.strip()
+    return fused
 
 
 def load_examples(path: Path, limit: int | None = None) -> list[dict[str, str]]:
@@ -170,22 +183,37 @@ def _causal_lm_config(model: str):
     return config
 
 
+def adalora_ranks(rank: int) -> tuple[int, int]:
+    """(init_r, target_r) of AdaLoRA for ``rank``: it prunes from 1.5 × rank down to rank."""
+    return math.ceil(ADALORA_INIT * rank), rank
+
+
 def _resolve_targets(
-    model: str, targets: tuple[str, ...], rank: int, needs_rank: bool
+    model: str, targets: tuple[str, ...], fused: dict, rank: int, methods: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """The full paths of the targets, checked to be linear layers that the rank fits (on a
-    weightless meta model)."""
+    """The full layer names of the targets (None: the architecture's query and value),
+    checked to be layers the methods adapt and the rank fits (on a weightless meta model)."""
     config = _causal_lm_config(model)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
-    layers = find_targets(skeleton, targets)
-    for path, module in layers.items():
-        if not isinstance(module, nn.Linear):
-            raise SpectraError(f"{path} is a {type(module).__name__}; the recipes adapt nn.Linear")
+    layers = find_layers(skeleton, targets or None, fused)
+    largest = max(adalora_ranks(rank)[0] if m == "adalora" else rank for m in methods)
+    sorsa = any(m.startswith("sorsa") for m in methods)
+    kinds = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
+    for path in module_paths(layers):
+        module = skeleton.get_submodule(path)
+        if not isinstance(module, kinds):
+            raise SpectraError(
+                f"{path} is a {type(module).__name__}; the recipes adapt "
+                f"{'nn.Linear layers (SORSA)' if sorsa else 'nn.Linear and Conv1D layers'}"
+            )
         limit = min(module.weight.shape)
-        if needs_rank and not 0 < rank <= limit:
+        if methods != ("ft",) and not 0 < largest <= limit:
             out_f, in_f = module.weight.shape
-            raise SpectraError(f"rank {rank} does not fit {path} ({out_f}×{in_f}): use 1..{limit}")
+            raise SpectraError(
+                f"rank {largest} does not fit {path} ({out_f}×{in_f}): use 1..{limit}"
+                + (f" (AdaLoRA starts at {ADALORA_INIT} × --rank)" if largest != rank else "")
+            )
     return tuple(layers)
 
 
@@ -215,6 +243,7 @@ def plan(
     out: Path = Path("runs"),
     overwrite: bool = False,
     worker: str = "process",
+    fused: dict[str, str] | None = None,
 ) -> Plan:
     """Check every input of a track job; SpectraError (one line) on the first problem."""
     methods = methods or FIGURE2
@@ -239,19 +268,19 @@ def plan(
         every=every or chosen.every,
     )
     methods = tuple(dict.fromkeys(methods))
-    model, targets = str(model or DEFAULT_MODEL), targets or DEFAULT_TARGETS
-    needs_rank = any(m != "ft" for m in methods)
+    model, fused = str(model or DEFAULT_MODEL), dict(fused or {})
     job = Plan(
         methods=methods,
         model=model,
         data=Path(data or DEFAULT_DATA),
         targets=targets,
-        layers=_resolve_targets(model, targets, chosen.rank, needs_rank),
+        layers=_resolve_targets(model, targets, fused, chosen.rank, methods),
         preset=chosen,
         device=_device(device),
         out=Path(out),
         overwrite=overwrite,
         worker=worker,
+        fused=tuple(fused.items()),
     )
     load_examples(job.data, chosen.examples)
     _check_outputs(job)
@@ -304,18 +333,27 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
 # ---------------------------------------------------------------- methods
 
 
-def _peft_config(method: str, layers: tuple[str, ...], rank: int, total_steps: int):
+def _peft_config(method: str, modules: list[str], rank: int, total_steps: int):
     """peft config of a LoRA-family method; scaling 1 (alpha = r), no dropout.
 
-    AdaLoRA follows Table 4: r_init = r_target (no rank pruning, so no budget allocation
-    to run) and its t_init/t_final schedule scaled to the run (100 and 600 of ~780 steps).
+    AdaLoRA follows Table 4 (β1 = β2 = 0.85, t_init/t_final 100 and 600 of ~780 steps,
+    scaled to the run) except for r_init. Table 4 sets r_init = r_target, and with that peft
+    (0.21) crashes at the first budget step: ``RankAllocator.mask_to_budget`` keeps the
+    ``budget`` most important triplets by ``torch.kthvalue(scores, k=init_bgt - budget)``, and
+    with r_init = r_target the budget is the whole initial one, so k = 0, which kthvalue
+    refuses ("selected number k out of range"); it also means there is nothing to prune, so
+    Table 4's AdaLoRA never reallocates rank. The nearest setting that runs and allocates
+    keeps r_target = ``rank`` (Table 4's r) and starts from AdaLoRA's own r_init = 1.5 ×
+    r_target (its paper's b(0) = 1.5 b(T)); :class:`AdaLoraAllocation` runs the budget
+    schedule every step.
     """
     from peft import AdaLoraConfig, LoraConfig
 
-    common = {"target_modules": list(layers), "task_type": "CAUSAL_LM"}
+    common = {"target_modules": modules, "task_type": "CAUSAL_LM"}
     if method == "adalora":
+        init_r, target_r = adalora_ranks(rank)
         return AdaLoraConfig(
-            init_r=rank, target_r=rank, beta1=0.85, beta2=0.85, total_step=total_steps,
+            init_r=init_r, target_r=target_r, beta1=0.85, beta2=0.85, total_step=total_steps,
             tinit=int(0.128 * total_steps), tfinal=int(0.768 * total_steps), **common,
         )  # fmt: skip
     init = "pissa" if method == "pissa" else True
@@ -327,18 +365,28 @@ def _peft_config(method: str, layers: tuple[str, ...], rank: int, total_steps: i
 
 def prepare(method: str, model: nn.Module, job: Plan, total_steps: int) -> nn.Module:
     """The model set up for ``method``: which weights train, adapters attached."""
-    rank = job.preset.rank
+    rank, modules = job.preset.rank, module_paths(job.layers)
     if method == "ft":
         model.requires_grad_(False)
-        for path in job.layers:
+        for path in modules:
             model.get_submodule(path).weight.requires_grad_(True)
         return model
     if method in ("sorsa", "sorsa-noreg"):
-        apply_sorsa(model, job.layers, rank)
+        apply_sorsa(model, modules, rank)
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, _peft_config(method, job.layers, rank, total_steps))
+    return get_peft_model(model, _peft_config(method, modules, rank, total_steps))
+
+
+class AdaLoraAllocation(TrainerCallback):
+    """AdaLoRA's rank allocation, which transformers' Trainer does not run: peft's
+    ``update_and_allocate`` once per optimizer step, after ``optimizer.step()`` and before the
+    gradients are zeroed (it scores each triplet by |θ · ∇θ|), with the 0-based index of the
+    step (the global step before it is counted), as peft's example loop passes it."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model.base_model.update_and_allocate(state.global_step)
 
 
 class SORSATrainer(Trainer):
@@ -432,11 +480,14 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
     model = prepare(method, model, job, steps)
     task = progress.add_task(method, total=steps, loss="")
     callbacks = [
-        SpectraCallback(run_dir, targets=job.layers, every=job.preset.every, method=method,
+        SpectraCallback(run_dir, targets=job.layers, fused=dict(job.fused),
+                        every=job.preset.every, method=method,
                         run_name=method, gamma=job.gamma(method), model_name=job.model,
                         worker=job.worker),
         RichSteps(progress, task),
     ]  # fmt: skip
+    if method == "adalora":
+        callbacks.insert(0, AdaLoraAllocation())
     with tempfile.TemporaryDirectory(prefix="spectra-trainer-") as tmp:
         kwargs = {
             "model": model,

@@ -242,9 +242,9 @@ class Run:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise SpectraError(f"corrupt or truncated snapshot {path}: {exc}") from None
 
-    def parts(self, step: int, layer: str) -> dict[str, torch.Tensor]:
+    def parts(self, step: int, layer: str, sliced: bool = True) -> dict[str, torch.Tensor]:
         """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
-        target's rows when it is a slice of a fused module."""
+        target's rows when it is a slice of a fused module (unless ``sliced`` is False)."""
         target = self.manifest.targets[layer]
         if target.kind not in FROZEN_PARTS:
             check_parts(target.kind, {}, f"{self.path / MANIFEST} layer {layer}")
@@ -254,7 +254,7 @@ class Run:
             parts |= self._read(FROZEN, [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]])
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         check_parts(target.kind, parts, f"{self.path.name} step {step} layer {layer}")
-        return slice_rows(parts, target.rows) if target.rows else parts
+        return slice_rows(parts, target.rows) if target.rows and sliced else parts
 
     def weight(self, step: int, layer: str) -> torch.Tensor:
         """The effective weight W_t of ``layer`` at ``step`` in float64, shape-checked."""

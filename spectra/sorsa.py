@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from spectra.capture import find_targets
+from spectra.capture import find_targets, module_paths
 from spectra.errors import SpectraError
 
 FACTORS = ("sorsa_A", "sorsa_S", "sorsa_B")
@@ -108,11 +108,12 @@ def _replace(model: nn.Module, name: str, rank: int) -> SORSALinear:
 def apply_sorsa(model: nn.Module, targets: str | Sequence[str], rank: int) -> list[str]:
     """Replace the target ``nn.Linear`` modules by SORSA adapters; freeze everything else.
 
-    Targets follow :func:`spectra.capture.resolve`. Returns the adapted module paths.  Raises
+    Targets follow :func:`spectra.capture.resolve` (a slice of a fused projection adapts the
+    whole module). Returns the adapted module paths.  Raises
     SpectraError when a target matches nothing or is not a linear layer, or when ``rank``
     exceeds a matrix's min(out, in).
     """
-    names = list(find_targets(model, targets))
+    names = module_paths(find_targets(model, targets))
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:

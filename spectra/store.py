@@ -31,7 +31,6 @@ METHOD_LABELS = {
     "sorsa": "SORSA",
 }
 METADATA_KEY = b"spectra"
-SCHEMA_VERSION = 2  # 2: delta_m, delta_dir, amplification, intruder_overlap
 METRICS = (
     "delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "ortho_err",
     "sigma_max", "sigma_min", "fro_norm", "stable_rank", "eff_rank",
@@ -49,9 +48,13 @@ SCHEMA = pa.schema(
         ("cols", pa.int32()),
         *[(name, pa.float64()) for name in METRICS],
         ("intruders", pa.int32()),
+        ("rank", pa.int32()),
         ("intruder_overlap", pa.list_(pa.float64())),  # best |cos| of each top-k u_t^i
     ]
 )
+# raise when a column is added or a definition changes: older rows recompute
+# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap)
+SCHEMA_VERSION = 3
 KEY = ["step", "layer"]
 
 
@@ -78,29 +81,6 @@ def write_run(path: str | Path, rows: pd.DataFrame, metadata: dict) -> None:
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
-def _metadata(path: Path, schema: pa.Schema) -> dict:
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        raise SpectraError(f"{path} is not a spectra run (no spectra metadata or columns)")
-    try:
-        metadata = json.loads(raw)
-    except ValueError:
-        raise SpectraError(f"{path} has corrupt spectra metadata") from None
-    if metadata.get("run_dir"):  # stored relative to the Parquet file
-        metadata["run_dir"] = str((path.parent / metadata["run_dir"]).resolve())
-    return metadata
-
-
-def read_metadata(path: str | Path) -> dict:
-    """The spectra metadata of a Parquet file, without reading its rows."""
-    path = Path(path)
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise SpectraError(f"{path} is not a readable Parquet file: {exc}") from None
-    return _metadata(path, schema)
-
-
 def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """(rows, metadata) of one spectra Parquet file; SpectraError if it is not one."""
     path = Path(path)
@@ -110,16 +90,18 @@ def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise SpectraError(f"{path} is not a readable Parquet file: {exc}") from None
-    metadata = _metadata(path, table.schema)
-    missing = [name for name in SCHEMA.names if name not in table.column_names]
-    if missing:
-        older = metadata.get("engine", {}).get("schema", 1) < SCHEMA_VERSION
-        raise SpectraError(
-            f"{path} was computed by an older spectra (no column {missing[0]}); recompute it "
-            f"with `spectra compute {metadata.get('run_dir') or '<run directory>'}`"
-            if older
-            else f"{path} is not a spectra run (no spectra metadata or columns)"
-        )
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None or not set(KEY) <= set(table.column_names):
+        raise SpectraError(f"{path} is not a spectra run (no spectra metadata or columns)")
+    for field in SCHEMA:  # a column added since the file was written: null
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    try:
+        metadata = json.loads(raw)
+    except ValueError:
+        raise SpectraError(f"{path} has corrupt spectra metadata") from None
+    if metadata.get("run_dir"):  # stored relative to the Parquet file
+        metadata["run_dir"] = str((path.parent / metadata["run_dir"]).resolve())
     return table.to_pandas(), metadata
 
 

@@ -83,6 +83,7 @@ def make_run(
         "stable_rank": lambda i, s: 40.0,
         "eff_rank": lambda i, s: 60.0,
         "intruders": lambda i, s: s // 20,
+        "rank": lambda i, s: None if method == "ft" else 16,
         "amplification": lambda i, s: math.nan if s == 0 else 5.0 + 0.01 * s,
         **magnitude_direction(1),
     }

@@ -9,9 +9,16 @@ import torch
 from peft import LoraConfig
 from tiny_models import ARCH_TARGETS, base_model, perturb, reference_weights, with_method
 
-from spectra.capture import detect_method, find_targets, layout, matches
+from spectra.capture import (
+    detect_method,
+    find_layers,
+    find_targets,
+    layout,
+    matches,
+    module_paths,
+)
 from spectra.errors import SpectraError
-from spectra.factors import effective_weight
+from spectra.factors import effective_weight, slice_rows
 
 CASES = [("llama", m) for m in ("ft", "lora", "pissa", "dora", "adalora", "sorsa")] + [
     ("gpt2", "ft"), ("gpt2", "lora"), ("gpt2", "dora"), ("gpt2", "adalora"),
@@ -29,16 +36,24 @@ def test_effective_weight_equals_the_methods_float64_merge(arch, method):
     targets = ARCH_TARGETS[arch]
     model = with_method(base_model(arch), method, targets)
     perturb(model)
-    layers = find_targets(model, targets)
-    assert len(layers) == 2 * len(targets)  # two blocks
-    layouts = {path: layout(module) for path, module in layers.items()}
+    layers = find_layers(model, targets)
+    paths = module_paths(layers)
+    assert len(paths) == 2 * len(targets)  # two blocks
+    layouts = {layer.path: layout(layer.module) for layer in layers.values()}
     assert detect_method(model, layouts) == method
-    expected = reference_weights(model, method, layers)
-    for path, found in layouts.items():
-        got = effective_weight(found.kind, found.frozen | found.step)
+    expected = reference_weights(model, method, paths)
+    for name, layer in layers.items():  # GPT-2's c_attn: its q, k and v slices
+        found = layouts[layer.path]
+        parts, want = found.frozen | found.step, expected[layer.path]
+        if layer.rows is not None:
+            parts, want = (
+                slice_rows(parts, layer.rows),
+                torch.cat([want[a:b] for a, b in layer.rows]),
+            )
+        got = effective_weight(found.kind, parts)
         assert got.dtype == torch.float64
-        assert got.shape == expected[path].shape
-        assert relative_error(got, expected[path]) <= 1e-12, path
+        assert got.shape == want.shape
+        assert relative_error(got, want) <= 1e-12, name
 
 
 def test_peft_layers_are_matched_not_their_insides():

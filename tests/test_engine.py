@@ -327,3 +327,45 @@ def test_slice_targets_read_rows_of_their_source(tmp_path, kind):
     whole = effective_weight(kind, frozen | step)
     assert torch.equal(run.weight(0, f"{fused}[q]"), torch.cat([whole[0:4], whole[12:16]]))
     assert torch.equal(run.weight(0, f"{fused}[v]"), whole[8:12])
+
+
+def test_rank_counts_live_components_and_older_files_are_recomputed(tmp_path):
+    """``rank``: components of W_p whose right row is non-zero (AdaLoRA's λ ≠ 0); cond_p over
+    them. A Parquet file written before the column existed is read (rank null) and recomputed."""
+    import pyarrow.parquet as pq
+
+    from spectra.store import METADATA_KEY
+
+    layer, g = "model.layers.0.self_attn.q_proj", _gen(3)
+    base, left, a = (torch.randn(M, N, generator=g), torch.randn(M, 4, generator=g),
+                     torch.randn(4, N, generator=g))  # fmt: skip
+    lam = {
+        0: torch.zeros(4),
+        5: torch.tensor([1.0, 0.5, 0.0, 2.0]),
+        10: torch.tensor([1.0, 0, 0, 3]),
+    }
+    manifest = Manifest(run="ada", method="adalora", targets={layer: Target("lowrank", (M, N), 4)})
+    writer = RunWriter(tmp_path / "ada", manifest)
+    writer.write_frozen({layer: {"base": base}})
+    for step, values in lam.items():
+        parts = {"left": left, "right": a * values[:, None], "scale": torch.tensor([0.5])}
+        writer.write_step(step, {layer: parts})
+    writer.finish()
+    path = compute_run(tmp_path / "ada")
+    rows = pd.read_parquet(path).set_index("step")
+    assert rows["rank"].tolist() == [0, 3, 2]
+    assert np.isnan(rows.loc[0, "cond_p"])
+    for step in (5, 10):
+        s = torch.linalg.svdvals(0.5 * left.double() @ (a * lam[step][:, None]).double())
+        live = int((lam[step] != 0).sum())
+        assert rows.loc[step, "cond_p"] == pytest.approx(float(s[0] / s[live - 1]), rel=1e-9)
+
+    table = pq.read_table(path).drop_columns(["rank"])  # as spectra 0.1 wrote it
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    del meta["engine"]["schema"]
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(meta)}), path)
+    old, _ = read_run(path)
+    assert old["rank"].isna().all()
+    engine = Engine(tmp_path / "ada")
+    assert engine.update() == 3
+    assert pd.read_parquet(path)["rank"].tolist() == [0, 3, 2]

@@ -237,6 +237,65 @@ def test_matched_is_the_best_assignment_by_brute_force():
         assert drift(w0, wt)["delta_d_matched"] == pytest.approx(1 - best / 10, abs=1e-12)
 
 
+def _brute_force(cost: np.ndarray, fixed: np.ndarray) -> tuple[float, float]:
+    """(best total over all permutations, best over those that fix every ``fixed`` index)."""
+    k = len(cost)
+    best = best_fixing = -math.inf
+    for p in itertools.permutations(range(k)):
+        total = sum(cost[i, p[i]] for i in range(k))
+        best = max(best, total)
+        if all(p[i] == i for i in np.flatnonzero(fixed)):
+            best_fixing = max(best_fixing, total)
+    return best, best_fixing
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    shape=st.sampled_from([(7, 6), (6, 6), (5, 7)]),
+    noise=st.sampled_from([1e-3, 0.03, 0.1, 0.3, 1.0]),
+    close=st.booleans(),
+)
+def test_certified_indices_are_fixed_by_an_optimal_assignment(seed, shape, noise, close):
+    """Brute force: some optimal permutation fixes every certified index, and the matched ΔD
+    with the certificate equals the one from the full assignment (and from brute force)."""
+    from spectra.metrics import fixed_by_certificate
+
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal(shape)
+    if close:  # near-equal singular values, whose vectors swap under small noise
+        u, _, vh = np.linalg.svd(w0, full_matrices=False)
+        w0 = u @ np.diag(np.linspace(2, 1.9, len(vh))) @ vh
+    wt = w0 + noise * rng.standard_normal(shape)
+    base, cur = svd(w0), svd(wt)
+    a = (cur.u * base.u).sum(0).abs()
+    b = (cur.vh * base.vh).sum(1).abs()
+    fixed = fixed_by_certificate(a, b)
+    cost = np.abs(cur.u.numpy().T @ base.u.numpy()) + np.abs(cur.vh.numpy() @ base.vh.numpy().T)
+    best, best_fixing = _brute_force(cost, fixed.numpy())
+    assert best_fixing == pytest.approx(best, abs=1e-12)
+    k = len(cost)
+    with_cert = vector_drift(base, cur)[1]
+    assert with_cert == pytest.approx(vector_drift(base, cur, certificate=False)[1], abs=1e-14)
+    assert with_cert == pytest.approx(1 - best / (2 * k), abs=1e-12)
+
+
+def test_certificate_settles_small_drift_without_the_assignment(monkeypatch):
+    """Every index certified (small drift): no overlap matrix, no linear assignment."""
+    import spectra.metrics as metrics
+
+    rng = np.random.default_rng(11)
+    w0 = rng.standard_normal((30, 20))
+    base, cur = svd(w0), svd(w0 + 1e-6 * rng.standard_normal((30, 20)))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the assignment ran")
+
+    monkeypatch.setattr(metrics, "linear_sum_assignment", forbidden)
+    delta_d, matched = vector_drift(base, cur)
+    assert matched == delta_d
+
+
 # --- factor metrics ----------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -74,6 +75,29 @@ def test_regularizer_keeps_factors_orthonormal(tmp_path) -> None:
     assert noreg[10] > noreg[5] > 1e-3
     assert reg[10] < reg[5]
     assert reg[10] < 0.5 * noreg[10]
+
+
+def test_adalora_allocates_rank_while_it_trains(tmp_path) -> None:
+    """The recipe runs peft's budget schedule every step (12 steps: t_init 1, t_final 9, one
+    warm-up step at learning rate 0): the rank column shows every λ at 0 until the first
+    step that moves them, then all r_init live, then the cubic budget, then the final budget
+    from step 4 on, distributed unevenly over the layers."""
+    runs = _track(tmp_path, ("adalora",), steps=12, every=1)
+    rows = pd.read_parquet(runs / "adalora.parquet")
+    rank = rows.pivot(index="step", columns="layer", values="rank")
+    init_r, target_r = recipes.adalora_ranks(DEFAULT.rank)
+    assert (init_r, target_r) == (24, 16)
+    assert (rank.loc[[0, 1]] == 0).all().all()  # λ start at 0; the warm-up step has lr 0
+    assert (rank.loc[2] == init_r).all()
+    budget = int((init_r - target_r) * LAYERS * 0.5**3 + target_r * LAYERS)  # peft's schedule
+    assert rank.loc[3].sum() == budget
+    assert (rank.loc[4:].sum(axis=1) == target_r * LAYERS).all()
+    assert rank.loc[12].nunique() > 1, "the final budget is the same for every layer"
+    live = rows[rows["rank"] > 0]
+    assert live["cond_p"].map(math.isfinite).all() and live["cond_p"].ge(1).all()
+    assert rows[rows["rank"] == 0]["cond_p"].isna().all()
+    manifest = json.loads((runs / "adalora" / "manifest.json").read_text())
+    assert manifest["rank"] == init_r
 
 
 def test_ft_trains_only_the_targets() -> None:
@@ -216,3 +240,33 @@ def test_targets_are_resolved_once_and_every_method_gets_that_list(method: str) 
     if method == "ft":
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         assert trainable == [f"{path}.weight" for path in job.layers]
+
+
+def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatch) -> None:
+    """On GPT-2 the default targets are the q and v slices of c_attn; peft receives the module
+    once; SORSA refuses a Conv1D before training; --fused reaches the plan."""
+    from transformers import GPT2Config
+
+    GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4).save_pretrained(tmp_path / "gpt2")
+    job = plan(("lora",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
+    assert job.layers == tuple(f"transformer.h.{b}.attn.c_attn[{p}]" for b in (0, 1) for p in "qv")
+    config = recipes._peft_config("lora", recipes.module_paths(job.layers), 4, 10)
+    assert sorted(config.target_modules) == [f"transformer.h.{b}.attn.c_attn" for b in (0, 1)]
+    with pytest.raises(SpectraError, match=r"c_attn is a Conv1D; .* nn.Linear layers \(SORSA\)"):
+        plan(("sorsa",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
+
+    seen = {}
+    monkeypatch.setattr(recipes, "run", lambda job: seen.setdefault("job", job))
+    monkeypatch.setattr(sys, "argv", [
+        "spectra", "track", "--method", "ft", "--model", str(tmp_path / "gpt2"),
+        "--targets", "c_proj[v]", "--fused", "attn.c_proj=16,8,8", "--out", str(NOWHERE),
+    ])  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert seen["job"].layers == (
+        "transformer.h.0.attn.c_proj[v]",
+        "transformer.h.1.attn.c_proj[v]",
+    )
+    assert seen["job"].fused == (("attn.c_proj", "16,8,8"),)
+    with pytest.raises(SpectraError, match="expected MODULE=LAYOUT"):
+        recipes.parse_fused(["c_proj"])

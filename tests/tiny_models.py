@@ -8,33 +8,56 @@ from __future__ import annotations
 import copy
 
 import torch
+import transformers as tf
+from baichuan import BaichuanConfig, BaichuanForCausalLM
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from torch import nn
-from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 METHODS = ("ft", "lora", "pissa", "dora", "adalora", "sorsa")
 ARCH_TARGETS = {"llama": ("q_proj", "v_proj"), "gpt2": ("c_attn",), "bert": ("query", "value")}
 VOCAB = 64
+SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "max_position_embeddings": 64}  # fmt: skip
+GQA = SMALL | {"num_key_value_heads": 2}
+FALCON = {
+    k: v for k, v in SMALL.items() if k not in ("intermediate_size", "max_position_embeddings")
+}
+# Every architecture of the registry, 2 blocks each: (config class, model class, config values).
+ARCHS = {
+    "llama": (tf.LlamaConfig, tf.LlamaForCausalLM,
+              GQA | {"hidden_size": 64, "intermediate_size": 96}),
+    "mistral": (tf.MistralConfig, tf.MistralForCausalLM, GQA),
+    "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, GQA),
+    "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, GQA | {"head_dim": 8}),
+    "bert": (tf.BertConfig, tf.BertModel, SMALL),
+    "roberta": (tf.RobertaConfig, tf.RobertaModel, SMALL),
+    "t5": (tf.T5Config, tf.T5Model, {"vocab_size": VOCAB, "d_model": 32, "d_kv": 8, "d_ff": 48,
+                                     "num_layers": 2, "num_heads": 4}),
+    "opt": (tf.OPTConfig, tf.OPTForCausalLM, SMALL | {"ffn_dim": 48, "word_embed_proj_dim": 32}),
+    "gpt2": (tf.GPT2Config, tf.GPT2Model,
+             {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64,
+              "bos_token_id": 0, "eos_token_id": 0}),
+    "gptj": (tf.GPTJConfig, tf.GPTJForCausalLM, {"vocab_size": VOCAB, "n_embd": 32, "n_layer": 2,
+                                                 "n_head": 4, "rotary_dim": 4, "n_positions": 64}),
+    "gpt_neox": (tf.GPTNeoXConfig, tf.GPTNeoXForCausalLM, SMALL | {"attention_bias": True}),
+    "falcon-gqa": (tf.FalconConfig, tf.FalconForCausalLM,
+                   FALCON | {"new_decoder_architecture": True, "num_kv_heads": 2, "bias": True}),
+    "falcon-mqa": (tf.FalconConfig, tf.FalconForCausalLM,
+                   FALCON | {"new_decoder_architecture": False, "multi_query": True}),
+    "falcon-mha": (tf.FalconConfig, tf.FalconForCausalLM,
+                   FALCON | {"new_decoder_architecture": False, "multi_query": False}),
+    "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM,
+             GQA | {"pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0}),
+    "baichuan": (BaichuanConfig, BaichuanForCausalLM, {}),
+}  # fmt: skip
 
 
 def base_model(arch: str, seed: int = 0) -> nn.Module:
-    """A randomly initialised 2-block model of ``arch`` (llama, gpt2 or bert)."""
+    """A randomly initialised 2-block model of ``arch`` (a key of ``ARCHS``)."""
     torch.manual_seed(seed)
-    if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        )  # fmt: skip
-        return LlamaForCausalLM(config)
-    if arch == "gpt2":
-        config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
-        return GPT2Model(config)
-    config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=64,
-    )  # fmt: skip
-    return BertModel(config)
+    config_class, model_class, values = ARCHS[arch]
+    return model_class(config_class(**values))
 
 
 class SorsaStandIn(nn.Module):

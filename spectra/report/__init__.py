@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spectra.errors import SpectraError
@@ -108,7 +109,7 @@ def _rich_table(frame: pd.DataFrame, title: str, styles: dict | None = None) -> 
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for _, row in frame.iterrows():
         style = (styles or {}).get(row.get("verdict"))
-        table.add_row(*[cell(v) for v in row], style=style)
+        table.add_row(*[escape(cell(v)) for v in row], style=style)  # c_attn[q]: not markup
     return table
 
 

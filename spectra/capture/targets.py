@@ -1,0 +1,180 @@
+"""The one target rule (see :mod:`spectra.capture`), the capturable layers of a model, fused
+projections as slices, and the default targets."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
+
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
+from torch import nn
+
+from spectra import architectures
+from spectra.architectures import COMMON, SLICES, fused_rows, spec_rows
+from spectra.capture.methods import recognise, weight_shape
+from spectra.errors import SpectraError
+from spectra.factors import Rows
+
+PEFT_PREFIX = "base_model.model."
+GLOB_CHARS = "*?["
+Fusing = Mapping[str, str]  # target → layout spec of fused modules the registry does not know
+
+
+class Layer(NamedTuple):
+    """A capturable layer: its module's path, the module, and a slice's output rows."""
+
+    path: str
+    module: nn.Module
+    rows: Rows | None = None
+
+
+def slice_name(path: str, part: str) -> str:
+    """The layer name of slice ``part`` (q, k or v) of the fused module at ``path``."""
+    return f"{path}[{part}]"
+
+
+def split_slice(name: str) -> tuple[str, str | None]:
+    """(module, slice) of a layer or target name; slice None when it names no slice."""
+    if name.endswith("]") and "[" in name:
+        module, _, part = name[:-1].rpartition("[")
+        if part in SLICES:
+            return module, part
+    return name, None
+
+
+def _selects(target: str, path: str) -> bool:
+    if any(c in target for c in GLOB_CHARS):
+        return fnmatch.fnmatchcase(path, target)
+    return path == target or path.endswith(f".{target}")
+
+
+def matches(target: str, path: str) -> bool:
+    """Whether ``target`` selects the layer ``path`` (see the module docstring)."""
+    target_module, target_slice = split_slice(target)
+    module, part = split_slice(path)
+    if target_slice is not None and target_slice != part:
+        return False
+    return _selects(target_module, module)
+
+
+def as_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """Targets as a tuple of names; one string is one target."""
+    return (targets,) if isinstance(targets, str) else tuple(targets)
+
+
+def _names(paths: Iterable[str]) -> str:
+    return ", ".join(sorted({path.rsplit(".", 1)[-1] for path in paths})) or "(none)"
+
+
+def resolve(targets: str | Iterable[str], paths: Iterable[str]) -> list[str]:
+    """The paths, in their order, that the targets select.
+
+    SpectraError, listing the names that could be targets, when some target selects nothing.
+    """
+    targets, paths = as_targets(targets), list(paths)
+    if not targets:
+        raise SpectraError("no targets given")
+    missing = [t for t in targets if not any(matches(t, path) for path in paths)]
+    if missing:
+        raise SpectraError(
+            f"targets {missing} match no module; module names that can be targets: {_names(paths)}"
+        )
+    return [path for path in paths if any(matches(t, path) for t in targets)]
+
+
+def model_config(model: nn.Module):
+    """The model's transformers config (a peft model's is its base model's), or None."""
+    config = getattr(model, "config", None)
+    return config if hasattr(config, "to_dict") or isinstance(config, Mapping) else None
+
+
+def _slices(path: str, out_features: int, config, fused: Fusing) -> dict[str, Rows] | None:
+    """The rows of each slice of the module at ``path`` when it is a fused projection."""
+    spec = next((spec for target, spec in fused.items() if _selects(target, path)), None)
+    if spec is not None:
+        return spec_rows(spec, config, out_features)
+    return fused_rows(config, path, out_features)
+
+
+def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[str, Layer]]:
+    """(name, layer) of every capturable module, a fused projection once per slice.
+
+    Never the insides of a peft tuner layer (its ``base_layer``, ``lora_A``, ``default``, …),
+    whether spectra captures that layer or not, nor of a ``modules_to_save`` copy.
+    """
+    config, fused = model_config(model), dict(fused or {})
+    inside: str | None = None
+    for path, module in model.named_modules():
+        if inside is not None and path.startswith(inside):
+            continue
+        found = recognise(module)
+        wrapper = isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper))
+        adapter = wrapper or (found is not None and found.kind != "dense")
+        inside = f"{path}." if adapter else None
+        if found is None:
+            continue
+        path = path.removeprefix(PEFT_PREFIX)
+        rows = _slices(path, weight_shape(found)[0], config, fused)
+        if rows is None:
+            yield path, Layer(path, module)
+            continue
+        for part, part_rows in rows.items():
+            yield slice_name(path, part), Layer(path, module, part_rows)
+
+
+def _is_adapter(layer: Layer) -> bool:
+    return recognise(layer.module).kind != "dense"
+
+
+def default_layers(model: nn.Module, found: Mapping[str, Layer]) -> tuple[str, ...]:
+    """The query and value projections: the layers that carry an adapter (a peft model's
+    ``target_modules`` as peft resolved them, or SORSA's), else the registry's names for the
+    config's ``model_type``, else the first pair of :data:`~spectra.architectures.COMMON`
+    names present; SpectraError listing the candidates when there is none."""
+    adapted = tuple(name for name, layer in found.items() if _is_adapter(layer))
+    if adapted:
+        return adapted
+    config = model_config(model)
+    registered = architectures.default_targets(config)
+    if registered:
+        return registered
+    for pair in COMMON:
+        if all(any(matches(t, name) for name in found) for t in pair):
+            return pair
+    kind = architectures.model_type(config)
+    raise SpectraError(
+        f"no targets given and {f'a {kind!r} model' if kind else 'this model'} has no known "
+        f"query/value projections; name them with targets=…; module names that can be "
+        f"targets: {_names(found)}"
+    )
+
+
+def find_layers(
+    model: nn.Module, targets: str | Iterable[str] | None = None, fused: Fusing | None = None
+) -> dict[str, Layer]:
+    """{name: layer} of the capturable layers the targets select (None: the architecture's
+    query and value projections), in model order; ``fused`` names the layout of fused
+    projections the registry does not know (``{"wqkv": "32*128,128,128"}``)."""
+    found = dict(candidates(model, fused))
+    paths = {layer.path for layer in found.values()}
+    unused = [t for t in fused or {} if not any(_selects(t, path) for path in paths)]
+    if unused:
+        raise SpectraError(f"fused layouts given for {unused}, which match no module")
+    if targets is None:
+        targets = default_layers(model, found)
+    return {name: found[name] for name in resolve(targets, found)}
+
+
+def find_targets(
+    model: nn.Module, targets: str | Iterable[str] | None = None, fused: Fusing | None = None
+) -> dict[str, nn.Module]:
+    """{name: module} of the capturable layers the targets select (see :func:`find_layers`);
+    the slices of a fused projection share its module."""
+    return {name: layer.module for name, layer in find_layers(model, targets, fused).items()}
+
+
+def module_paths(names: Iterable[str]) -> list[str]:
+    """The module paths of layer names, each once, in order (a slice names its module)."""
+    return list(dict.fromkeys(split_slice(name)[0] for name in names))
