@@ -16,7 +16,20 @@ slightly, as SORSA training does.
 The base SVD is cached (computed once per run), so none of these pays for it. The script
 also prints the error of the float32 path against float64 (max |Δ| of ΔΣ and ΔD) on a
 realistic fine-tuning perturbation, and the engine's ratio to the GEMM bound: 22·n³ flops
-at the DGEMM rate measured here. Figures go to stdout and benchmarks/results/engine.json.
+at the DGEMM rate measured here.
+
+The last table gives the extra cost of the update columns (delta_m, delta_dir,
+amplification, intruder_overlap) over the engine as it was (SVD of W_t and every metric
+above, plus κ(W_p) for a low-rank layer), per matrix, for
+
+- ``lora``: W_t = W_0 + B A with r = 16 (LoRA-like; ΔW is decomposed through its factors);
+- ``ft``:   the realistic pair above (FT-like; ΔW is full-rank and takes a full SVD),
+
+and, for ``ft``, what the alternatives to that full SVD would cost and how far their
+amplification is from it: the top 2r eigenvectors of ΔWᵀΔW refined by one Rayleigh–Ritz
+step (``gram``), and PROPACK's Lanczos bidiagonalization (``propack``, scipy). Reading W_0
+from the run directory (the engine does, once per row) is not included.
+Figures go to stdout and benchmarks/results/engine.json.
 
     python benchmarks/engine.py [--sizes 1024 2048 4096] [--repeats 2]
 """
@@ -33,7 +46,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from spectra.metrics import drift_from_svd, fixed_by_certificate, svd, vector_drift
+from spectra.factors import Principal, product, update_factors
+from spectra.metrics import (
+    amplification_from_svd,
+    drift_from_svd,
+    factor_metrics,
+    factored_svd,
+    fixed_by_certificate,
+    magnitude_direction,
+    svd,
+    top_overlaps,
+    vector_drift,
+)
+
+RANK = 16  # adapter rank of the LoRA-like pair, r of the FT-like one (the engine's ft_rank)
 
 
 def best_time(fn, repeats: int) -> float:
@@ -147,6 +173,110 @@ def measure(n: int, repeats: int) -> dict:
     }
 
 
+def lora_pair(w0: torch.Tensor, r: int = RANK, seed: int = 1) -> tuple[Principal, Principal]:
+    """W_p at step 0 (B = 0, A random, as LoRA starts) and after training (both moved)."""
+    g = torch.Generator().manual_seed(seed)
+    n, m = w0.shape[1], w0.shape[0]
+    a0 = torch.randn(r, n, generator=g, dtype=torch.float64) / n**0.5
+    b = 0.05 * torch.randn(m, r, generator=g, dtype=torch.float64) / r**0.5
+    a = a0 + 0.01 * torch.randn(r, n, generator=g, dtype=torch.float64) / n**0.5
+    return Principal(torch.zeros(m, r, dtype=torch.float64), None, a0), Principal(b, None, a)
+
+
+def gram_svd(delta: torch.Tensor, r: int):
+    """Top-r singular triplets of ΔW from the top 2r eigenvectors of ΔWᵀΔW and one
+    Rayleigh–Ritz step on ΔW itself (the alternative measured, not used)."""
+    import scipy.linalg
+
+    n = delta.shape[1]
+    q = min(2 * r, n)
+    _, v = scipy.linalg.eigh((delta.mT @ delta).numpy(), subset_by_index=[n - q, n - 1])
+    basis, _ = torch.linalg.qr(delta @ torch.from_numpy(v[:, ::-1].copy()))
+    x, s, vh = torch.linalg.svd(basis.mT @ delta, full_matrices=False)
+    return basis @ x, s, vh
+
+
+def propack_svd(delta: torch.Tensor, r: int):
+    """Top r + 1 singular triplets of ΔW by PROPACK (the alternative measured, not used)."""
+    from scipy.sparse.linalg import svds
+
+    u, s, vh = svds(delta.numpy(), k=r + 1, solver="propack", random_state=0)
+    order = s.argsort()[::-1].copy()
+    return (torch.from_numpy(x.copy()) for x in (u[:, order], s[order], vh[order]))
+
+
+def amplification_of(w0: torch.Tensor, delta: torch.Tensor, triplets, r: int) -> float:
+    """‖ΔW‖_F / ‖U_rᵀ W_0 V_r‖_F from (possibly partial) top singular triplets."""
+    u, _, vh = triplets
+    return float(
+        torch.linalg.matrix_norm(delta) / torch.linalg.matrix_norm(u[:, :r].mT @ w0 @ vh[:r].mT)
+    )
+
+
+def engine_before(base, wt, cur, principal: Principal | None) -> None:
+    """The row of the engine as it was: SVD of W_t, every metric, κ(W_p) of a low-rank layer."""
+    svd(wt)
+    drift_from_svd(base, wt, cur)
+    if principal is not None:
+        factor_metrics(principal.left, principal.right)
+
+
+def update_columns(w0, base, wt, cur, low_rank: tuple | None) -> None:
+    """What the update columns add: ΔW's SVD (through its factors when low-rank) and the rest."""
+    magnitude_direction(w0, wt)
+    top_overlaps(base, cur)
+    delta = factored_svd(*low_rank) if low_rank is not None else svd(wt - w0)
+    amplification_from_svd(w0, delta, RANK)
+
+
+def measure_update(n: int, repeats: int) -> dict:
+    """Seconds per matrix of the engine as it was and of the update columns on top of it."""
+    w0, ft = realistic_pair(n)
+    base = svd(w0)
+    p0, pt = lora_pair(w0)
+    lora = w0 + product(pt)
+    out = {"n": n}
+    for kind, wt, principal in (("lora", lora, pt), ("ft", ft, None)):
+        cur = svd(wt)
+        low_rank = update_factors(p0, pt) if principal is not None else None
+        run = (
+            lambda wt=wt, cur=cur, principal=principal: engine_before(base, wt, cur, principal),
+            lambda wt=wt, cur=cur, low_rank=low_rank: update_columns(w0, base, wt, cur, low_rank),
+        )
+        times = {"before": best_time(run[0], repeats), "columns": best_time(run[1], repeats)}
+        out[kind] = times | {"extra": times["columns"] / times["before"]}
+    delta = ft - w0
+    exact = amplification_from_svd(w0, svd(delta), RANK)
+    for name, method in (("gram", gram_svd), ("propack", propack_svd)):
+        seconds = best_time(lambda m=method: m(delta, RANK), repeats)
+        error = abs(amplification_of(w0, delta, method(delta, RANK), RANK) - exact) / exact
+        out["ft"][name] = {"seconds": seconds, "relative_error": error}
+    out["ft"]["svd_delta"] = best_time(lambda: svd(delta), repeats)
+    return out
+
+
+def update_report(results: list[dict]) -> Table:
+    table = Table(title=f"update columns per matrix, {torch.get_num_threads()} threads")
+    columns = ("n", "pair", "engine before s", "+ columns s", "extra",
+               "ΔW: full SVD s", "gram s (err)", "propack s (err)")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in results:
+        for kind in ("lora", "ft"):
+            t = r[kind]
+            alternatives = ["", "", ""]
+            if kind == "ft":
+                alternatives = [f"{t['svd_delta']:.2f}"] + [
+                    f"{t[a]['seconds']:.2f} ({t[a]['relative_error']:.0e})"
+                    for a in ("gram", "propack")
+                ]
+            table.add_row(
+                str(r["n"]), kind, f"{t['before']:.2f}", f"{t['columns']:.3f}",
+                f"{100 * t['extra']:.1f}%", *alternatives,
+            )  # fmt: skip
+    return table
+
+
 def report(results: list[dict]) -> Table:
     table = Table(title=f"drift engine per matrix, {torch.get_num_threads()} threads")
     columns = (
@@ -198,19 +328,22 @@ def main() -> None:
     )
     args = parser.parse_args()
     console = Console(width=160)
-    results = []
+    results, updates = [], []
     for n in args.sizes:
         console.log(f"n = {n}")
         results.append(measure(n, args.repeats))
+        updates.append(measure_update(n, args.repeats))
     console.print(report(results))
     console.print(matched_report(results))
+    console.print(update_report(updates))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    document = {"meta": meta, "results": results, "update_columns": updates}
+    args.out.write_text(json.dumps(document, indent=2))
     console.print(f"wrote {args.out}")
 
 

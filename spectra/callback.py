@@ -44,6 +44,7 @@ from spectra.engine import Engine
 from spectra.errors import SpectraError
 from spectra.factors import row_count
 from spectra.follow import compute_until_finished
+from spectra.reporting import Reporter
 from spectra.snapshots import (
     FROZEN,
     Manifest,
@@ -338,6 +339,13 @@ class Tracker:
         ):
             raise SpectraError(f"{self.path} lacks {FROZEN}; cannot resume it")
 
+    @property
+    def metrics_file(self) -> Path | None:
+        """The Parquet file the inline worker writes; None in deferred mode or on other ranks."""
+        if not self.writing or self._worker is None:
+            return None
+        return self.path.parent / f"{self.path.name}.parquet"
+
     def log(self, step: int, **values) -> None:
         """Add training-log values (loss, reg_loss, grad_norm, lr, …) to the row of ``step``."""
         if not self.writing:
@@ -424,12 +432,15 @@ class SpectraCallback(TrainerCallback):
     Targets and options are :class:`Tracker`'s (None: the architecture's query and value
     projections; fused, mode, method, run_name, gamma, overwrite, …). Resuming from a
     checkpoint continues the same run directory from the checkpoint's step. When
-    ``trainer.train()`` raises, the run is marked failed with the error.
+    ``trainer.train()`` raises, the run is marked failed with the error. In inline mode the
+    per-module means of the latest metrics also go to TensorBoard and W&B when ``report_to``
+    names them, at the step each snapshot was taken (see :mod:`spectra.reporting`).
     """
 
     def __init__(self, out: str | Path, targets=None, every: int = 10, **options):
         self.out, self.targets, self.every, self.options = out, targets, every, options
         self.tracker: Tracker | None = None
+        self.reporter: Reporter | None = None
 
     def on_init_end(self, args, state, control, **kwargs):
         trainer = _calling_trainer()
@@ -454,9 +465,15 @@ class SpectraCallback(TrainerCallback):
             model, self.out, self.targets, self.every, start_step=state.global_step,
             write=state.is_world_process_zero, **options,
         )  # fmt: skip
+        parquet = self.tracker.metrics_file
+        if parquet is not None:
+            run, layers = self.tracker.writer.manifest.run, len(self.tracker.layers)
+            self.reporter = Reporter.for_trainer(args, parquet, layers, run)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.tracker.step(state.global_step)
+        if self.reporter is not None:
+            self.reporter.poll()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.tracker.log(state.global_step, **trainer_log(logs))
@@ -465,7 +482,9 @@ class SpectraCallback(TrainerCallback):
         self.tracker.save_log()  # the log on disk then covers every step of the checkpoint
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.tracker.close()
+        self.tracker.close()  # inline: waits until every step's metrics are computed
+        if self.reporter is not None:
+            self.reporter.close()
 
 
 def _calling_trainer(depth: int = 8):

@@ -57,6 +57,14 @@ def compute(
         typer.Option(help="Dask scheduler address (tcp://HOST:PORT), instead of local workers."),
     ] = None,
     device: Annotated[str, typer.Option(help="Where the float64 SVDs run: cpu or cuda.")] = "cpu",
+    ft_rank: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="r of ΔW's top-r subspace (amplification) for layers without an adapter "
+            "rank (FT) [16].",
+        ),
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", help="Compute as snapshots land, with a live summary.")
     ] = False,
@@ -78,6 +86,7 @@ def compute(
     with dask_executor(scheduler) if scheduler else nullcontext() as executor:
         for run in runs:
             options = {"cache_dir": cache_dir, "device": device, "executor": executor}
+            options |= {"ft_rank": ft_rank} if ft_rank else {}
             path = compute_run(run, out, workers=workers, **options)
             typer.echo(f"wrote {path}")
 
@@ -89,12 +98,20 @@ def analyze(
     matched: Annotated[
         bool, typer.Option(help="Judge ΔD claims on sign-invariant matched ΔD.")
     ] = False,
+    claims: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose claims: sorsa, dora (comma-separated), all or none "
+            "[the papers whose methods the runs include]."
+        ),
+    ] = None,
 ) -> None:
-    """Summarize runs and check the paper's Section 4.2 claims and Theorem 5.5 on them."""
+    """Summarize runs and check published claims on them (SORSA Section 4.2 and Theorem 5.5,
+    DoRA Figure 2), all at the last step every run has."""
     from spectra.report import render
     from spectra.store import load_runs
 
-    typer.echo(render(load_runs(runs), fmt, matched), nl=False)
+    typer.echo(render(load_runs(runs), fmt, matched, claims=claims), nl=False)
 
 
 @app.command()
@@ -103,7 +120,11 @@ def plot(
         list[str] | None, typer.Argument(help="Run files or globs (default: runs/*.parquet).")
     ] = None,
     figure: Annotated[
-        str, typer.Option(help="2, 3, cond, heatmap (comma-separated) or all.")
+        str,
+        typer.Option(
+            help="2, 3, cond, heatmap, dora, subspace, intruders (comma-separated), or all: "
+            "every one that applies."
+        ),
     ] = "2",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("figures"),
     fmt: Annotated[
@@ -112,12 +133,33 @@ def plot(
     matched: Annotated[
         bool, typer.Option(help="Plot sign-invariant matched ΔD instead of the paper's.")
     ] = False,
+    layers: Annotated[
+        str | None, typer.Option(help="Blocks to draw: numbers and ranges, e.g. 0-3,31 [all].")
+    ] = None,
+    modules: Annotated[str | None, typer.Option(help="Modules to draw, e.g. q_proj [all].")] = None,
+    shared_axes: Annotated[
+        bool, typer.Option(help="The same x and y ranges in every panel (figures 2 and dora).")
+    ] = False,
+    plotlyjs: Annotated[
+        str,
+        typer.Option(
+            help="directory: one plotly.min.js beside the HTML files (offline); inline: in "
+            "each file; cdn: from cdn.plot.ly."
+        ),
+    ] = "directory",
 ) -> None:
-    """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p) or a ΔD heatmap."""
+    """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), a ΔD heatmap, DoRA's
+    magnitude and direction, the LoRA paper's subspace similarity or intruder dimensions."""
     from spectra.figures import plot_runs
 
-    for path in plot_runs(runs or ["runs/*.parquet"], figure, out, fmt, matched):
+    done = plot_runs(
+        runs or ["runs/*.parquet"], figure, out, fmt, matched, layers=layers, modules=modules,
+        shared=shared_axes, plotlyjs=plotlyjs,
+    )  # fmt: skip
+    for path in done.written:
         typer.echo(f"wrote {path}")
+    for why in done.skipped.values():
+        typer.echo(f"skipped: {why}")
 
 
 @app.command()

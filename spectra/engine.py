@@ -38,8 +38,19 @@ from safetensors.torch import load
 
 from spectra import __version__
 from spectra.errors import SpectraError
-from spectra.factors import Principal, live, principal
-from spectra.metrics import INTRUDER_EPS, SVD, TOP_K, drift_from_svd, factor_metrics, svd
+from spectra.factors import Principal, live, principal, update_factors
+from spectra.metrics import (
+    INTRUDER_EPS,
+    SVD,
+    TOP_K,
+    amplification_from_svd,
+    drift_from_svd,
+    factor_metrics,
+    factored_svd,
+    magnitude_direction,
+    svd,
+    top_overlaps,
+)
 from spectra.snapshots import Manifest, Run, open_run, save_tensors
 from spectra.store import KEY, SCHEMA_VERSION, layer_position, read_run, run_file, write_run
 
@@ -47,6 +58,7 @@ WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parqu
 WORKERS_PER_CORE = 4  # at most this many local worker processes per usable core
 WATCH_PARENT_S = 0.5  # how often a worker checks that its parent is alive
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for us when our parent dies
+FT_RANK = 16  # default r of ΔW's top-r subspace (amplification) for layers without an adapter rank
 
 
 def default_cache_dir() -> Path:
@@ -107,6 +119,52 @@ def _cached(path: Path, shape: tuple[int, int]) -> bool:
         return False
 
 
+def base_svd(run_dir: str | Path, layer: str, cache_dir: str | Path | None = None) -> SVD:
+    """The SVD of ``layer``'s step-0 weight, from the cache (computed and cached if missing)."""
+    return _load_base(base_task(str(run_dir), layer, str(cache_dir or default_cache_dir())))
+
+
+def update_svd(
+    kind: str,
+    w0: torch.Tensor,
+    factors0: Principal | None,
+    w: torch.Tensor,
+    factors: Principal | None,
+    device: str = "cpu",
+) -> SVD:
+    """Thin SVD of ΔW = W_t − W_0: through the factors for a ``lowrank`` layer (O((m + n) r²),
+    see :func:`~spectra.factors.update_factors`), a full SVD otherwise (FT, DoRA)."""
+    if kind == "lowrank":
+        return factored_svd(*update_factors(factors0, factors))
+    return svd(w - w0, device)
+
+
+def update_metrics(
+    run: Run,
+    step: int,
+    layer: str,
+    w: torch.Tensor,
+    factors: Principal | None,
+    ft_rank: int = FT_RANK,
+    device: str = "cpu",
+) -> dict:
+    """delta_m, delta_dir and amplification of ``layer``'s update ΔW = W_t − W_0 at ``step``.
+
+    r is the target's adapter rank, else ``ft_rank``. Amplification is None at step 0 and NaN
+    when ΔW = 0.
+    """
+    if step == 0:
+        return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
+    target = run.manifest.targets[layer]
+    w0, factors0 = run.weight_and_principal(0, layer)
+    row = magnitude_direction(w0, w)
+    if torch.equal(w, w0):
+        return row | {"amplification": math.nan}
+    delta = update_svd(target.kind, w0, factors0, w, factors, device)
+    rank = target.rank or ft_rank
+    return row | {"amplification": amplification_from_svd(w0, delta, rank)}
+
+
 def matrix_task(
     run_dir: str,
     step: int,
@@ -115,6 +173,7 @@ def matrix_task(
     top_k: int = TOP_K,
     intruder_eps: float = INTRUDER_EPS,
     device: str = "cpu",
+    ft_rank: int = FT_RANK,
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
@@ -127,6 +186,9 @@ def matrix_task(
     base = _load_base(base_file)
     cur = base if step == 0 else svd(w, device)
     row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
+    overlaps = top_overlaps(base, cur, top_k)
+    row["intruder_overlap"] = [1.0] * overlaps.numel() if cur is base else overlaps.tolist()
+    row |= update_metrics(run, step, layer, w, factors, ft_rank, device)
     if factors is None:
         return row | {"cond_p": None, "ortho_err": None, "rank": None}
     return row | principal_metrics(run, step, layer, factors)
@@ -256,6 +318,7 @@ class Engine:
         cache_dir: str | Path | None = None,
         top_k: int = TOP_K,
         intruder_eps: float = INTRUDER_EPS,
+        ft_rank: int = FT_RANK,
         device: str = "cpu",
         executor: Executor | None = None,
         progress: bool = False,
@@ -269,8 +332,12 @@ class Engine:
         self.workers, self.executor, self.progress = workers, executor, progress
         self.device, self.write_every = device, write_every
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
-        self.settings = {"top_k": top_k, "intruder_eps": intruder_eps, "dtype": "float64",
-                         "schema": SCHEMA_VERSION}  # fmt: skip
+        if ft_rank < 1:
+            raise SpectraError(f"ft_rank must be a positive rank, got {ft_rank}")
+        self.settings = {
+            "top_k": top_k, "intruder_eps": intruder_eps, "ft_rank": ft_rank, "dtype": "float64",
+            "schema": SCHEMA_VERSION,
+        }  # fmt: skip
         self.stale = False  # rows were dropped that the Parquet file still holds
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
@@ -372,15 +439,13 @@ class Engine:
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
         with self._executor() as executor, self._progress(len(tasks)) as advance:
-            top_k, eps = self.settings["top_k"], self.settings["intruder_eps"]
+            options = [self.settings[k] for k in ("top_k", "intruder_eps")]
             layers = [layer for layer in self.run.layers if layer not in self._bases]
             base_args = [(self.run_dir, layer, self.cache_dir, self.device) for layer in layers]
             for (_, layer, *_), path in _run_tasks(executor, base_task, base_args):
                 self._bases[layer] = path
-            args = [
-                (self.run_dir, step, layer, self._bases[layer], top_k, eps, self.device)
-                for step, layer in tasks
-            ]
+            options += [self.device, self.settings["ft_rank"]]
+            args = [(self.run_dir, s, layer, self._bases[layer], *options) for s, layer in tasks]
             new, added, last_write = [], 0, time.monotonic()
             for _, row in _run_tasks(executor, matrix_task, args):
                 advance()

@@ -153,3 +153,21 @@ def effective_weight(kind: str, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         return merged
     norm = torch.linalg.vector_norm(merged, dim=1, keepdim=True)
     return f64(parts["magnitude"]).reshape(-1, 1) * merged / norm
+
+
+def update_factors(p0: Principal, pt: Principal) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left, right) with ΔW = W_t − W_0 = left · right for a ``lowrank`` layer.
+
+    W_t and W_0 share the frozen base, so ΔW = W_p(t) − W_p(0) = [L_t, −L_0] [R_t; R_0]
+    (values folded into the left factors): rank ≤ 2r, and ≤ r when W_p(0) = 0 (LoRA,
+    AdaLoRA), whose zero half is left out.
+    """
+    lefts, rights = [], []
+    for sign, p in ((1.0, pt), (-1.0, p0)):
+        left = p.left if p.values is None else p.left * p.values
+        if left.any() and p.right.any():
+            lefts.append(sign * left)
+            rights.append(p.right)
+    if not lefts:  # ΔW = 0
+        return pt.left[:, :0], pt.right[:0]
+    return torch.cat(lefts, dim=1), torch.cat(rights, dim=0)

@@ -2,7 +2,9 @@
 
 W ∈ R^{m×n} in torch layout, k = min(m, n), W = U diag(σ) Vᵀ with σ descending.
 ``drift(w0, wt)`` gives every per-matrix metric of a pair; ``factor_metrics`` gives the
-metrics of the trainable low-rank part W_p from its factors.
+metrics of the trainable low-rank part W_p from its factors; ``magnitude_direction`` and
+``amplification`` are DoRA's and the LoRA paper's measures of the update ΔW = W_t − W_0;
+``subspace_similarity`` is the LoRA paper's φ.
 """
 
 from __future__ import annotations
@@ -156,11 +158,15 @@ def vector_drift(
     return clip(1 - index_total / (2 * k)), clip(1 - matched_total / (2 * k))
 
 
+def top_overlaps(base: SVD, cur: SVD, top_k: int = TOP_K) -> torch.Tensor:
+    """max_j |⟨u_t^i, u_0^j⟩| for each of the top-k left singular vectors u_t^i of W_t."""
+    top = cur.u[:, : min(top_k, cur.u.shape[1])]
+    return (top.mT @ base.u).abs().amax(dim=1)
+
+
 def intruders(base: SVD, cur: SVD, top_k: int = TOP_K, eps: float = INTRUDER_EPS) -> int:
     """How many of the top-k left singular vectors of W_t have max_j |⟨u_t^i, u_0^j⟩| < eps."""
-    top = cur.u[:, : min(top_k, cur.u.shape[1])]
-    best = (top.mT @ base.u).abs().amax(dim=1)
-    return int((best < eps).sum())
+    return int((top_overlaps(base, cur, top_k) < eps).sum())
 
 
 def drift_from_svd(
@@ -237,3 +243,99 @@ def factor_metrics(left, right, values=None, scale: float = 1.0) -> dict[str, fl
             + torch.linalg.matrix_norm(right @ right.mT - eye)
         )
     return {"cond_p": cond_p, "ortho_err": ortho_err}
+
+
+def magnitude_direction(w0, wt) -> dict[str, float]:
+    """DoRA's magnitude and direction change over the m output features (rows W[i, :]).
+
+    delta_m = (1/m) Σ_i | ‖W_t[i,:]‖ − ‖W_0[i,:]‖ |  and
+    delta_dir = (1/m) Σ_i (1 − cos(W_t[i,:], W_0[i,:])), per output feature as in DoRA's code
+    and peft's ``lora_magnitude_vector``. 1 − cos is evaluated as ‖ŵ_t − ŵ_0‖²/2 with ŵ the unit
+    rows (the same number, without the cancellation of 1 − cos at small angles). A zero row has
+    no direction: its term is 0 when both rows are zero and 1 (cos taken as 0) when one is.
+    """
+    w0, wt = as_float64(w0, "w0"), as_float64(wt, "wt")
+    if w0.shape != wt.shape:
+        raise SpectraError(f"shape mismatch: w0 is {tuple(w0.shape)}, wt is {tuple(wt.shape)}")
+    n0 = torch.linalg.vector_norm(w0, dim=1)
+    nt = torch.linalg.vector_norm(wt, dim=1)
+    unit0 = w0 / torch.where(n0 > 0, n0, 1.0)[:, None]
+    unitt = wt / torch.where(nt > 0, nt, 1.0)[:, None]
+    one_minus_cos = torch.where(
+        (n0 > 0) & (nt > 0),
+        torch.linalg.vector_norm(unitt - unit0, dim=1).square() / 2,
+        ((n0 > 0) != (nt > 0)).to(torch.float64),
+    )
+    return {
+        "delta_m": float((nt - n0).abs().mean()),
+        "delta_dir": float(one_minus_cos.mean()),
+    }
+
+
+def numerical_rank(s: torch.Tensor, size: int) -> int:
+    """How many singular values exceed the rank tolerance σ_1 · size · eps (0 for a zero matrix)."""
+    top = float(s[0]) if s.numel() else 0.0
+    return int((s > top * size * EPS).sum()) if top > 0 else 0
+
+
+def factored_svd(left, right) -> SVD:
+    """Thin SVD of ΔW = left · right (m×q times q×n) from two thin QRs and a q×q SVD.
+
+    left = Q_L R_L and rightᵀ = Q_R R_R give ΔW = Q_L (R_L R_Rᵀ) Q_Rᵀ; the SVD X S Yᵀ of the
+    q×q core gives U = Q_L X, V = Q_R Y: O((m + n) q²), never an m×n matrix.
+    """
+    left, right = as_float64(left, "left"), as_float64(right, "right")
+    if left.shape[1] != right.shape[0]:
+        raise SpectraError(f"factor shapes {tuple(left.shape)} and {tuple(right.shape)} differ")
+    check_finite(left, "left factor")
+    check_finite(right, "right factor")
+    q_left, r_left = torch.linalg.qr(left)
+    q_right, r_right = torch.linalg.qr(right.mT)
+    x, s, yh = torch.linalg.svd(r_left @ r_right.mT)
+    return SVD(q_left @ x, s, yh @ q_right.mT)
+
+
+def amplification_from_svd(w0, delta: SVD, rank: int) -> float:
+    """‖ΔW‖_F / ‖U_rᵀ W_0 V_r‖_F from the thin SVD of ΔW (every singular value, top vectors).
+
+    r is ``rank`` capped at ΔW's numerical rank (:func:`numerical_rank`): beyond it the
+    singular vectors of ΔW span nothing ΔW does, so the top-r subspace is not defined; the
+    capped subspace is ΔW's whole range, which is. NaN when ΔW = 0 (0/0), inf when ΔW's top
+    directions see none of W_0.
+    """
+    w0 = as_float64(w0, "w0")
+    r = min(rank, numerical_rank(delta.s, max(w0.shape)))
+    if r == 0:
+        return math.nan
+    core = float(torch.linalg.matrix_norm(delta.u[:, :r].mT @ w0 @ delta.vh[:r].mT))
+    fro = float(torch.linalg.vector_norm(delta.s))
+    return math.inf if core == 0.0 else fro / core
+
+
+def amplification(w0, wt, rank: int) -> float:
+    """The LoRA paper's amplification factor (Section 7.3) of the update ΔW = W_t − W_0.
+
+    ‖ΔW‖_F / ‖U_rᵀ W_0 V_r‖_F with U_r, V_r the top-``rank`` singular vectors of ΔW, from a
+    full SVD of ΔW (see :func:`amplification_from_svd` for a rank-deficient ΔW). For a ΔW
+    known as factors, ``amplification_from_svd(w0, factored_svd(left, right), rank)``.
+    """
+    w0, wt = as_float64(w0, "w0"), as_float64(wt, "wt")
+    if w0.shape != wt.shape:
+        raise SpectraError(f"shape mismatch: w0 is {tuple(w0.shape)}, wt is {tuple(wt.shape)}")
+    return amplification_from_svd(w0, svd(wt - w0), rank)
+
+
+def subspace_similarity(u_a, u_b) -> np.ndarray:
+    """The LoRA paper's φ(A, B, i, j) = ‖U_A,iᵀ U_B,j‖_F² / min(i, j) for every i, j.
+
+    ``u_a`` (d×p) and ``u_b`` (d×q) hold orthonormal singular vectors as columns, most
+    important first; entry [i − 1, j − 1] of the p×q result is φ over the first i and j of
+    them. φ lies in [0, 1]: 1 when one span contains the other, 0 when they are orthogonal.
+    """
+    u_a, u_b = as_float64(u_a, "u_a"), as_float64(u_b, "u_b")
+    if u_a.shape[0] != u_b.shape[0]:
+        raise SpectraError(f"singular vectors of length {u_a.shape[0]} and {u_b.shape[0]} differ")
+    totals = (u_a.mT @ u_b).square().cumsum(0).cumsum(1).numpy()
+    i = np.arange(1, totals.shape[0] + 1)[:, None]
+    j = np.arange(1, totals.shape[1] + 1)[None, :]
+    return np.clip(totals / np.minimum(i, j), 0.0, 1.0)

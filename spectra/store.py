@@ -36,6 +36,7 @@ METADATA_KEY = b"spectra"
 METRICS = (
     "delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "ortho_err",
     "sigma_max", "sigma_min", "fro_norm", "stable_rank", "eff_rank",
+    "delta_m", "delta_dir", "amplification",
 )  # fmt: skip
 SCHEMA = pa.schema(
     [
@@ -50,9 +51,12 @@ SCHEMA = pa.schema(
         *[(name, pa.float64()) for name in METRICS],
         ("intruders", pa.int32()),
         ("rank", pa.int32()),
+        ("intruder_overlap", pa.list_(pa.float64())),  # best |cos| of each top-k u_t^i
     ]
 )
-SCHEMA_VERSION = 2  # raise when a column is added or a definition changes: older rows recompute
+# raise when a column is added or a definition changes: older rows recompute
+# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap)
+SCHEMA_VERSION = 3
 KEY = ["step", "layer"]
 NOT_NULL = ("run", "method", "step", "layer", "module")
 FINITE = ("delta_sigma", "delta_d", "delta_d_matched")  # no row is written for NaN weights
@@ -255,6 +259,18 @@ def ordered_runs(frame: pd.DataFrame) -> list[str]:
         return rank, run
 
     return sorted(methods.index, key=key)
+
+
+def comparison_step(frame: pd.DataFrame) -> int:
+    """The last step after 0 present in every run; SpectraError when there is none."""
+    steps = [set(g["step"]) - {0} for _, g in frame.groupby("run", sort=False)]
+    common = set.intersection(*steps)
+    if not common:
+        spans = ", ".join(
+            f"{run} {g['step'].min()}..{g['step'].max()}" for run, g in frame.groupby("run")
+        )
+        raise SpectraError(f"the runs share no step after step 0 ({spans})")
+    return max(common)
 
 
 def delta_d_column(matched: bool) -> str:

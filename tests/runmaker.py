@@ -1,4 +1,8 @@
-"""Hand-made spectra runs with known properties, for the figure, report and notebook tests."""
+"""Hand-made spectra runs with known properties, for the figure, report and notebook tests.
+
+``python tests/runmaker.py OUT`` writes a large synthetic run (32 blocks × 2 modules × 50
+steps per method) for looking at the figures at real size.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +44,24 @@ def scattered(size: float) -> dict[str, Column]:
     }
 
 
+def overlaps(intruders: int, top_k: int = 10) -> list[float]:
+    """Best |cos| of the top-k vectors: the last ``intruders`` of them below ε = 0.5."""
+    return [0.95 - 0.02 * k if k < top_k - intruders else 0.3 for k in range(top_k)]
+
+
+def magnitude_direction(sign: int) -> dict[str, Column]:
+    """ΔM grows with step and layer; ΔD_dir (> 0) rises (sign 1) or falls (sign −1) with it."""
+
+    def delta_m(i: int, s: int) -> float:
+        return 0.01 * (1 + 0.3 * i) * s / 40
+
+    def delta_dir(i: int, s: int) -> float:
+        wiggle = 0.0005 * math.sin(3 * i + s)
+        return (2 * delta_m(i, s) if sign > 0 else 0.08 / (1 + 50 * delta_m(i, s))) + wiggle
+
+    return {"delta_m": delta_m, "delta_dir": delta_dir}
+
+
 def make_run(
     root: Path,
     name: str,
@@ -62,11 +84,14 @@ def make_run(
         "eff_rank": lambda i, s: 60.0,
         "intruders": lambda i, s: s // 20,
         "rank": lambda i, s: None if method == "ft" else 16,
+        "amplification": lambda i, s: math.nan if s == 0 else 5.0 + 0.01 * s,
+        **magnitude_direction(1),
     }
     values = defaults | columns
     rows = [
         {"run": name, "method": method, "step": s, "layer": layer, "block": b, "module": m,
-         "rows": 64, "cols": 64, **{c: f(i, s) for c, f in values.items()}}
+         "rows": 64, "cols": 64, **{c: f(i, s) for c, f in values.items()},
+         "intruder_overlap": overlaps(values["intruders"](i, s))}
         for s in steps
         for i, (layer, b, m) in enumerate(layers(blocks))
     ]  # fmt: skip
@@ -91,8 +116,8 @@ def make_run(
 def paper_like(root: Path) -> list[Path]:
     """FT, LoRA, SORSA w/o reg and SORSA runs that behave as Section 4.2 says."""
     return [
-        make_run(root, "ft", "ft", parallel(0.02, 8.0)),
-        make_run(root, "lora", "lora", parallel(0.01, 12.0)),
+        make_run(root, "ft", "ft", parallel(0.02, 8.0) | magnitude_direction(-1)),
+        make_run(root, "lora", "lora", parallel(0.01, 12.0) | magnitude_direction(1)),
         make_run(root, "sorsa-noreg", "sorsa-noreg", parallel(0.01, 3.0)),
         make_run(
             root, "sorsa", "sorsa", scattered(0.002) | {"cond_p": lambda i, s: 10.0 - 0.05 * s}
@@ -126,3 +151,29 @@ def make_run_dir(root: Path, name: str, kind: str = "dense", steps=(0, 1), seed:
         writer.write_step(step, {layer: parts})
     writer.finish()
     return root / name
+
+
+def large(root: Path) -> list[Path]:
+    """FT, LoRA and DoRA runs of 32 blocks × 2 modules × 50 steps (0, 10, …, 490)."""
+    steps = tuple(range(0, 500, 10))
+
+    def slow(f: Column) -> Column:  # the shapes of the 40-step runs, stretched over 490 steps
+        return lambda i, s: f(i, s * 40 / 490)
+
+    shapes = {
+        "ft": parallel(0.02, 8.0) | magnitude_direction(-1),
+        "lora": parallel(0.01, 12.0) | magnitude_direction(1),
+        "dora": scattered(0.01) | magnitude_direction(-1),
+    }
+    intruders: dict[str, Column] = {"intruders": lambda i, s: min(10, s // 100 + i % 3)}
+    return [
+        make_run(root, m, m, {c: slow(f) for c, f in columns.items()} | intruders, steps, 32)
+        for m, columns in shapes.items()
+    ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for path in large(Path(sys.argv[1])):
+        print(path)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from rich.console import Console
+from test_metrics import reference_update
 from tiny_models import (
     RandomTokens,
     base_model,
@@ -24,7 +25,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import spectra
 from spectra.callback import trainer_log
-from spectra.engine import Engine, compute_run
+from spectra.engine import FT_RANK, Engine, compute_run
 from spectra.errors import SpectraError
 from spectra.follow import follow
 from spectra.metrics import drift
@@ -32,6 +33,7 @@ from spectra.snapshots import TRAIN_LOG, open_run
 
 TARGETS = ("q_proj", "v_proj")
 METRIC_TOL = 1e-9
+UPDATE = ("delta_m", "delta_dir", "amplification")  # exact to 1e-10 on every method
 
 
 def train(model, tracker, steps: range, every: int, method: str, refs: dict | None = None):
@@ -68,7 +70,12 @@ def orthonormality(layers) -> dict[str, float]:
 
 def expected_row(refs: dict, step: int, layer: str, method: str) -> dict:
     """The metrics of one row from the float64 references, without the run directory."""
-    row = drift(refs[0]["weight"][layer], refs[step]["weight"][layer])
+    w0, wt = refs[0]["weight"][layer], refs[step]["weight"][layer]
+    row = drift(w0, wt)
+    rank = FT_RANK if method == "ft" else 4
+    row |= reference_update(w0.numpy(), wt.numpy(), rank) if step else {
+        "delta_m": 0.0, "delta_dir": 0.0, "amplification": None
+    }  # fmt: skip
     if method == "ft":
         return row | {"cond_p": None, "ortho_err": None}
     p = refs[step]["principal"][layer]
@@ -90,7 +97,7 @@ def assert_rows_match(rows: pd.DataFrame, refs: dict, method: str, layers) -> No
             elif math.isnan(value):
                 assert math.isnan(got), (name, row["step"])
             else:
-                rel = METRIC_TOL if name != "cond_p" else 1e-6
+                rel = {"cond_p": 1e-6, **dict.fromkeys(UPDATE, 1e-10)}.get(name, METRIC_TOL)
                 assert got == pytest.approx(value, rel=rel, abs=1e-12), (name, row["step"])
 
 

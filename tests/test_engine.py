@@ -131,9 +131,9 @@ def test_base_svd_is_computed_once_per_distinct_base(tmp_path, monkeypatch, svd_
     first, _ = dense_run(tmp_path, name="a", seed=3)
     second, _ = dense_run(tmp_path, name="b", seed=3)  # same base weights, same later steps
     compute_run(first)
-    assert len(calls) == 2 + 2 * 2  # two bases, then two later steps of two layers
+    assert len(calls) == 2 + 2 * 2 * 2  # two bases, then W_t and ΔW of two steps of two layers
     compute_run(second)
-    assert len(calls) == 6 + 2 * 2  # the bases came from the cache
+    assert len(calls) == 10 + 2 * 2 * 2  # the bases came from the cache
     assert len(list((svd_cache / "svd").iterdir())) == 2
 
 

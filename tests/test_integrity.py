@@ -260,10 +260,11 @@ def test_files_are_created_with_the_users_umask(tmp_path, svd_cache, umask):
     try:
         run_dir = make_run_dir(tmp_path / "runs", "run", "lowrank")
         out = compute_run(run_dir)
-        figures = plot_runs(paper_like(tmp_path / "paper"), "2,3", tmp_path / "figs")
+        figures = plot_runs(paper_like(tmp_path / "paper"), "2,3", tmp_path / "figs").written
     finally:
         os.umask(old)
-    files = [*run_dir.iterdir(), out, *svd_cache.rglob("*.safetensors"), *figures]
+    bundle = tmp_path / "figs" / "plotly.min.js"  # the plotly.js the HTML files share
+    files = [*run_dir.iterdir(), out, *svd_cache.rglob("*.safetensors"), *figures, bundle]
     assert len(files) >= 8
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

@@ -11,7 +11,20 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 from spectra.errors import SpectraError
-from spectra.metrics import SVD, drift, factor_metrics, svd, vector_drift
+from spectra.factors import Principal, product, update_factors
+from spectra.metrics import (
+    SVD,
+    amplification,
+    amplification_from_svd,
+    drift,
+    factor_metrics,
+    factored_svd,
+    magnitude_direction,
+    subspace_similarity,
+    svd,
+    top_overlaps,
+    vector_drift,
+)
 
 TOL = 1e-10
 
@@ -317,3 +330,171 @@ def test_factor_metrics_of_a_zero_and_a_degenerate_product():
     assert rank_one["cond_p"] == math.inf
     with pytest.raises(SpectraError, match="factor shapes"):
         factor_metrics(np.ones((6, 2)), np.ones((3, 5)))
+
+
+# --- DoRA's magnitude and direction, the LoRA paper's amplification and φ ------------------
+
+
+def reference_update(w0: np.ndarray, wt: np.ndarray, rank: int) -> dict:
+    """delta_m, delta_dir and amplification written out directly from their definitions."""
+    n0, nt = np.linalg.norm(w0, axis=1), np.linalg.norm(wt, axis=1)
+    cos = (w0 * wt).sum(1) / (n0 * nt)
+    delta = wt - w0
+    u, s, vh = np.linalg.svd(delta, full_matrices=False)
+    r = min(rank, int((s > s[0] * max(delta.shape) * np.finfo(float).eps).sum()))
+    core = np.linalg.norm(u[:, :r].T @ w0 @ vh[:r].T)
+    return {
+        "delta_m": np.abs(nt - n0).mean(),
+        "delta_dir": (1 - cos).mean(),
+        "amplification": np.linalg.norm(delta) / core,
+    }
+
+
+def assert_update_close(w0, wt, got_amplification, rank, tol=TOL):
+    want = reference_update(w0, wt, rank)
+    got = magnitude_direction(w0, wt) | {"amplification": got_amplification}
+    for key in ("delta_m", "delta_dir"):
+        assert abs(got[key] - want[key]) <= tol * max(1.0, abs(want[key])), key
+    assert got["amplification"] == pytest.approx(want["amplification"], rel=tol)
+
+
+def _low_rank(rng, m, n, r):
+    return rng.standard_normal((m, r)), rng.standard_normal((r, n))
+
+
+@pytest.mark.parametrize("m, n", [(48, 32), (32, 48)])
+def test_full_rank_update_ft_and_dora(m, n):
+    """FT: a dense ΔW. DoRA: W_t = magnitude ⊙ (W_0 + BA)/‖W_0 + BA‖_row, full rank too."""
+    rng = np.random.default_rng(m)
+    w0 = rng.standard_normal((m, n))
+    ft = w0 + 0.05 * rng.standard_normal((m, n))
+    assert_update_close(w0, ft, amplification(w0, ft, 16), 16)
+    b, a = _low_rank(rng, m, n, 4)
+    v = w0 + 0.1 * b @ a
+    magnitude = np.linalg.norm(w0, axis=1) * (1 + 0.05 * rng.standard_normal(m))
+    dora = magnitude[:, None] * v / np.linalg.norm(v, axis=1, keepdims=True)
+    assert np.linalg.matrix_rank(dora - w0) == min(m, n)
+    assert_update_close(w0, dora, amplification(w0, dora, 4), 4)
+
+
+def _factored(p0: Principal, pt: Principal, base: np.ndarray, rank: int) -> tuple:
+    """(W_0, W_t, amplification through the factors of ΔW) of a low-rank layer."""
+    w0 = base + product(p0).numpy()
+    wt = base + product(pt).numpy()
+    return w0, wt, amplification_from_svd(w0, factored_svd(*update_factors(p0, pt)), rank)
+
+
+def _principal(left, right, values=None):
+    values = None if values is None else torch.from_numpy(values)
+    return Principal(torch.from_numpy(left), values, torch.from_numpy(right))
+
+
+def test_low_rank_updates_through_the_factors():
+    rng = np.random.default_rng(11)
+    m, n, r = 40, 30, 3
+    base = rng.standard_normal((m, n))
+    # LoRA: B_0 = 0, so ΔW = B_t A_t has rank r
+    a0 = rng.standard_normal((r, n))
+    lora0 = _principal(np.zeros((m, r)), a0)
+    lorat = _principal(0.3 * rng.standard_normal((m, r)), a0 + 0.1 * rng.standard_normal((r, n)))
+    assert update_factors(lora0, lorat)[0].shape == (m, r)  # the zero half is left out
+    w0, wt, got = _factored(lora0, lorat, base, r)
+    assert np.linalg.matrix_rank(wt - w0) == r
+    assert_update_close(w0, wt, got, r)
+    # PiSSA: B_0 A_0 are the top singular triplets of W_0, ΔW = B_t A_t − B_0 A_0 has rank 2r
+    u, s, vh = np.linalg.svd(base, full_matrices=False)
+    b0, a0 = u[:, :r] * np.sqrt(s[:r]), np.sqrt(s[:r])[:, None] * vh[:r]
+    pissa0 = _principal(b0, a0)
+    moved = 0.05 * rng.standard_normal((m, r)), 0.05 * rng.standard_normal((r, n))
+    pissat = _principal(b0 + moved[0], a0 + moved[1])
+    w0, wt, got = _factored(pissa0, pissat, base - b0 @ a0, r)
+    assert np.linalg.matrix_rank(wt - w0) == 2 * r
+    assert_update_close(w0, wt, got, r)
+    # SORSA: singular-vector factors and values
+    sorsa0 = _principal(u[:, :r], vh[:r], s[:r])
+    sorsat = _principal(u[:, :r] + 0.02 * rng.standard_normal((m, r)),
+                        vh[:r] + 0.02 * rng.standard_normal((r, n)), s[:r] * 1.1)  # fmt: skip
+    w0, wt, got = _factored(sorsa0, sorsat, base - (u[:, :r] * s[:r]) @ vh[:r], r)
+    assert_update_close(w0, wt, got, r)
+
+
+def test_amplification_caps_the_rank_and_handles_zero_updates():
+    rng = np.random.default_rng(12)
+    w0 = rng.standard_normal((20, 16))
+    b, a = _low_rank(rng, 20, 16, 2)
+    wt = w0 + b @ a  # rank 2 < rank 5: the top-5 subspace is ΔW's range
+    capped = amplification(w0, wt, 5)
+    assert capped == pytest.approx(reference_update(w0, wt, 2)["amplification"], rel=TOL)
+    via_factors = amplification_from_svd(w0, factored_svd(b, a), 5)
+    assert via_factors == pytest.approx(capped, rel=TOL)
+    assert math.isnan(amplification(w0, w0.copy(), 4))  # ΔW = 0: 0/0
+    left = np.zeros((20, 1))
+    left[0] = 1.0
+    orthogonal = np.vstack([np.zeros((1, 16)), w0[1:]])  # W_0's row 0 is zero, ΔW lives there
+    assert amplification(orthogonal, orthogonal + left @ a[:1], 1) == math.inf
+
+
+@settings(max_examples=80, deadline=None)
+@given(pairs(), st.floats(1.01, 50.0))
+def test_magnitude_direction_invariants(pair, c):
+    w0, _, _ = pair
+    same = magnitude_direction(w0, w0.copy())
+    assert same == {"delta_m": 0.0, "delta_dir": 0.0}
+    scaled = magnitude_direction(w0, c * w0)
+    assert scaled["delta_dir"] <= 1e-15
+    want = (c - 1) * np.linalg.norm(w0, axis=1).mean()
+    assert scaled["delta_m"] == pytest.approx(want, rel=1e-12)
+
+
+def test_zero_rows_have_no_direction():
+    w0 = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    wt = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
+    got = magnitude_direction(w0, wt)
+    assert got == {"delta_m": pytest.approx(1.0), "delta_dir": pytest.approx(2 / 3)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 12), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_subspace_similarity_of_a_subspace_with_itself_is_one(d, k, seed):
+    k = min(k, d)
+    u = _orthonormal(np.random.default_rng(seed), d, k)
+    phi = subspace_similarity(u, u)
+    np.testing.assert_allclose(np.diag(phi), 1.0, atol=1e-12)
+    assert ((phi >= 0) & (phi <= 1)).all()
+
+
+def test_subspace_similarity_matches_its_definition():
+    rng = np.random.default_rng(13)
+    a, b = _orthonormal(rng, 30, 6), _orthonormal(rng, 30, 4)
+    phi = subspace_similarity(a, b)
+    assert phi.shape == (6, 4)
+    for i in range(1, 7):
+        for j in range(1, 5):
+            want = np.linalg.norm(a[:, :i].T @ b[:, :j]) ** 2 / min(i, j)
+            assert phi[i - 1, j - 1] == pytest.approx(want, abs=1e-13)
+    np.testing.assert_allclose(subspace_similarity(b, a), phi.T, atol=1e-13)
+    inside = np.hstack([a[:, :2], _orthonormal(rng, 30, 1)])  # span(a_1, a_2) ⊂ span(inside)
+    assert subspace_similarity(a, inside)[1, 2] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_top_overlaps_are_the_best_cosines_with_base_vectors():
+    rng = np.random.default_rng(14)
+    w0 = rng.standard_normal((25, 18))
+    wt = w0 + 0.5 * rng.standard_normal((25, 18))
+    u0 = np.linalg.svd(w0, full_matrices=False)[0]
+    ut = np.linalg.svd(wt, full_matrices=False)[0]
+    got = top_overlaps(svd(w0), svd(wt), 10).numpy()
+    np.testing.assert_allclose(got, np.abs(ut[:, :10].T @ u0).max(axis=1), atol=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(2, 12), st.integers(2, 12), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_amplification_through_factors_equals_the_full_svd(m, n, q, seed):
+    """ΔW = L R of rank q ≤ r: both paths span ΔW's whole range, whatever the gaps."""
+    rng = np.random.default_rng(seed)
+    q = min(q, m, n)
+    w0 = rng.standard_normal((m, n))
+    left, right = _low_rank(rng, m, n, q)
+    dense = amplification(w0, w0 + left @ right, q + 1)
+    factored = amplification_from_svd(w0, factored_svd(left, right), q + 1)
+    assert factored == pytest.approx(dense, rel=1e-8)

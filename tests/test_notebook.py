@@ -33,9 +33,12 @@ def test_notebook_runs_on_given_runs(tmp_path, monkeypatch):
     outputs = [out for cell in code_cells(nb) for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     figures = [out for out in outputs if PLOTLY in out.get("data", {})]
-    assert len(figures) == 5  # Figure 2, matched Figure 2, Figure 3, cond, heatmap
+    assert len(figures) == 7  # Figure 2 and matched, Figure 3, cond, heatmap, dora, intruders
+    assert "figure subspace needs the run directories" in "".join(
+        out.get("text", "") for out in outputs
+    )  # hand-made runs have no snapshots
     texts = "".join(out.get("data", {}).get("text/plain", "") for out in outputs)
-    assert "Theorem 5.5" in texts and "sorsa-noreg" in texts
+    assert "Theorem 5.5" in texts and "sorsa-noreg" in texts and "Figure 2a" in texts
 
 
 def test_notebook_copied_elsewhere_finds_runs_in_its_working_directory(tmp_path, monkeypatch):
@@ -50,4 +53,4 @@ def test_notebook_copied_elsewhere_finds_runs_in_its_working_directory(tmp_path,
     client.execute()
     outputs = [out for cell in code_cells(nb) for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
-    assert sum(PLOTLY in out.get("data", {}) for out in outputs) == 5
+    assert sum(PLOTLY in out.get("data", {}) for out in outputs) == 7

@@ -7,14 +7,16 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from runmaker import make_run, paper_like, parallel, scattered
+from runmaker import magnitude_direction, make_run, paper_like, parallel, scattered
 
 from spectra import report
 from spectra.errors import SpectraError
+from spectra.report import dora
 from spectra.store import load_runs, read_run, write_run
 
 
@@ -22,8 +24,8 @@ def load(*paths):
     return load_runs([str(p) for p in paths])
 
 
-def verdicts(*paths, matched=False):
-    _, claims = report.check_claims(load(*paths), matched)
+def verdicts(*paths, matched=False, papers=("sorsa",)):
+    _, claims = report.check_claims(load(*paths), matched, list(papers))
     return [c.verdict for c in claims]
 
 
@@ -77,19 +79,22 @@ def test_parallelism_without_step_zero_rows_and_without_drift(tmp_path):
 # -- summary -------------------------------------------------------------------------------
 
 
-def test_summary_has_final_step_means_for_all_and_each_module(tmp_path):
+def test_summary_has_the_comparison_step_means_for_all_and_each_module(tmp_path):
     paths = paper_like(tmp_path)
-    frame = load(*paths)
+    longer = make_run(tmp_path, "long", "lora", parallel(0.01), steps=(0, 10, 20, 30, 40, 50))
+    frame = load(*paths, longer)
     table = report.summary(frame)
-    assert list(table["run"].unique()) == ["ft", "lora", "sorsa-noreg", "sorsa"]
+    assert list(table["run"].unique()) == ["ft", "long", "lora", "sorsa-noreg", "sorsa"]
     assert list(table[table["run"] == "ft"]["module"]) == ["all", "q_proj", "v_proj"]
-    raw = pd.read_parquet(paths[3])
-    final = raw[raw["step"] == 40]
-    for module, rows in [("all", final), ("v_proj", final[final["module"] == "v_proj"])]:
-        row = table[(table["run"] == "sorsa") & (table["module"] == module)].iloc[0]
-        for column in ("delta_sigma", "delta_d", "delta_d_matched", "cond_p", "ortho_err"):
-            assert row[column] == pytest.approx(rows[column].mean())
-        assert row["steps"] == 5 and row["final step"] == 40 and row["layers"] == len(rows)
+    for path, run in ((paths[3], "sorsa"), (longer, "long")):  # step 40 for both, not 50
+        raw = pd.read_parquet(path)
+        at = raw[raw["step"] == 40]
+        for module, rows in [("all", at), ("v_proj", at[at["module"] == "v_proj"])]:
+            row = table[(table["run"] == run) & (table["module"] == module)].iloc[0]
+            for column in report.SUMMARY_COLUMNS:
+                assert row[column] == pytest.approx(rows[column].mean(), nan_ok=True), column
+            assert row["layers"] == len(rows)
+    assert table[table["run"] == "long"]["steps"].iloc[0] == 6
     assert math.isnan(table[table["run"] == "ft"]["cond_p"].iloc[0])  # no W_p for FT
 
 
@@ -113,7 +118,7 @@ def test_claims_fail_when_the_runs_contradict_the_paper(tmp_path):
         ),
     ]
     assert verdicts(*paths) == [False] * 5
-    _, claims = report.check_claims(load(*paths))
+    _, claims = report.check_claims(load(*paths), papers=["sorsa"])
     assert "fails: ft not parallel" in claims[0].evidence
     assert "lora ΔΣ=0.000205 not above sorsa's 0.0205" in claims[1].evidence
     assert "fails: sorsa parallel" in claims[2].evidence
@@ -125,6 +130,7 @@ def test_claims_are_not_checkable_without_the_runs_they_compare(tmp_path):
         make_run(tmp_path, "lora", "lora", parallel(0.01, 12.0)),
     ]
     assert verdicts(*paths) == [None] * 5  # claim 1: parallel, but "a lot" needs SORSA
+    assert report.select_papers(load(*paths)) == ["dora"]  # SORSA's claims are not shown
 
 
 def test_theorem_reports_the_step_after_which_it_holds(tmp_path):
@@ -159,6 +165,52 @@ def test_comparison_step_is_the_last_common_step(tmp_path):
         report.comparison_step(load(a, c))
 
 
+# -- DoRA's claims and which papers are shown --------------------------------------------------
+
+
+def test_dora_fit_is_least_squares_and_pearson_over_steps_after_zero(tmp_path):
+    raw = pd.read_parquet(make_run(tmp_path, "ft", "ft", parallel(0.1) | magnitude_direction(-1)))
+    moved = raw[(raw["step"] > 0) & (raw["step"] <= 30)]
+    fit = dora.fit(raw, 30)
+    slope, intercept = np.polyfit(moved["delta_m"], moved["delta_dir"], 1)
+    assert (fit.slope, fit.intercept) == pytest.approx((slope, intercept))
+    assert fit.r == pytest.approx(np.corrcoef(moved["delta_m"], moved["delta_dir"])[0, 1])
+    assert fit.n == len(moved) == 3 * 8 and fit.r < 0
+    flat = raw.assign(delta_m=0.01)
+    assert math.isnan(dora.fit(flat).r)  # ΔM does not vary: no line
+
+
+def test_dora_claims_on_runs_that_behave_as_the_paper_says_and_not(tmp_path):
+    paths = [
+        make_run(tmp_path, "ft", "ft", parallel(0.02) | magnitude_direction(-1)),
+        make_run(tmp_path, "lora", "lora", parallel(0.01) | magnitude_direction(1)),
+        make_run(tmp_path, "dora", "dora", parallel(0.01) | magnitude_direction(-1)),
+    ]
+    assert verdicts(*paths, papers=["dora"]) == [True, True, True]
+    wrong = make_run(tmp_path, "dora2", "dora", parallel(0.01) | magnitude_direction(1))
+    _, claims = report.check_claims(load(*paths[:2], wrong), papers=["dora"])
+    assert claims[2].verdict is False and "fails: dora2 r=" in claims[2].evidence
+    _, claims = report.check_claims(load(paths[0]), papers=["dora"])
+    assert [c.verdict for c in claims] == [True, None, None]
+    assert claims[1].evidence == "needs a LoRA run"
+
+
+def test_papers_are_shown_when_the_runs_include_their_methods(tmp_path):
+    lora = make_run(tmp_path, "lora", "lora", parallel(0.01))
+    dora_run = make_run(tmp_path, "dora", "dora", parallel(0.01))
+    sorsa = make_run(tmp_path, "sorsa", "sorsa", scattered(0.002))
+    assert report.select_papers(load(lora, dora_run)) == ["dora"]
+    assert report.select_papers(load(sorsa)) == ["sorsa"]
+    assert report.select_papers(load(lora, sorsa)) == ["sorsa", "dora"]
+    frame = load(lora, dora_run)
+    assert report.select_papers(frame, "all") == ["sorsa", "dora"]
+    assert report.select_papers(frame, "none") == []
+    assert report.select_papers(frame, " Dora,sorsa,dora") == ["dora", "sorsa"]
+    with pytest.raises(SpectraError, match="unknown claims 'lora'"):
+        report.select_papers(frame, "lora")
+    assert "SORSA paper" not in report.render(frame)  # LoRA and DoRA runs: no SORSA claims
+
+
 # -- formats -------------------------------------------------------------------------------
 
 
@@ -166,7 +218,9 @@ def test_every_format_carries_the_summary_and_verdicts(tmp_path):
     frame = load(*paper_like(tmp_path))
     data = json.loads(report.render(frame, "json"))
     assert data["comparison_step"] == 40 and data["parallel_threshold"] == report.PARALLEL
-    assert [c["verdict"] for c in data["claims"]] == [True] * 5
+    assert data["papers"] == ["sorsa", "dora"]
+    assert [c["verdict"] for c in data["claims"]] == [True] * 7 + [None]  # no DoRA run
+    assert [c["paper"] for c in data["claims"]] == ["sorsa"] * 5 + ["dora"] * 3
     assert {row["module"] for row in data["summary"]} == {"all", "q_proj", "v_proj"}
     markdown = report.render(frame, "markdown")
     assert "| claim | verdict | evidence |" in markdown and "| ΔΣ |" in markdown
@@ -174,7 +228,10 @@ def test_every_format_carries_the_summary_and_verdicts(tmp_path):
     assert csv.splitlines()[0].startswith("run,method,module,steps")
     assert "claim,verdict,evidence" in csv
     table = report.render(frame, "table")
-    assert "Section 4.2 claims" in table and table.count("true") >= 5
+    assert "Section 4.2 claims" in table and table.count("true") >= 7
+    assert table.count("at step 40, the last step every run has") == 1  # one step, said once
+    assert "final step" not in table and "Claims compared at" not in table
+    assert "Figure 2a" in table and "not checkable" in table
     with pytest.raises(SpectraError, match="unknown format"):
         report.render(frame, "xml")
 
@@ -186,7 +243,11 @@ def test_analyze_command_prints_json(tmp_path, cli):
     paper_like(tmp_path)
     code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--format", "json"])
     assert code == 0
-    assert len(json.loads(out)["claims"]) == 5
+    assert len(json.loads(out)["claims"]) == 8
+    code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--claims", "dora", "--format", "json"])
+    assert [c["paper"] for c in json.loads(out)["claims"]] == ["dora"] * 3
+    code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--claims", "none"])
+    assert code == 0 and out.startswith("Summary at step 40") and "verdict" not in out
 
 
 def bad_inputs(tmp_path):
@@ -202,6 +263,7 @@ def bad_inputs(tmp_path):
         ([tmp_path / "text.parquet"], "not a readable Parquet file"),
         ([a, b], "share no step after step 0"),
         ([a, "--format", "xml"], "unknown format"),
+        ([a, "--claims", "lora"], "unknown claims"),
     ]
 
 

@@ -1,6 +1,6 @@
-"""Summaries of runs and the paper's Section 4.2 claims checked on them (``spectra analyze``).
+"""The SORSA paper's claims (Section 4.2 and Theorem 5.5) checked on runs.
 
-Drift claims compare runs at the *comparison step*: the last step after 0 that every run has.
+Drift claims compare runs at one step, the last step after 0 that every run has.
 
 **Parallelism** of a run: the mean pairwise cosine similarity between its layers' trajectory
 displacement vectors. A layer's displacement vector is the concatenation of its step-to-step
@@ -14,67 +14,17 @@ different directions or move at different times. A run is *parallel* when it is 
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from spectra.errors import SpectraError
-from spectra.store import delta_d_column, delta_d_name, label, ordered_runs
+from spectra.report.claims import Check, Claim, Paper, all_of, fmt, judge, run_label
+from spectra.store import delta_d_column, ordered_runs
 
 PARALLEL = 0.9  # parallelism at or above which a run's layers move in parallel
 LARGE = 2.0  # "a lot" of singular-vector drift: at least this many times SORSA's ΔD
-FORMATS = ("table", "markdown", "csv", "json")
-SUMMARY_COLUMNS = {
-    "delta_sigma": "ΔΣ",
-    "delta_d": "ΔD",
-    "delta_d_matched": "ΔD matched",
-    "cond_p": "κ(W_p)",
-    "ortho_err": "ortho_err",
-    "intruders": "intruders",
-}
-
-
-def comparison_step(frame: pd.DataFrame) -> int:
-    """The last step after 0 present in every run; SpectraError when there is none."""
-    steps = [set(g["step"]) - {0} for _, g in frame.groupby("run", sort=False)]
-    common = set.intersection(*steps)
-    if not common:
-        spans = ", ".join(
-            f"{run} {g['step'].min()}..{g['step'].max()}" for run, g in frame.groupby("run")
-        )
-        raise SpectraError(f"the runs share no step after step 0 ({spans})")
-    return max(common)
-
-
-def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per run and module (and all modules), the layer means at the run's final step."""
-    parts = []
-    for run in ordered_runs(frame):
-        rows = frame[frame["run"] == run]
-        final = rows[rows["step"] == rows["step"].max()]
-        groups = [("all", final), *final.groupby("module", sort=True)]
-        for module, group in groups:
-            means = group[list(SUMMARY_COLUMNS)].mean()
-            parts.append(
-                {
-                    "run": run,
-                    "method": rows["method"].iloc[0],
-                    "module": module,
-                    "steps": rows["step"].nunique(),
-                    "final step": int(rows["step"].max()),
-                    "layers": len(group),
-                    **means.to_dict(),
-                }
-            )
-    return pd.DataFrame(parts)
 
 
 def parallelism(rows: pd.DataFrame, step: int, column: str) -> float:
@@ -124,55 +74,16 @@ def run_stats(frame: pd.DataFrame, step: int, column: str) -> pd.DataFrame:
     return pd.DataFrame(stats).set_index("run")
 
 
-@dataclass
-class Claim:
-    """One claim of the paper, its verdict on the runs (None: not checkable) and why."""
-
-    claim: str
-    verdict: bool | None
-    evidence: str
-
-    @property
-    def verdict_text(self) -> str:
-        return {True: "true", False: "false", None: "not checkable"}[self.verdict]
-
-
-def all_of(parts: Iterable[bool | None]) -> bool | None:
-    """Three-valued AND: False if any part is False, else None if any is unknown, else True."""
-    parts = list(parts)
-    if False in parts:
-        return False
-    return None if None in parts or not parts else True
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.3g}"
-
-
 def _describe(stats: pd.DataFrame, runs: Iterable[str], *fields: str) -> str:
     names = {"delta_sigma": "ΔΣ", "delta_d": "ΔD", "parallelism": "P"}
-    return "; ".join(
-        f"{run} ({label(stats.at[run, 'method'])}): "
-        + ", ".join(f"{names[f]}={_fmt(stats.at[run, f])}" for f in fields)
-        for run in runs
-    )
-
-
-Check = tuple[str, "bool | None"]  # (what fails when False, outcome; None: unknown)
-
-
-def _judge(text: str, checks: list[Check], evidence: str) -> Claim:
-    """A claim whose verdict is all of ``checks``; the evidence names the checks that fail."""
-    failed = [what for what, ok in checks if ok is False]
-    if failed:
-        evidence += "; fails: " + ", ".join(failed)
-    return Claim(text, all_of(ok for _, ok in checks), evidence)
+    values = lambda run: ", ".join(f"{names[f]}={fmt(stats.at[run, f])}" for f in fields)  # noqa: E731
+    return "; ".join(f"{run_label(stats, run)}: {values(run)}" for run in runs)
 
 
 def _parallel_check(stats: pd.DataFrame, run: str, want: bool) -> Check:
     """Whether ``run`` is parallel (P ≥ PARALLEL) as ``want`` says; unknown when P is NaN."""
     p = stats.at[run, "parallelism"]
-    what = f"{run} {'not ' if want else ''}parallel (P={_fmt(p)})"
+    what = f"{run} {'not ' if want else ''}parallel (P={fmt(p)})"
     return what, None if math.isnan(p) else bool((p >= PARALLEL) == want)
 
 
@@ -181,7 +92,7 @@ def _above(stats: pd.DataFrame, high: str, low: str, field: str, factor: float =
     name = {"delta_sigma": "ΔΣ", "delta_d": "ΔD", "parallelism": "P"}[field]
     a, b = stats.at[high, field], stats.at[low, field]
     scaled = f"{factor:g}× " if factor != 1 else ""
-    what = f"{high} {name}={_fmt(a)} not above {scaled}{low}'s {_fmt(b)}"
+    what = f"{high} {name}={fmt(a)} not above {scaled}{low}'s {fmt(b)}"
     return what, None if math.isnan(a) or math.isnan(b) else bool(a > factor * b)
 
 
@@ -200,7 +111,7 @@ def claim_ft_lora(stats: pd.DataFrame) -> Claim:
         f"{_describe(stats, [*runs, *sorsa], 'delta_d', 'parallelism')}; "
         f"a lot: ΔD > {LARGE:g}× SORSA's; parallel: P ≥ {PARALLEL}"
     )
-    return _judge(text, checks, evidence)
+    return judge(text, checks, evidence)
 
 
 def claim_sorsa_least(stats: pd.DataFrame) -> Claim:
@@ -216,7 +127,7 @@ def claim_sorsa_least(stats: pd.DataFrame) -> Claim:
         for o in others
         for s in sorsa
     ]
-    return _judge(text, checks, _describe(stats, [*sorsa, *others], "delta_sigma", "delta_d"))
+    return judge(text, checks, _describe(stats, [*sorsa, *others], "delta_sigma", "delta_d"))
 
 
 def claim_sorsa_distinct(stats: pd.DataFrame) -> Claim:
@@ -227,7 +138,7 @@ def claim_sorsa_distinct(stats: pd.DataFrame) -> Claim:
         return Claim(text, None, "needs a SORSA run")
     checks = [_parallel_check(stats, r, False) for r in sorsa]
     evidence = f"{_describe(stats, stats.index, 'parallelism')}; parallel: P ≥ {PARALLEL}"
-    return _judge(text, checks, evidence)
+    return judge(text, checks, evidence)
 
 
 def claim_noreg(stats: pd.DataFrame) -> Claim:
@@ -241,7 +152,7 @@ def claim_noreg(stats: pd.DataFrame) -> Claim:
     checks = [_above(stats, n, s, f) for n in noreg for s in sorsa for f in fields]
     checks += [_parallel_check(stats, n, True) for n in noreg]
     evidence = f"{_describe(stats, [*noreg, *sorsa], *fields)}; parallel: P ≥ {PARALLEL}"
-    return _judge(text, checks, evidence)
+    return judge(text, checks, evidence)
 
 
 def mean_cond(frame: pd.DataFrame, run: str) -> pd.Series:
@@ -279,115 +190,29 @@ def _cond_below(both: pd.DataFrame, pair: str, notes: list[str]) -> bool | None:
     else:
         since = f"below at every step after {below[~below].index.max()}"
     notes.append(
-        f"{pair} at step {both.index[-1]}: κ={_fmt(both.iloc[-1, 0])} vs {_fmt(both.iloc[-1, 1])}"
+        f"{pair} at step {both.index[-1]}: κ={fmt(both.iloc[-1, 0])} vs {fmt(both.iloc[-1, 1])}"
         f"; {since} (below at {int(below.sum())} of {len(below)} common steps)"
     )
     return holds
 
 
-def check_claims(frame: pd.DataFrame, matched: bool = False) -> tuple[int, list[Claim]]:
-    """The comparison step and every claim's verdict on the runs in ``frame``."""
-    step = comparison_step(frame)
+def check(frame: pd.DataFrame, step: int, matched: bool) -> list[Claim]:
+    """Every SORSA claim's verdict on the runs, drift compared at ``step``."""
     stats = run_stats(frame, step, delta_d_column(matched))
-    claims = [
+    return [
         claim_ft_lora(stats),
         claim_sorsa_least(stats),
         claim_sorsa_distinct(stats),
         claim_noreg(stats),
         claim_theorem(frame),
     ]
-    return step, claims
 
 
-def claims_frame(claims: list[Claim]) -> pd.DataFrame:
-    """The claims as a table: claim, verdict, evidence."""
-    return pd.DataFrame(
-        [{"claim": c.claim, "verdict": c.verdict_text, "evidence": c.evidence} for c in claims]
-    )
-
-
-def _footnote(step: int, matched: bool) -> str:
-    return (
-        f"Claims compared at step {step}; ΔD is {delta_d_name(matched)}. "
-        f"P = parallelism, mean pairwise cosine of per-layer displacement vectors in the "
-        f"(ΔΣ, ΔD) plane (each axis scaled by the run's mean); parallel when P ≥ {PARALLEL}."
-    )
-
-
-def _rich_table(frame: pd.DataFrame, title: str, styles: dict | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in frame.columns:
-        numeric = pd.api.types.is_numeric_dtype(frame[col])
-        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
-    for _, row in frame.iterrows():
-        cells = [_cell(v) for v in row]
-        style = (styles or {}).get(row.get("verdict"))
-        table.add_row(*cells, style=style)
-    return table
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else _fmt(value)
-    return escape(str(value))  # a slice's module is c_attn[q]: not rich markup
-
-
-def _display(frame: pd.DataFrame) -> pd.DataFrame:
-    """The summary with metric columns under their display names."""
-    return frame.rename(columns=SUMMARY_COLUMNS)
-
-
-def render(frame: pd.DataFrame, fmt: str = "table", matched: bool = False, width: int = 160) -> str:
-    """The summary and claims of the runs in ``frame`` as text in ``fmt``."""
-    if fmt not in FORMATS:
-        raise SpectraError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    table = summary(frame)
-    step, claims = check_claims(frame, matched)
-    verdicts = claims_frame(claims)
-    if fmt == "json":
-        return json.dumps(
-            {
-                "comparison_step": step,
-                "delta_d": delta_d_column(matched),
-                "parallel_threshold": PARALLEL,
-                "summary": json.loads(table.to_json(orient="records")),
-                "claims": [asdict(c) for c in claims],
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
-    if fmt == "csv":
-        return table.to_csv(index=False) + "\n" + verdicts.to_csv(index=False)
-    if fmt == "markdown":
-        return "\n\n".join(
-            [
-                "## Summary (layer means at each run's final step)",
-                _markdown(_display(table)),
-                "## Section 4.2 claims",
-                _markdown(verdicts),
-                _footnote(step, matched),
-            ]
-        )
-    console = Console(file=io.StringIO(), width=width, force_terminal=False)
-    console.print(_rich_table(_display(table), "Summary (layer means at each run's final step)"))
-    styles = {"true": "green", "false": "red", "not checkable": "yellow"}
-    console.print(_rich_table(verdicts, "Section 4.2 claims", styles))
-    console.print(_footnote(step, matched))
-    return console.file.getvalue()
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    cells = [[_cell(v).replace("|", "\\|") for v in row] for row in frame.values]
-    rows = ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join([header, rule, *rows])
-
-
-def render_summary(frame: pd.DataFrame, width: int = 160) -> str:
-    """The summary table alone, as text (``spectra compare``: its runs need share no step)."""
-    console = Console(file=io.StringIO(), width=width, force_terminal=False)
-    console.print(
-        _rich_table(_display(summary(frame)), "Summary (layer means at each run's final step)")
-    )
-    return console.file.getvalue()
+PAPER = Paper(
+    "sorsa",
+    "SORSA paper: Section 4.2 claims and Theorem 5.5",
+    frozenset({"sorsa", "sorsa-noreg"}),
+    check,
+    f"P = parallelism, mean pairwise cosine of per-layer displacement vectors in the "
+    f"(ΔΣ, ΔD) plane (each axis scaled by the run's mean); parallel when P ≥ {PARALLEL}.",
+)

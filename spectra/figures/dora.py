@@ -1,0 +1,58 @@
+"""DoRA's Figure 2: the direction change ΔD against the magnitude change ΔM per layer and step,
+one panel per run, each with its least-squares slope."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from spectra.figures.drift import layer_points, step_colors
+from spectra.figures.panels import grid, run_title, style_axis
+from spectra.report.dora import Fit, fit
+from spectra.store import ordered_runs
+
+
+def fit_title(frame: pd.DataFrame, run: str, line: Fit) -> str:
+    """ "LoRA: slope 0.52, r = 0.81" (the fit of ΔD on ΔM over the panel's points)."""
+    numbers = "no fit" if math.isnan(line.slope) else f"slope {line.slope:.3g}, r = {line.r:.2f}"
+    return f"{run_title(frame, run)}: {numbers}"
+
+
+def dora_figure(frame: pd.DataFrame, shared: bool = False) -> go.Figure:
+    """ΔD (delta_dir) against ΔM (delta_m), one panel per run, with each run's fitted line."""
+    runs = ordered_runs(frame)
+    fits = {run: fit(frame[frame["run"] == run]) for run in runs}
+    g = grid(
+        "DoRA's Figure 2 — direction change ΔD_dir (mean 1 − cos of output rows) against magnitude "
+        "change ΔM (mean |Δ‖row‖|) per layer and step; dashed: least-squares line, r: Pearson "
+        "correlation",
+        [fit_title(frame, run, fits[run]) for run in runs],
+        shared=shared,
+    )
+    fig = g.fig
+    for i, run in enumerate(runs):
+        where, first = g.at(i), i == 0
+        data = frame[frame["run"] == run]
+        names, size = ("ΔM", "ΔD_dir"), (g.panel_w, g.panel_h)
+        layer_points(fig, data, "delta_m", "delta_dir", names, where, first, size)
+        line = fits[run]
+        if math.isnan(line.slope):
+            continue
+        moved = data[data["step"] > 0]["delta_m"]
+        xs = np.array([moved.min(), moved.max()])
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=line.intercept + line.slope * xs, mode="lines", name="least-squares fit",
+                legendgroup="fit", showlegend=first, line={"color": "black", "dash": "dash"},
+                hovertemplate=f"slope {line.slope:.4g}<br>r {line.r:.3f}<br>{line.n} points"
+                "<extra></extra>",
+            ),
+            **where,
+        )  # fmt: skip
+    style_axis(fig, "x", "value", "ΔM (magnitude)")
+    style_axis(fig, "y", "value", "ΔD_dir (direction)")
+    fig.update_layout(coloraxis=step_colors(frame))
+    return fig

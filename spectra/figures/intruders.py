@@ -1,0 +1,95 @@
+"""Intruder dimensions (Shuttleworth et al.): how closely each of the top-K left singular
+vectors of W_t matches any pre-trained one, over steps, and the intruder count per layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from spectra.figures.panels import (
+    grid,
+    hover,
+    layer_axis,
+    layer_height,
+    layer_labels,
+    run_title,
+    style_axis,
+)
+from spectra.metrics import INTRUDER_EPS, TOP_K
+from spectra.store import ordered_runs
+
+
+def overlaps(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (step, layer, i): ``best`` = max_j |⟨u_t^i, u_0^j⟩| of singular vector i."""
+    long = rows[["run", "layer", "step", "intruder_overlap"]].explode("intruder_overlap")
+    long["i"] = long.groupby(["layer", "step"]).cumcount() + 1
+    return long.rename(columns={"intruder_overlap": "best"}).astype({"best": float})
+
+
+def intruders_figure(frame: pd.DataFrame) -> go.Figure:
+    """Per run: the best |cos| of each top-K vector over steps (mean of layers; intruders, below
+    ε, as red points) and the intruder count per layer and step."""
+    runs = ordered_runs(frame)
+    engine = next(iter(frame.attrs["runs"].values())).get("engine", {})
+    eps, top_k = engine.get("intruder_eps", INTRUDER_EPS), engine.get("top_k", TOP_K)
+    layers = layer_labels(frame)
+    titles = []
+    for run in runs:
+        name = run_title(frame, run)
+        titles += [f"{name}: best |cos| with a W₀ vector", f"{name}: intruders per layer"]
+    g = grid(
+        f"Intruder dimensions (Shuttleworth et al.): for each of the top {top_k} left singular "
+        f"vectors u_i of W_t, max_j |⟨u_i, u₀ʲ⟩| over W₀'s; below ε = {eps:g} (dashed) it is an "
+        "intruder. Lines: mean over layers per i; red: each intruder (hover for its layer).",
+        titles, cols=2, panel_w=460, panel_h=layer_height(len(layers)), hgap=150,
+    )  # fmt: skip
+    shades = sample_colorscale("Blues", list(np.linspace(0.95, 0.35, top_k)))
+    for number, run in enumerate(runs):
+        data = frame[frame["run"] == run]
+        best = overlaps(data)
+        left, right = g.at(2 * number), g.at(2 * number + 1)
+        for i, path in best.groupby("i"):
+            mean = path.groupby("step")["best"].mean()
+            g.fig.add_trace(
+                go.Scatter(
+                    x=mean.index, y=mean.to_numpy(), mode="lines", name=f"u_{i}",
+                    legendgroup=f"u_{i}", showlegend=number == 0,
+                    line={"color": shades[(i - 1) % len(shades)], "width": 2},
+                    hovertemplate=f"u_{i}<br>step %{{x}}<br>mean best |cos| %{{y:.3f}}"
+                    "<extra></extra>",
+                ),
+                **left,
+            )  # fmt: skip
+        below = best[best["best"] < eps]
+        g.fig.add_trace(
+            go.Scatter(
+                x=below["step"], y=below["best"], mode="markers", name="intruder",
+                legendgroup="intruder", showlegend=number == 0,
+                marker={"color": "crimson", "size": 6, "opacity": 0.6},
+                customdata=below[["run", "layer", "step", "i"]].to_numpy(),
+                hovertemplate=hover("u_%{customdata[3]}", "best |cos| %{y:.3f}"),
+            ),
+            **left,
+        )  # fmt: skip
+        g.fig.add_hline(y=eps, line={"dash": "dash", "color": "black", "width": 1}, **left)
+        counts = data.pivot_table(index="layer", columns="step", values="intruders")
+        counts = counts.reindex(layers.index)
+        g.fig.add_trace(
+            go.Heatmap(
+                z=counts.to_numpy(), x=counts.columns, y=layers.to_numpy(),
+                coloraxis="coloraxis", name=run,
+                hovertemplate=f"{run}<br>layer %{{y}}<br>step %{{x}}<br>intruders %{{z}}"
+                "<extra></extra>",
+            ),
+            **right,
+        )  # fmt: skip
+        style_axis(g.fig, "y", "cos", "best |cos|", **left)
+        layer_axis(g.fig, len(layers), **right)
+    style_axis(g.fig, "x", "step", "step")
+    g.fig.update_layout(
+        coloraxis={"colorscale": "Reds", "cmin": 0, "cmax": top_k,
+                   "colorbar": {"title": {"text": "intruders"}, "tickformat": "d"}}
+    )  # fmt: skip
+    return g.fig
