@@ -1,0 +1,80 @@
+"""Atomic file writing: every file of a run directory is written to a new temporary file
+beside its place (``.<name>.<random>.tmp``, created with the user's umask like any file) and
+renamed into place, so a crash leaves the old file or the new one, never half of one; a
+symlink in that place is written through (its target is replaced). The temporary files a
+killed writer left behind are removed when the run is opened for writing again. Failures to
+write become SpectraError."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+
+from spectra.errors import SpectraError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A new temporary file beside ``path`` to write, renamed to ``path`` when the block ends.
+
+    The file is created like any other (mode 0666 minus the umask); a symlink at ``path`` is
+    written through (its target is replaced). Failures to write become SpectraError.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    tmp = None
+    try:
+        tmp = _new_file(path)
+        mode = os.stat(tmp).st_mode  # what the umask made of 0666
+        yield tmp
+        if os.stat(tmp).st_mode != mode:  # some writers (safetensors) make their own file
+            os.chmod(tmp, stat.S_IMODE(mode))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SpectraError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _new_file(path: Path) -> Path:
+    """An empty file ``.<name>.<random>.tmp`` that did not exist, beside ``path``."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write tensors to a safetensors file atomically; SpectraError when the disk refuses."""
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    try:
+        atomic_write(path, lambda tmp: save_file(plain, str(tmp)))
+    except SafetensorError as exc:
+        if "I/O error" not in str(exc):
+            raise
+        raise SpectraError(f"cannot write {path}: {exc}") from None
+
+
+def remove_temporary_files(directory: Path) -> None:
+    """Remove the temporary files a killed writer left in ``directory``."""
+    for leftover in directory.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)

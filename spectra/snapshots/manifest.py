@@ -1,0 +1,145 @@
+"""The manifest: everything about a run that is not a tensor (:class:`Manifest`, with one
+:class:`Target` per tracked layer), written as JSON and read back through
+:mod:`spectra.typedjson`, which checks every field against its type; values of the right type
+that no spectra run can have are refused too, so a bad manifest becomes a SpectraError that
+names the file and the field."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from spectra import __version__
+from spectra.errors import SpectraError
+from spectra.factors import KINDS, Rows, row_count
+from spectra.typedjson import at, read_dataclass
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Target:
+    """One tracked layer: parametrization kind, (out, in) shape, adapter rank, and for a slice
+    of a fused projection the ``source`` module whose tensors it reads and its output ``rows``."""
+
+    kind: str
+    shape: tuple[int, int]
+    rank: int | None = None
+    source: str | None = None
+    rows: Rows | None = None
+
+
+@dataclass
+class Manifest:
+    """Everything about a run that is not a tensor.
+
+    ``resumed`` lists the steps a resumed training restarted from; the snapshots after each
+    were discarded. ``extra["status"]`` is "completed" or "failed" once training ended (with
+    the exception in ``extra["error"]``).
+    """
+
+    run: str
+    method: str
+    targets: dict[str, Target]
+    model: str | None = None
+    rank: int | None = None
+    gamma: float | None = None
+    learning_rate: float | None = None
+    every: int | None = None
+    steps: list[int] = field(default_factory=list)
+    finished: bool = False
+    extra: dict = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+    spectra_version: str = __version__
+    run_id: str | None = None
+    resumed: list[int] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Whether training ended with an exception."""
+        return self.extra.get("status") == "failed"
+
+    def to_json(self) -> str:
+        raw = asdict(self)
+        raw["targets"] = {
+            name: {k: v for k, v in t.items() if v is not None}
+            for name, t in raw["targets"].items()
+        }
+        return json.dumps(raw, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
+        """The manifest in ``text``; SpectraError naming ``where`` and the field if it is bad."""
+        try:
+            raw = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        except UnicodeDecodeError:
+            raise SpectraError(f"{where} is not UTF-8 text") from None
+        except ValueError as exc:
+            raise SpectraError(f"{where} is not a valid spectra manifest: {exc}") from None
+        if not isinstance(raw, dict):
+            raise SpectraError(f"{where} is not a spectra manifest (not a JSON object)")
+        version = raw.get("format", FORMAT_VERSION)
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise SpectraError(
+                f"{where} has format {version}; this spectra reads up to {FORMAT_VERSION}"
+            )
+        try:
+            manifest = read_dataclass(raw, cls, "")
+            _check(manifest)
+        except SpectraError as exc:
+            raise SpectraError(f"{where}: {exc}") from None
+        manifest.steps = sorted(set(manifest.steps))
+        return manifest
+
+
+def _check(manifest: Manifest) -> None:
+    """SpectraError on values of the right type that no spectra run can have."""
+    for name in ("run", "method"):
+        _name(getattr(manifest, name), name)
+    if not manifest.targets:
+        raise SpectraError("targets: lists no target layers")
+    for name, value in (
+        ("format", manifest.format),
+        ("every", manifest.every),
+        ("rank", manifest.rank),
+    ):
+        if value is not None and value < 1:
+            raise SpectraError(f"{name}: must be positive, got {value}")
+    for name in ("steps", "resumed"):
+        if any(step < 0 for step in getattr(manifest, name)):
+            raise SpectraError(f"{name}: steps are never negative")
+    for key in ("status", "error"):
+        if not isinstance(manifest.extra.get(key, ""), str):
+            raise SpectraError(f"extra.{key}: expected a string")
+    for layer, target in manifest.targets.items():
+        where = f"targets[{layer!r}]"
+        _name(layer, where)
+        if target.kind not in KINDS:
+            raise SpectraError(
+                f"{where}.kind: unknown layer kind {target.kind!r} "
+                f"(expected one of {', '.join(KINDS)})"
+            )
+        if min(target.shape) < 1 or (target.rank is not None and target.rank < 1):
+            raise SpectraError(
+                f"{where}: shape {target.shape} and rank {target.rank} must be positive"
+            )
+        if target.source is not None:
+            _name(target.source, f"{where}.source")
+        if target.rows is not None:
+            _check_rows(target.rows, target.shape[0], f"{where}.rows")
+
+
+def _name(value: str, where: str) -> None:
+    if not value or not value.isprintable():
+        raise SpectraError(at(where, f"expected a non-empty printable name, got {value!a}"))
+
+
+def _check_rows(rows: Rows, count: int, where: str) -> None:
+    """Row ranges must be non-empty, increasing, disjoint and select ``count`` rows."""
+    stop = 0
+    for start, end in rows:
+        if not stop <= start < end:
+            raise SpectraError(f"{where}: [{start}, {end}) is empty, overlaps or is out of order")
+        stop = end
+    if not rows or row_count(rows) != count:
+        raise SpectraError(f"{where}: select {row_count(rows)} rows, the shape says {count}")

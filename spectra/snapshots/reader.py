@@ -1,0 +1,109 @@
+"""Reading a run directory: :class:`Run` opens one (its manifest checked where it enters) and
+reads a layer's stored tensors at a step lazily, tensor by tensor, sliced to the target's
+rows for a slice of a fused projection and checked against each other and the manifest's
+shape; from them it makes the effective weight and the principal factors in float64."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from spectra.errors import SpectraError
+from spectra.factors import (
+    FROZEN_PARTS,
+    Principal,
+    check_parts,
+    effective_weight,
+    principal,
+    row_count,
+    slice_rows,
+    step_parts,
+)
+from spectra.snapshots.files import FROZEN, MANIFEST, step_file
+from spectra.snapshots.manifest import Manifest
+
+
+class Run:
+    """A run directory opened for reading."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SpectraError(f"run directory not found: {self.path}")
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise SpectraError(f"not a spectra run directory (no {MANIFEST}): {self.path}")
+        try:
+            text = manifest_path.read_bytes()
+        except OSError as exc:
+            raise SpectraError(f"cannot read {manifest_path}: {exc.strerror}") from None
+        self.manifest = Manifest.from_json(text, str(manifest_path))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.run
+
+    @property
+    def steps(self) -> list[int]:
+        return list(self.manifest.steps)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.manifest.targets)
+
+    def _read(self, file: str, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+        path = self.path / file
+        if not path.is_file():
+            raise SpectraError(f"snapshot file missing: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                present = set(f.keys())
+                return {k: f.get_tensor(k) for k in keys if k in present}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise SpectraError(f"corrupt or truncated snapshot {path}: {exc}") from None
+
+    def parts(self, step: int, layer: str, sliced: bool = True) -> dict[str, torch.Tensor]:
+        """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
+        target's rows when it is a slice of a fused module (unless ``sliced`` is False),
+        checked against each other and the manifest's shape."""
+        target = self.manifest.targets[layer]
+        module = target.source or layer
+        parts = self._read(step_file(step), [f"{module}/{p}" for p in step_parts(target.kind)])
+        if FROZEN_PARTS[target.kind]:
+            parts |= self._read(FROZEN, [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]])
+        parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
+        frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
+        where = f"{self.path / step_file(step)}{frozen} layer {layer}"
+        m, n = check_parts(target.kind, parts, where)
+        if target.rows:
+            if target.rows[-1][1] > m:
+                raise SpectraError(
+                    f"{where}: rows {list(target.rows)} of {self.path / MANIFEST} go beyond "
+                    f"the {m} rows of {module}"
+                )
+            if not sliced:
+                return parts
+            parts, m = slice_rows(parts, target.rows), row_count(target.rows)
+        if (m, n) != tuple(target.shape):
+            raise SpectraError(
+                f"{where}: shape {(m, n)} differs from the manifest's {tuple(target.shape)}"
+            )
+        return parts
+
+    def weight(self, step: int, layer: str) -> torch.Tensor:
+        """The effective weight W_t of ``layer`` at ``step`` in float64, shape-checked."""
+        return self.weight_and_principal(step, layer)[0]
+
+    def weight_and_principal(self, step: int, layer: str) -> tuple[torch.Tensor, Principal | None]:
+        """(W_t, factors of W_p or None) of ``layer`` at ``step``, read once, in float64."""
+        kind = self.manifest.targets[layer].kind
+        parts = self.parts(step, layer)
+        return effective_weight(kind, parts), principal(kind, parts)
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a run directory for reading; SpectraError if it is not one."""
+    return Run(path)

@@ -1,0 +1,42 @@
+"""The training log, ``train_log.parquet``: one row per step with the standard columns
+(:data:`LOG_COLUMNS`: the integer step, then loss, reg_loss, grad_norm and lr as floats) and
+any extra float columns after them, sorted by name; written atomically, checked when read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spectra.errors import SpectraError
+from spectra.snapshots.atomic import atomic_write
+from spectra.snapshots.files import TRAIN_LOG
+
+LOG_COLUMNS = ("step", "loss", "reg_loss", "grad_norm", "lr")
+
+
+def write_train_log(run_dir: Path, rows: dict[int, dict[str, float]]) -> None:
+    """train_log.parquet: one row per step, the standard columns first, then extras, sorted."""
+    extras = sorted({k for row in rows.values() for k in row} - set(LOG_COLUMNS))
+    steps = sorted(rows)
+    columns = {"step": pa.array(steps, pa.int64())}
+    for name in (*LOG_COLUMNS[1:], *extras):
+        columns[name] = pa.array([rows[s].get(name) for s in steps], pa.float64())
+    table = pa.table(columns)
+    atomic_write(Path(run_dir) / TRAIN_LOG, lambda tmp: pq.write_table(table, tmp))
+
+
+def read_train_log(run_dir: str | Path) -> pd.DataFrame | None:
+    """The run's training log (a ``step`` column, then float columns), or None if it has none."""
+    path = Path(run_dir) / TRAIN_LOG
+    if not path.is_file():
+        return None
+    try:
+        log = pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise SpectraError(f"{path} is not a readable train log: {exc}") from None
+    if "step" not in log or not pd.api.types.is_integer_dtype(log["step"]):
+        raise SpectraError(f"{path} is not a spectra train log (no integer step column)")
+    return log
