@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -24,7 +27,9 @@ from tiny_models import (
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import spectra
+import spectra.follow
 from spectra.callback import trainer_log
+from spectra.callback.worker import InlineWorker
 from spectra.engine import FT_RANK, Engine, compute_run
 from spectra.errors import SpectraError
 from spectra.follow import follow
@@ -152,6 +157,21 @@ def test_inline_parquet_grows_during_training(tmp_path, worker):
     rows = read_rows(out)
     assert_rows_match(rows, refs, method, tracker.layers)
     assert len(rows) == 4 * 4
+
+
+def test_worker_process_imports_this_spectra_without_pythonpath(tmp_path, monkeypatch):
+    """The worker's PYTHONPATH starts with the folder that holds this ``spectra`` package."""
+    seen = {}
+    with monkeypatch.context() as patch:
+        patch.delenv("PYTHONPATH", raising=False)
+        patch.setattr(subprocess, "Popen", lambda cmd, env: seen.update(cmd=cmd, env=env))
+        InlineWorker(tmp_path, 0.1, "process")
+    assert seen["cmd"][1:3] == ["-m", "spectra.follow"]
+    found = subprocess.run(
+        [sys.executable, "-c", "import spectra.follow as f; print(f.__file__)"],
+        env=seen["env"], cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert Path(found).resolve() == Path(spectra.follow.__file__).resolve()
 
 
 def test_nan_weight_is_recorded_not_fatal(tmp_path):

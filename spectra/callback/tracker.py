@@ -1,27 +1,11 @@
-"""Snapshot target layers during training: ``Tracker`` for plain loops, ``SpectraCallback`` for
-transformers' ``Trainer``.
-
-The training thread only copies each target's trainable tensors to CPU memory; a background
-thread writes the snapshot files, checks them for NaN/Inf and rewrites the training log. In
-``inline`` mode a worker process (``python -m spectra.follow``, one torch thread) computes the
-metrics into ``runs/<run>.parquet`` while training continues; in ``deferred`` mode only
-snapshots are written (compute them later with ``spectra compute`` or follow them live).
-Under DDP only rank 0 writes.
-
-A training that raises marks its run failed, with the error, so followers stop waiting: the
-``with`` block of a Tracker, ``Trainer.train`` of a trainer built with a SpectraCallback, an
-uncaught exception (``sys.excepthook``) and an exit before ``close()`` (``atexit``) all do.
+"""The :class:`Tracker`: snapshots the target layers of a model into a run directory every
+``every`` steps of a plain training loop, with its training log, and marks the run finished
+or failed when it is closed; the writing and the inline metrics are handed to a background
+writer thread and worker.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import os
-import queue
-import subprocess
-import sys
-import threading
 import warnings
 from numbers import Real
 from pathlib import Path
@@ -29,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
+from spectra.callback.failures import OPEN_TRACKERS, describe
+from spectra.callback.worker import WORKERS, InlineWorker
+from spectra.callback.writer import SnapshotWriter
 from spectra.capture import (
     adapter_rank,
     detect_method,
@@ -43,8 +29,6 @@ from spectra.capture import (
 from spectra.engine import Engine
 from spectra.errors import SpectraError
 from spectra.factors import row_count
-from spectra.follow import compute_until_finished
-from spectra.reporting import Reporter
 from spectra.snapshots import (
     FROZEN,
     Manifest,
@@ -58,8 +42,6 @@ from spectra.snapshots import (
 from spectra.store import remove_run_file, run_file
 
 MODES = ("inline", "deferred")
-WORKERS = ("process", "thread")
-QUEUE_DEPTH = 2  # snapshots held in memory before the training thread waits for the writer
 
 
 def _to_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -90,134 +72,6 @@ def _number(value) -> float | None:
     if isinstance(value, Real) and not isinstance(value, bool):
         return float(value)
     return None
-
-
-class _SnapshotWriter:
-    """Writes queued snapshots and the training log on a background thread.
-
-    NaN/Inf in a snapshot is recorded in the manifest with a warning; a write that fails is
-    re-raised in the training thread by the next ``put`` or by ``join``.
-    """
-
-    def __init__(self, writer: RunWriter):
-        self.writer = writer
-        self.error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def put(self, step: int | None, parts: dict, log: dict) -> None:
-        """Queue the snapshot of ``step`` (None: only the log) for writing."""
-        self._raise()
-        self._queue.put((step, parts, log))
-
-    def join(self) -> None:
-        """Wait until everything queued is on disk."""
-        self._queue.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise SpectraError(f"writing snapshots to {self.writer.path} failed: {self.error}")
-
-    def _drain(self) -> None:
-        while True:
-            step, parts, log = self._queue.get()
-            try:
-                if self.error is None:
-                    self._write(step, parts, log)
-            except BaseException as exc:  # re-raised in the training thread
-                self.error = exc
-            finally:
-                self._queue.task_done()
-
-    def _write(self, step: int | None, parts: dict, log: dict) -> None:
-        bad = [
-            p
-            for p, ts in parts.items()
-            if not all(bool(torch.isfinite(t).all()) for t in ts.values())
-        ]
-        if bad:
-            self.writer.manifest.extra.setdefault("nonfinite", []).extend([step, p] for p in bad)
-            warnings.warn(
-                f"spectra: NaN or Inf weights at step {step} in {len(bad)} target(s) "
-                f"({bad[0]}, …); recorded in the manifest, their metric rows will be skipped",
-                RuntimeWarning,
-                stacklevel=1,
-            )
-        if step is not None:
-            self.writer.write_step(step, parts)
-        write_train_log(self.writer.path, log)
-
-
-class _InlineWorker:
-    """Computes metrics as snapshots land, in a subprocess (default) or a thread."""
-
-    def __init__(self, run_dir: Path, poll: float, kind: str):
-        self.error: BaseException | None = None
-        if kind == "process":
-            cmd = [sys.executable, "-m", "spectra.follow", str(run_dir), "--quiet",
-                   "--poll", str(poll), "--parent", str(os.getpid()), "--threads", "1"]  # fmt: skip
-            root = str(Path(__file__).resolve().parent.parent)  # spectra importable from source
-            path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-            self.process = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": path})
-        else:
-            self.thread = threading.Thread(target=self._run, args=(run_dir, poll), daemon=True)
-            self.thread.start()
-
-    def _run(self, run_dir: Path, poll: float) -> None:
-        try:
-            compute_until_finished(run_dir, poll)
-        except BaseException as exc:  # reported by wait()
-            self.error = exc
-
-    def wait(self, stop: bool = False) -> str | None:
-        """Wait for the worker (terminate it when ``stop``); a failure message or None."""
-        if hasattr(self, "process"):
-            if stop:
-                self.process.terminate()
-            code = self.process.wait()
-            return None if code == 0 or stop else f"exit code {code}"
-        self.thread.join(None if not stop else 0)
-        return None if self.error is None else str(self.error)
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as the run records it: ``RuntimeError: message``."""
-    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-
-
-class _OpenTrackers:
-    """The trackers of this process not yet closed. While there are any, an uncaught exception
-    (``sys.excepthook``) or an exit before ``close()`` (``atexit``) closes them as failed."""
-
-    def __init__(self):
-        self.trackers: dict[Tracker, None] = {}
-        self.previous_hook = None
-        self.registered = False
-
-    def add(self, tracker: Tracker) -> None:
-        if not self.trackers and sys.excepthook != self.excepthook:
-            self.previous_hook, sys.excepthook = sys.excepthook, self.excepthook
-        if not self.registered:
-            atexit.register(self.fail, "the process exited before the tracker was closed")
-            self.registered = True
-        self.trackers[tracker] = None
-
-    def discard(self, tracker: Tracker) -> None:
-        self.trackers.pop(tracker, None)
-        if not self.trackers and sys.excepthook == self.excepthook:
-            sys.excepthook = self.previous_hook
-
-    def fail(self, error: str) -> None:
-        for tracker in list(self.trackers):
-            tracker.close(error=error)
-
-    def excepthook(self, exc_type, exc, tb) -> None:
-        self.fail(describe(exc))
-        self.previous_hook(exc_type, exc, tb)
-
-
-_OPEN = _OpenTrackers()
 
 
 def _log_rows(log, up_to: int) -> dict[int, dict[str, float]]:
@@ -299,8 +153,8 @@ class Tracker:
             write_train_log(self.path, self._log)
             rows.drop_stale()
         self._taken = set(self.writer.manifest.steps)
-        self._writes = _SnapshotWriter(self.writer)
-        _OPEN.add(self)
+        self._writes = SnapshotWriter(self.writer)
+        OPEN_TRACKERS.add(self)
         if start_step == 0:  # one module at a time: a quantized base is dequantized here, once
             frozen = {
                 path: {k: _to_cpu(t) for k, t in layout(module).frozen.items()}
@@ -310,7 +164,7 @@ class Tracker:
                 self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
         if start_step % every == 0:  # step 0, or a resumed step whose snapshot may be missing
             self.snapshot(start_step)
-        self._worker = _InlineWorker(self.path, poll, worker) if mode == "inline" else None
+        self._worker = InlineWorker(self.path, poll, worker) if mode == "inline" else None
 
     def _manifest(self, found, layouts, run_name, model_name) -> Manifest:
         targets = {}
@@ -395,7 +249,7 @@ class Tracker:
             self._closed = True
             return
         self._closed = True
-        _OPEN.discard(self)
+        OPEN_TRACKERS.discard(self)
         failed = failed or error is not None
         if self._last is not None and not failed:
             self.snapshot(self._last)
@@ -419,84 +273,3 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(error=None if exc is None else describe(exc))
-
-
-def trainer_log(logs: dict) -> dict[str, float]:
-    """A Trainer log dict as training-log values: learning_rate → lr, the rest as is."""
-    return {("lr" if k == "learning_rate" else k): v for k, v in (logs or {}).items()}
-
-
-class SpectraCallback(TrainerCallback):
-    """Track ``targets`` of a ``Trainer``'s model every ``every`` optimizer steps.
-
-    Targets and options are :class:`Tracker`'s (None: the architecture's query and value
-    projections; fused, mode, method, run_name, gamma, overwrite, …). Resuming from a
-    checkpoint continues the same run directory from the checkpoint's step. When
-    ``trainer.train()`` raises, the run is marked failed with the error. In inline mode the
-    per-module means of the latest metrics also go to TensorBoard and W&B when ``report_to``
-    names them, at the step each snapshot was taken (see :mod:`spectra.reporting`).
-    """
-
-    def __init__(self, out: str | Path, targets=None, every: int = 10, **options):
-        self.out, self.targets, self.every, self.options = out, targets, every, options
-        self.tracker: Tracker | None = None
-        self.reporter: Reporter | None = None
-
-    def on_init_end(self, args, state, control, **kwargs):
-        trainer = _calling_trainer()
-        if trainer is not None:  # on_train_end is never called when training raises
-            trainer.train = self._failing_on_exception(trainer.train)
-
-    def _failing_on_exception(self, train):
-        @functools.wraps(train)
-        def guarded(*args, **kwargs):
-            try:
-                return train(*args, **kwargs)
-            except BaseException as exc:
-                if self.tracker is not None:
-                    self.tracker.close(error=describe(exc))
-                raise
-
-        return guarded
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        options = {"learning_rate": args.learning_rate} | self.options
-        self.tracker = Tracker(
-            model, self.out, self.targets, self.every, start_step=state.global_step,
-            write=state.is_world_process_zero, **options,
-        )  # fmt: skip
-        parquet = self.tracker.metrics_file
-        if parquet is not None:
-            run, layers = self.tracker.writer.manifest.run, len(self.tracker.layers)
-            self.reporter = Reporter.for_trainer(args, parquet, layers, run)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.tracker.step(state.global_step)
-        if self.reporter is not None:
-            self.reporter.poll()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.tracker.log(state.global_step, **trainer_log(logs))
-
-    def on_save(self, args, state, control, **kwargs):
-        self.tracker.save_log()  # the log on disk then covers every step of the checkpoint
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.tracker.close()  # inline: waits until every step's metrics are computed
-        if self.reporter is not None:
-            self.reporter.close()
-
-
-def _calling_trainer(depth: int = 8):
-    """The transformers ``Trainer`` whose ``__init__`` is calling this callback, or None."""
-    from transformers import Trainer
-
-    frame = sys._getframe(1)
-    for _ in range(depth):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
-            return candidate
-        frame = frame.f_back
-    return None

@@ -1,0 +1,35 @@
+"""Snapshot target layers during training: ``Tracker`` for plain loops, ``SpectraCallback`` for
+transformers' ``Trainer``.
+
+The training thread only copies each target's trainable tensors to CPU memory; a background
+thread writes the snapshot files, checks them for NaN/Inf and rewrites the training log. In
+``inline`` mode a worker process (``python -m spectra.follow``, one torch thread) computes the
+metrics into ``runs/<run>.parquet`` while training continues; in ``deferred`` mode only
+snapshots are written (compute them later with ``spectra compute`` or follow them live).
+Under DDP only rank 0 writes.
+
+A training that raises marks its run failed, with the error, so followers stop waiting: the
+``with`` block of a Tracker, ``Trainer.train`` of a trainer built with a SpectraCallback, an
+uncaught exception (``sys.excepthook``) and an exit before ``close()`` (``atexit``) all do.
+
+One module per job: :mod:`.tracker` (the :class:`Tracker`), :mod:`.trainer` (the
+:class:`SpectraCallback` for ``Trainer``), :mod:`.writer` (the background snapshot writer
+thread), :mod:`.worker` (the inline metrics worker) and :mod:`.failures` (the trackers not yet
+closed, which an uncaught exception or an exit before ``close()`` marks failed).
+"""
+
+from spectra.callback.failures import describe
+from spectra.callback.tracker import MODES, Tracker
+from spectra.callback.trainer import SpectraCallback, trainer_log
+from spectra.callback.worker import WORKERS
+from spectra.callback.writer import QUEUE_DEPTH
+
+__all__ = [
+    "MODES",
+    "QUEUE_DEPTH",
+    "WORKERS",
+    "SpectraCallback",
+    "Tracker",
+    "describe",
+    "trainer_log",
+]
