@@ -3,3 +3,9 @@
 
 class SpectraError(Exception):
     """Bad input: a missing path, a corrupt file, wrong shapes, NaN weights, an unknown option."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for a SpectraError."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

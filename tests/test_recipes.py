@@ -255,12 +255,14 @@ def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatc
     once; SORSA refuses a Conv1D before training; --fused reaches the plan."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from spectra.capture import module_paths
+
     config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4)
     GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     load_tokenizer(str(DEFAULT_MODEL)).save_pretrained(tmp_path / "gpt2")  # plan checks for one
     job = plan(("lora",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
     assert job.layers == tuple(f"transformer.h.{b}.attn.c_attn[{p}]" for b in (0, 1) for p in "qv")
-    config = recipes._peft_config("lora", recipes.module_paths(job.layers), 4, 10)
+    config = recipes.methods._peft_config("lora", module_paths(job.layers), 4, 10)
     assert sorted(config.target_modules) == [f"transformer.h.{b}.attn.c_attn" for b in (0, 1)]
     with pytest.raises(SpectraError, match=r"c_attn is a Conv1D; .* nn.Linear layers \(SORSA\)"):
         plan(("sorsa",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
