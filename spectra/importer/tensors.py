@@ -20,15 +20,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, first_line
 
 SAFETENSORS = ".safetensors"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 WRAPPERS = ("state_dict", "model")  # a torch.save dict holding only one of these is unwrapped
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:
@@ -45,9 +41,7 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             names = f.keys()
             return {name: tuple(f.get_slice(name).get_shape()) for name in names}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise SpectraError(
-            f"{path}: not a readable safetensors file ({_first_line(exc)})"
-        ) from None
+        raise SpectraError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
 
 
 def _flatten(value, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -115,7 +109,7 @@ class Tensors:
             with safe_open(str(file), framework="pt") as f:
                 tensor = f.get_tensor(name)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise SpectraError(f"{file}: cannot read tensor {name} ({_first_line(exc)})") from None
+            raise SpectraError(f"{file}: cannot read tensor {name} ({first_line(exc)})") from None
         self.digests.setdefault(file, {})[name] = tensor_sha256(tensor)
         return tensor
 
@@ -131,7 +125,7 @@ def index_files(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text())["weight_map"]
         shards = list(dict.fromkeys(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SpectraError(f"{index}: not a readable shard index ({_first_line(exc)})") from None
+        raise SpectraError(f"{index}: not a readable shard index ({first_line(exc)})") from None
     missing = [s for s in shards if not (index.parent / s).is_file()]
     if missing:
         raise SpectraError(f"{index}: shard {missing[0]} is missing")
