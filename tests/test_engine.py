@@ -126,8 +126,9 @@ def test_low_rank_rows_carry_factor_metrics(tmp_path):
 
 def test_base_svd_is_computed_once_per_distinct_base(tmp_path, monkeypatch, svd_cache):
     calls = []
-    real = engine_module.svd
-    monkeypatch.setattr(engine_module, "svd", lambda w, *a: calls.append(w.shape) or real(w, *a))
+    real = engine_module.svd_cache.svd
+    for module in (engine_module.svd_cache, engine_module.row_metrics):  # bases; W_t and ΔW
+        monkeypatch.setattr(module, "svd", lambda w, *a: calls.append(w.shape) or real(w, *a))
     first, _ = dense_run(tmp_path, name="a", seed=3)
     second, _ = dense_run(tmp_path, name="b", seed=3)  # same base weights, same later steps
     compute_run(first)
@@ -146,7 +147,9 @@ def test_rerun_computes_only_missing_rows(tmp_path, monkeypatch):
     write_run(out, rows[rows.step != 10], meta)  # as if interrupted before step 10
     calls = []
     real = engine_module.matrix_task
-    monkeypatch.setattr(engine_module, "matrix_task", lambda *a: calls.append(a[1]) or real(*a))
+    monkeypatch.setattr(
+        engine_module.incremental, "matrix_task", lambda *a: calls.append(a[1]) or real(*a)
+    )
     engine = Engine(run_dir)
     assert engine.update() == 2
     assert calls == [10, 10]

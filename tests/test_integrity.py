@@ -61,7 +61,7 @@ def test_a_run_without_identity_keeps_its_rows(tmp_path, monkeypatch):
     out = compute_run(run_dir)
     assert read_run(out)[1]["run_id"] is None
     calls = []
-    monkeypatch.setattr(engine_module, "matrix_task", lambda *a: calls.append(a))
+    monkeypatch.setattr(engine_module.incremental, "matrix_task", lambda *a: calls.append(a))
     compute_run(run_dir)
     assert calls == []
 

@@ -1,0 +1,226 @@
+"""The :class:`Engine`: the rows of one run directory, computed incrementally into Parquet.
+
+It schedules one :func:`~spectra.engine.svd_cache.base_task` per layer and one
+:func:`~spectra.engine.row_metrics.matrix_task` per missing (step, layer), writes the rows
+atomically as tasks finish, keeps only the rows the run directory still backs, and shows
+progress. :func:`compute_run` is the one-shot form that ``spectra compute`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import Executor
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
+
+from spectra import __version__
+from spectra.engine.row_metrics import FT_RANK, matrix_task
+from spectra.engine.svd_cache import base_task, default_cache_dir
+from spectra.engine.workers import check_device, check_workers, local_pool, run_tasks
+from spectra.errors import SpectraError
+from spectra.metrics import INTRUDER_EPS, TOP_K
+from spectra.snapshots import Manifest, open_run
+from spectra.store import KEY, SCHEMA_VERSION, read_run, run_file, write_run
+
+WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
+
+
+class Engine:
+    """Incremental metric computation for one run directory.
+
+    ``update()`` computes every (step, layer) row of the steps the manifest lists and the
+    Parquet file lacks, so it serves a one-shot computation, a re-run after an interruption
+    and a live run alike (call it again as new snapshots land).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        out: str | Path | None = None,
+        *,
+        workers: int = 1,
+        cache_dir: str | Path | None = None,
+        top_k: int = TOP_K,
+        intruder_eps: float = INTRUDER_EPS,
+        ft_rank: int = FT_RANK,
+        device: str = "cpu",
+        executor: Executor | None = None,
+        progress: bool = False,
+        write_every: float = WRITE_EVERY_S,
+    ):
+        check_device(device)
+        check_workers(workers)
+        self.run = open_run(run_dir)
+        self.run_dir = str(self.run.path.resolve())
+        self.out = Path(out) if out else run_file(self.run.path)
+        self.workers, self.executor, self.progress = workers, executor, progress
+        self.device, self.write_every = device, write_every
+        self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
+        if ft_rank < 1:
+            raise SpectraError(f"ft_rank must be a positive rank, got {ft_rank}")
+        self.settings = {
+            "top_k": top_k, "intruder_eps": intruder_eps, "ft_rank": ft_rank, "dtype": "float64",
+            "schema": SCHEMA_VERSION,
+        }  # fmt: skip
+        self.stale = False  # rows were dropped that the Parquet file still holds
+        self.rows = self._existing_rows()
+        self.nonfinite: set[tuple[int, str]] = set()
+        self._bases: dict[str, str] = {}
+
+    def _existing_rows(self) -> pd.DataFrame:
+        if not self.out.exists():
+            return pd.DataFrame()
+        try:
+            rows, meta = read_run(self.out)
+        except SpectraError:
+            raise SpectraError(
+                f"{self.out} exists and is not a spectra run file; refusing to overwrite it"
+            ) from None
+        if meta["run"] != self.run.name:
+            raise SpectraError(
+                f"{self.out} holds run {meta['run']!r}, not {self.run.name!r}; "
+                "refusing to overwrite it"
+            )
+        if meta.get("engine") != self.settings:
+            return pd.DataFrame()
+        return self._backed(rows, meta.get("run_id"), meta.get("resumed", []), self.run.manifest)
+
+    def _backed(self, rows: pd.DataFrame, run_id, resumed, now: Manifest) -> pd.DataFrame:
+        """The rows, computed from run ``run_id`` resumed at steps ``resumed``, that ``now``
+        still backs: none of another identity, none after a step it was resumed from since."""
+        if rows.empty:
+            return rows
+        if (
+            run_id != now.run_id
+            or not isinstance(resumed, list)
+            or resumed != now.resumed[: len(resumed)]
+        ):
+            kept = rows.iloc[:0]
+        else:
+            since = now.resumed[len(resumed) :]
+            kept = rows[rows["step"] <= min(since)] if since else rows
+        self.stale = self.stale or len(kept) < len(rows)
+        return kept
+
+    def metadata(self) -> dict:
+        """Key-value metadata of the Parquet file: the manifest, identity and engine settings."""
+        return {
+            "run": self.run.name,
+            "run_id": self.run.manifest.run_id,
+            "resumed": self.run.manifest.resumed,
+            "method": self.run.manifest.method,
+            "run_dir": os.path.relpath(self.run_dir, self.out.parent.resolve()),
+            "manifest": json.loads(self.run.manifest.to_json()),
+            "engine": self.settings,
+            "spectra_version": __version__,
+        }
+
+    def pending(self) -> list[tuple[int, str]]:
+        """(step, layer) pairs listed in the manifest and not yet computed, layer-major."""
+        self._reopen()
+        done = set()
+        if not self.rows.empty:
+            done = set(zip(self.rows["step"].tolist(), self.rows["layer"].tolist(), strict=True))
+        return [
+            (step, layer)
+            for layer in self.run.layers
+            for step in self.run.steps
+            if (step, layer) not in done | self.nonfinite
+        ]
+
+    def _reopen(self) -> None:
+        """Read the manifest again; forget what a resume or a re-created run invalidated."""
+        run = open_run(self.run.path)
+        old = self.run.manifest
+        rows = self._backed(self.rows, old.run_id, old.resumed, run.manifest)
+        if len(rows) < len(self.rows) or run.manifest.run_id != old.run_id:
+            self.nonfinite.clear()  # look at those steps again
+        if run.manifest.run_id != old.run_id:
+            self._bases.clear()
+        self.rows, self.run = rows, run
+
+    def _write(self, new: list[dict]) -> None:
+        if new:
+            fresh = pd.DataFrame(new)
+            self.rows = fresh if self.rows.empty else pd.concat([self.rows, fresh])
+            self.rows = self.rows.drop_duplicates(KEY, keep="last")
+        write_run(self.out, self.rows, self.metadata())
+        self.stale = False
+
+    def drop_stale(self) -> None:
+        """Rewrite the Parquet file without the rows the run directory no longer backs."""
+        self._reopen()
+        if self.stale:
+            self._write([])
+
+    def update(self) -> int:
+        """Compute and write every pending row; return how many rows were added."""
+        tasks = self.pending()
+        if not tasks:
+            if self.stale:
+                self._write([])
+            return 0
+        if 0 not in self.run.steps:
+            raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
+        with self._executor() as executor, self._progress(len(tasks)) as advance:
+            options = [self.settings[k] for k in ("top_k", "intruder_eps")]
+            layers = [layer for layer in self.run.layers if layer not in self._bases]
+            base_args = [(self.run_dir, layer, self.cache_dir, self.device) for layer in layers]
+            for (_, layer, *_), path in run_tasks(executor, base_task, base_args):
+                self._bases[layer] = path
+            options += [self.device, self.settings["ft_rank"]]
+            args = [(self.run_dir, s, layer, self._bases[layer], *options) for s, layer in tasks]
+            new, added, last_write = [], 0, time.monotonic()
+            for _, row in run_tasks(executor, matrix_task, args):
+                advance()
+                if row.pop("nonfinite", False):
+                    self.nonfinite.add((row["step"], row["layer"]))
+                    continue
+                new.append(row)
+                added += 1
+                if time.monotonic() - last_write >= self.write_every:
+                    self._write(new)
+                    new, last_write = [], time.monotonic()
+            self._write(new)
+        return added
+
+    def _executor(self):
+        return nullcontext(self.executor) if self.executor else local_pool(self.workers)
+
+    @contextmanager
+    def _progress(self, total: int):
+        if not self.progress:
+            yield lambda: None
+            return
+        columns = (*Progress.get_default_columns(), MofNCompleteColumn())
+        console = Console(stderr=True)  # on a terminal only, and gone when done or on an error
+        with Progress(
+            *columns, console=console, transient=True, disable=not console.is_terminal
+        ) as bar:
+            task = bar.add_task(f"{self.run.name}", total=total)
+            yield lambda: bar.advance(task)
+
+
+def compute_run(
+    run_dir: str | Path, out: str | Path | None = None, *, workers: int = 1, **options
+) -> Path:
+    """Compute every missing row of a run directory into its Parquet file; return its path.
+
+    Raises SpectraError after writing the good rows if some weights were NaN or Inf.
+    """
+    engine = Engine(run_dir, out, workers=workers, progress=True, **options)
+    engine.update()
+    if engine.nonfinite:
+        bad = ", ".join(f"step {s} {layer}" for s, layer in sorted(engine.nonfinite)[:3])
+        more = len(engine.nonfinite) - 3
+        raise SpectraError(
+            f"{len(engine.nonfinite)} matrices have NaN or Inf weights ({bad}"
+            f"{f' and {more} more' if more > 0 else ''}); their rows were not written"
+        )
+    return engine.out

@@ -1,0 +1,120 @@
+"""One Parquet row: every metric of one (step, layer) matrix against its step-0 SVD.
+
+:func:`matrix_task` is the engine's unit of work, a module-level function of paths, so it
+runs the same in this process, in a local process pool or on any ``concurrent.futures``
+executor. It adds the drift of W_t against the cached SVD of W_0, the update columns of
+ΔW = W_t − W_0 (:func:`update_metrics`, through the factors of a low-rank layer:
+:func:`update_svd`) and the factor columns of a layer with principal factors
+(:func:`principal_metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spectra.engine.svd_cache import load_base
+from spectra.factors import Principal, live, principal, update_factors
+from spectra.metrics import (
+    INTRUDER_EPS,
+    SVD,
+    TOP_K,
+    amplification_from_svd,
+    drift_from_svd,
+    factor_metrics,
+    factored_svd,
+    magnitude_direction,
+    svd,
+    top_overlaps,
+)
+from spectra.snapshots import Run, open_run
+from spectra.store import layer_position
+
+FT_RANK = 16  # default r of ΔW's top-r subspace (amplification) for layers without an adapter rank
+
+
+def update_svd(
+    kind: str,
+    w0: torch.Tensor,
+    factors0: Principal | None,
+    w: torch.Tensor,
+    factors: Principal | None,
+    device: str = "cpu",
+) -> SVD:
+    """Thin SVD of ΔW = W_t − W_0: through the factors for a ``lowrank`` layer (O((m + n) r²),
+    see :func:`~spectra.factors.update_factors`), a full SVD otherwise (FT, DoRA)."""
+    if kind == "lowrank":
+        return factored_svd(*update_factors(factors0, factors))
+    return svd(w - w0, device)
+
+
+def update_metrics(
+    run: Run,
+    step: int,
+    layer: str,
+    w: torch.Tensor,
+    factors: Principal | None,
+    ft_rank: int = FT_RANK,
+    device: str = "cpu",
+) -> dict:
+    """delta_m, delta_dir and amplification of ``layer``'s update ΔW = W_t − W_0 at ``step``.
+
+    r is the target's adapter rank, else ``ft_rank``. Amplification is None at step 0 and NaN
+    when ΔW = 0.
+    """
+    if step == 0:
+        return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
+    target = run.manifest.targets[layer]
+    w0, factors0 = run.weight_and_principal(0, layer)
+    row = magnitude_direction(w0, w)
+    if torch.equal(w, w0):
+        return row | {"amplification": math.nan}
+    delta = update_svd(target.kind, w0, factors0, w, factors, device)
+    rank = target.rank or ft_rank
+    return row | {"amplification": amplification_from_svd(w0, delta, rank)}
+
+
+def matrix_task(
+    run_dir: str,
+    step: int,
+    layer: str,
+    base_file: str,
+    top_k: int = TOP_K,
+    intruder_eps: float = INTRUDER_EPS,
+    device: str = "cpu",
+    ft_rank: int = FT_RANK,
+) -> dict:
+    """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
+    run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
+    w, factors = run.weight_and_principal(step, layer)
+    block, module = layer_position(layer)
+    row = {"run": run.name, "method": run.manifest.method, "step": step, "layer": layer,
+           "block": block, "module": module, "rows": w.shape[0], "cols": w.shape[1]}  # fmt: skip
+    if not torch.isfinite(w).all():
+        return row | {"nonfinite": True}
+    base = load_base(base_file)
+    cur = base if step == 0 else svd(w, device)
+    row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
+    overlaps = top_overlaps(base, cur, top_k)
+    row["intruder_overlap"] = [1.0] * overlaps.numel() if cur is base else overlaps.tolist()
+    row |= update_metrics(run, step, layer, w, factors, ft_rank, device)
+    if factors is None:
+        return row | {"cond_p": None, "ortho_err": None, "rank": None}
+    return row | principal_metrics(run, step, layer, factors)
+
+
+def principal_metrics(run: Run, step: int, layer: str, factors: Principal) -> dict:
+    """``rank`` (W_p's live components), ``cond_p`` over them (NaN when W_p = 0) and
+    ``ortho_err``: of a slice, its module's (SORSA's regularizer keeps the whole U_p and V_p
+    orthonormal; the rows of U_p that a slice takes are not meant to be)."""
+    alive = live(factors)
+    rank = alive.right.shape[0]
+    if rank == 0:
+        return {"rank": 0, "cond_p": math.nan, "ortho_err": None}
+    out = {"rank": rank, **factor_metrics(alive.left, alive.right, alive.values)}
+    target = run.manifest.targets[layer]
+    if factors.values is not None and target.rows:
+        whole = live(principal(target.kind, run.parts(step, layer, sliced=False)))
+        out["ortho_err"] = factor_metrics(whole.left, whole.right, whole.values)["ortho_err"]
+    return out
