@@ -32,7 +32,8 @@ def compute_until_finished(
 ) -> Engine:
     """Run ``Engine.update()`` every ``poll`` seconds until the run is finished and computed.
 
-    Raises SpectraError once the snapshots of a run whose training failed are computed.
+    Raises SpectraError once the snapshots of a run whose training failed, or whose writing
+    process ended without finishing it (killed), are computed.
     """
     engine = Engine(run_dir)
     while True:
@@ -45,6 +46,13 @@ def compute_until_finished(
             raise SpectraError(_failed(manifest, f"its snapshots' metrics are in {engine.out}"))
         if manifest.finished:
             return engine
+        if manifest.abandoned:
+            writer = manifest.writer
+            raise SpectraError(
+                f"the training of run {manifest.run} ended without finishing it (its process "
+                f"{writer.pid} on {writer.host} is gone: killed?); its snapshots' metrics are "
+                f"in {engine.out}"
+            )
         time.sleep(poll)
 
 

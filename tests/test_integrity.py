@@ -206,6 +206,41 @@ def test_follow_stops_when_training_fails(tmp_path):
     assert set(rows_of(tmp_path / "run.parquet")["step"]) == {0, 1, 2}
 
 
+SCRIPT_KILLED = """
+import os, signal, sys
+import spectra
+from tiny_models import base_model
+tracker = spectra.Tracker(base_model("llama"), sys.argv[1], every=1, mode="deferred")
+tracker.step(1, loss=1.0)
+tracker.flush()
+os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_follow_stops_when_the_training_process_is_killed(tmp_path, signal_name):
+    """Killed by a signal (the OOM killer, scancel), a training marks nothing: the follower
+    finds its writing process gone, computes what was written and stops."""
+    script = [sys.executable, "-c", SCRIPT_KILLED, str(tmp_path / "run"), signal_name]
+    done = subprocess.run(script, capture_output=True, text=True, env=env())
+    assert done.returncode < 0  # died of the signal
+    manifest = open_run(tmp_path / "run").manifest
+    assert not manifest.finished and manifest.abandoned and manifest.steps == [0, 1]
+    with pytest.raises(SpectraError, match=r"ended without finishing it .* is gone: killed"):
+        follow(tmp_path / "run", poll=0.05)
+    assert set(rows_of(tmp_path / "run.parquet")["step"]) == {0, 1}
+
+
+def test_a_live_or_foreign_writer_is_waited_for(tmp_path):
+    from spectra.snapshots import Writer
+
+    here = Writer.this_process()
+    assert not here.gone()  # this very process
+    assert not Writer("another-host", 2**22 + 1, here.namespace).gone()
+    assert not Writer(here.host, 2**22 + 1, (here.namespace or 0) + 1).gone()  # other container
+    assert Writer(here.host, 2**22 + 1, here.namespace).gone()  # above pid_max: no such process
+
+
 def test_leftover_temporary_files_are_removed_when_the_run_is_opened_again(tmp_path):
     run_dir = make_run_dir(tmp_path, "run")
     leftover = run_dir / f".{step_file(2)}.0a1b2c3d.tmp"

@@ -7,6 +7,8 @@ names the file and the field."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import asdict, dataclass, field
 
 from spectra import __version__
@@ -30,12 +32,49 @@ class Target:
 
 
 @dataclass
+class Writer:
+    """The process that writes a run: its host, process id and PID namespace (an inode number;
+    two containers on one host can reuse each other's process ids)."""
+
+    host: str
+    pid: int
+    namespace: int | None = None
+
+    @classmethod
+    def this_process(cls) -> Writer:
+        return cls(socket.gethostname(), os.getpid(), _pid_namespace())
+
+    def gone(self) -> bool:
+        """Whether this process has certainly ended: it ran on this host, in this PID
+        namespace, and no process has its id now (False whenever that cannot be known)."""
+        here = Writer.this_process()
+        if (self.host, self.namespace) != (here.host, here.namespace):
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # it exists, as another user's process
+            return False
+        return False
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux
+        return None
+
+
+@dataclass
 class Manifest:
     """Everything about a run that is not a tensor.
 
     ``resumed`` lists the steps a resumed training restarted from; the snapshots after each
     were discarded. ``extra["status"]`` is "completed" or "failed" once training ended (with
-    the exception in ``extra["error"]``).
+    the exception in ``extra["error"]``). ``writer`` is the process that last opened the run
+    for writing: a follower stops waiting when it is gone before the run is finished (a
+    training killed by a signal or the OOM killer marks nothing).
     """
 
     run: str
@@ -53,11 +92,17 @@ class Manifest:
     spectra_version: str = __version__
     run_id: str | None = None
     resumed: list[int] = field(default_factory=list)
+    writer: Writer | None = None
 
     @property
     def failed(self) -> bool:
         """Whether training ended with an exception."""
         return self.extra.get("status") == "failed"
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the run is unfinished and the process that was writing it has ended."""
+        return not self.finished and self.writer is not None and self.writer.gone()
 
     def to_json(self) -> str:
         raw = asdict(self)
@@ -108,6 +153,8 @@ def _check(manifest: Manifest) -> None:
     for name in ("steps", "resumed"):
         if any(step < 0 for step in getattr(manifest, name)):
             raise SpectraError(f"{name}: steps are never negative")
+    if manifest.writer is not None and manifest.writer.pid < 1:
+        raise SpectraError(f"writer.pid: must be positive, got {manifest.writer.pid}")
     for key in ("status", "error"):
         if not isinstance(manifest.extra.get(key, ""), str):
             raise SpectraError(f"extra.{key}: expected a string")

@@ -15,7 +15,7 @@ import torch
 from spectra.errors import SpectraError
 from spectra.snapshots.atomic import atomic_write, remove_temporary_files, save_tensors
 from spectra.snapshots.files import FROZEN, MANIFEST, step_file
-from spectra.snapshots.manifest import Manifest
+from spectra.snapshots.manifest import Manifest, Writer
 from spectra.snapshots.reader import open_run
 
 
@@ -46,6 +46,7 @@ class RunWriter:
         else:
             manifest.run_id = manifest.run_id or uuid.uuid4().hex
         remove_temporary_files(self.path)
+        manifest.writer = Writer.this_process()
         self.manifest = manifest
         self._write_manifest()  # fails here, before training, if the directory is not writable
 
