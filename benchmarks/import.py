@@ -6,7 +6,7 @@ output folder (``checkpoint-N/``), each as sharded safetensors with an index, wr
 directly from tensors (no model is built). Then, each in its own subprocess (peak RSS is the
 child's own VmHWM), in one run:
 
-- ``spectra``    ``spectra import OUT --base BASE``: q/v tensors only, SHA-256 of every file;
+- ``spectra``    ``spectra import OUT --base BASE``: q/v tensors only (and their SHA-256);
 - ``naive``      ``AutoModelForCausalLM.from_pretrained`` of the base and of every checkpoint
   (default dtype, which in transformers 5 is the stored bf16, mapped from the files), then
   the q/v weights copied out, as a run needs them;
