@@ -56,11 +56,6 @@ def import_run(
     state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
     with _progress(run_dir.name, len(origin), progress) as advance:
 
-        def written_steps():
-            for step, layers in job.steps():
-                yield step, layers
-                advance()
-
         def provenance() -> dict:
             return {
                 "base": str(base_model.path.resolve()),
@@ -80,7 +75,7 @@ def import_run(
         with staged(run_dir, overwrite) as tmp:
             manifest = job.manifest(run_dir.name, str(base))
             log = train_log(state) if state else {}
-            write_run(tmp, manifest, frozen, written_steps(), log, provenance)
+            write_run(tmp, manifest, frozen, job.steps(), log, provenance, advance)
     return run_dir
 
 

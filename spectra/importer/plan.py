@@ -27,7 +27,6 @@ from spectra.importer.model import Model
 from spectra.importer.sources import Checkpoint
 from spectra.importer.writer import Layers
 from spectra.snapshots import Manifest, Target
-from spectra.store import METHOD_ORDER
 
 
 def _default_targets(config: dict | None, names: list[str]) -> tuple[str, ...]:
@@ -258,6 +257,8 @@ def plan_import(checkpoints: list[Checkpoint], base: Model, targets, method: str
             f"{full[0].path} holds full weights but {adapter.path} an adapter; "
             "one import takes one method"
         )
+    from spectra.store import METHOD_ORDER  # the method names (store loads pandas: only here)
+
     if method is not None and method not in METHOD_ORDER:
         raise SpectraError(f"unknown method {method!r} (expected one of {', '.join(METHOD_ORDER)})")
     kind = FullImport if full else AdapterImport

@@ -108,14 +108,18 @@ def write_run(
     steps: Iterable[tuple[int, Layers]],
     log: dict[int, dict[str, float]],
     provenance,
+    on_step=lambda: None,
 ) -> None:
-    """Write a complete run directory: frozen tensors, each step as it comes, the training
-    log, then the manifest marked finished with ``provenance()`` under ``extra["import"]``."""
+    """Write a complete run directory: frozen tensors, each step as it comes (``on_step()``
+    after each), the training log, then the manifest marked finished with ``provenance()``
+    under ``extra["import"]``."""
     writer = RunWriter(path, manifest)
     if frozen:
         writer.write_frozen(frozen)
     for step, layers in steps:
         writer.write_step(step, layers)
+        del layers  # one step's tensors in memory at a time: gone before the next is read
+        on_step()
     if log:
         write_train_log(path, log)
     writer.finish(status="completed", **{"import": provenance()})

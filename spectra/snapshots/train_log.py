@@ -5,14 +5,17 @@ any extra float columns after them, sorted by name; written atomically, checked 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spectra.errors import SpectraError
 from spectra.snapshots.atomic import atomic_write
 from spectra.snapshots.files import TRAIN_LOG
+
+if TYPE_CHECKING:  # pandas loads when a log is read, not with every run directory
+    import pandas as pd
 
 LOG_COLUMNS = ("step", "loss", "reg_loss", "grad_norm", "lr")
 
@@ -30,6 +33,8 @@ def write_train_log(run_dir: Path, rows: dict[int, dict[str, float]]) -> None:
 
 def read_train_log(run_dir: str | Path) -> pd.DataFrame | None:
     """The run's training log (a ``step`` column, then float columns), or None if it has none."""
+    import pandas as pd
+
     path = Path(run_dir) / TRAIN_LOG
     if not path.is_file():
         return None
