@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,6 +121,8 @@ def run(job: Plan, console: Console | None = None) -> list[Path]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one rich bar per run instead
+    # transformers' own deprecation notice, raised by peft's code, not by anything a user runs
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
     console = console or Console(stderr=True)
     tokenizer = load_tokenizer(job.model)
     data = SFTDataset(load_examples(job.data, job.preset.examples), tokenizer,
