@@ -177,6 +177,7 @@ def render_summary(frame: pd.DataFrame, width: int = 160) -> str:
     means = pd.concat(
         [summary(frame[frame["run"] == run], last[run]) for run in ordered_runs(frame)]
     )
+    means.insert(3, "step", means["run"].map(last))
     console = Console(file=io.StringIO(), width=width, force_terminal=False)
     title = "Summary at each run's last step (layer means)"
     console.print(_rich_table(means.rename(columns=SUMMARY_COLUMNS), title))
