@@ -164,11 +164,6 @@ def top_overlaps(base: SVD, cur: SVD, top_k: int = TOP_K) -> torch.Tensor:
     return (top.mT @ base.u).abs().amax(dim=1)
 
 
-def intruders(base: SVD, cur: SVD, top_k: int = TOP_K, eps: float = INTRUDER_EPS) -> int:
-    """How many of the top-k left singular vectors of W_t have max_j |⟨u_t^i, u_0^j⟩| < eps."""
-    return int((top_overlaps(base, cur, top_k) < eps).sum())
-
-
 def drift_from_svd(
     base: SVD,
     wt: torch.Tensor,
@@ -177,31 +172,32 @@ def drift_from_svd(
     top_k: int = TOP_K,
     intruder_eps: float = INTRUDER_EPS,
     matched: bool = True,
-) -> dict[str, float]:
+) -> dict:
     """All per-matrix metrics of W_t against a base whose SVD is already known."""
     if cur is None:
         cur = svd(wt)
     if cur is base:  # W_t is W_0: no drift, exactly
         delta_sigma = delta_d = delta_d_matched = 0.0
-        n_intruders = 0
+        overlaps = torch.ones(min(top_k, cur.u.shape[1]), dtype=torch.float64)
     else:
         delta_sigma = float((cur.s - base.s).abs().mean())
         delta_d, delta_d_matched = vector_drift(base, cur, matched)
-        n_intruders = intruders(base, cur, top_k, intruder_eps)
+        overlaps = top_overlaps(base, cur, top_k)
     return {
         "delta_sigma": delta_sigma,
         "delta_d": delta_d,
         "delta_d_matched": delta_d_matched,
         **scale_metrics(cur.s, wt),
-        "intruders": n_intruders,
+        "intruders": int((overlaps < intruder_eps).sum()),
+        "intruder_overlap": overlaps.tolist(),
     }
 
 
-def drift(w0, wt, *, top_k: int = TOP_K, intruder_eps: float = INTRUDER_EPS) -> dict[str, float]:
+def drift(w0, wt, *, top_k: int = TOP_K, intruder_eps: float = INTRUDER_EPS) -> dict:
     """Every per-matrix drift metric of W_t against W_0 (torch or numpy, any float dtype).
 
     Keys are the Parquet column names: delta_sigma, delta_d, delta_d_matched, cond_w,
-    sigma_max, sigma_min, fro_norm, stable_rank, eff_rank, intruders.
+    sigma_max, sigma_min, fro_norm, stable_rank, eff_rank, intruders, intruder_overlap.
     """
     w0, wt = as_float64(w0, "w0"), as_float64(wt, "wt")
     if w0.shape != wt.shape:

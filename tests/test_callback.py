@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -97,7 +98,9 @@ def assert_rows_match(rows: pd.DataFrame, refs: dict, method: str, layers) -> No
         want = expected_row(refs, row["step"], row["layer"], method)
         for name, value in want.items():
             got = row[name]
-            if value is None:
+            if isinstance(value, list):  # intruder_overlap
+                np.testing.assert_allclose(got, value, rtol=0, atol=1e-12, err_msg=name)
+            elif value is None:
                 assert got is None or math.isnan(got), (name, row["step"])
             elif math.isnan(value):
                 assert math.isnan(got), (name, row["step"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,7 +268,7 @@ def test_bert_base_and_classifier_checkpoints_align(tmp_path):
                          wt[f"{layer}.weight"].double())  # fmt: skip
             row = got[(got["step"] == step) & (got["layer"] == layer)].iloc[0]
             for name, value in want.items():
-                assert math.isclose(row[name], value, rel_tol=0, abs_tol=TOL), (name, layer)
+                assert np.allclose(row[name], value, rtol=0, atol=TOL), (name, layer)
 
 
 def test_sharded_checkpoints_read_only_the_target_tensors(tmp_path, monkeypatch):
@@ -363,7 +362,7 @@ def test_gpt2_fused_c_attn_is_imported_as_slices(tmp_path):
         wt = tuned.get_submodule(module).weight.detach().double().T[rows_of]
         row = got[(got["step"] == 1) & (got["layer"] == layer)].iloc[0]
         for name, value in drift(w0, wt).items():
-            assert math.isclose(row[name], value, rel_tol=0, abs_tol=TOL), (name, layer)
+            assert np.allclose(row[name], value, rtol=0, atol=TOL), (name, layer)
 
 
 def test_gpt2_lora_on_fused_conv1d_matches_peft_merge(tmp_path):

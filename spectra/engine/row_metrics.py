@@ -26,7 +26,6 @@ from spectra.metrics import (
     factored_svd,
     magnitude_direction,
     svd,
-    top_overlaps,
 )
 from spectra.snapshots import Run, open_run
 from spectra.store import layer_position
@@ -96,8 +95,6 @@ def matrix_task(
     base = load_base(base_file)
     cur = base if step == 0 else svd(w, device)
     row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
-    overlaps = top_overlaps(base, cur, top_k)
-    row["intruder_overlap"] = [1.0] * overlaps.numel() if cur is base else overlaps.tolist()
     row |= update_metrics(run, step, layer, w, factors, ft_rank, device)
     if factors is None:
         return row | {"cond_p": None, "ortho_err": None, "rank": None}
