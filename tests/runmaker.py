@@ -17,6 +17,7 @@ from spectra.store import write_run
 Column = Callable[[int, int], float]  # (layer index, step) -> value
 BLOCKS, MODULES = 4, ("q_proj", "v_proj")
 STEPS = (0, 10, 20, 30, 40)
+LAYER = "model.layers.0.self_attn.q_proj"  # the one layer of make_run_dir
 
 
 def layers(blocks: int = BLOCKS) -> list[tuple[str, int, str]]:
@@ -125,6 +126,18 @@ def paper_like(root: Path) -> list[Path]:
     ]
 
 
+def damage_tensors(path: Path, **parts) -> None:
+    """Replace parts of ``LAYER`` in a safetensors file of a run (None: remove the part)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    for part, value in parts.items():
+        tensors.pop(f"{LAYER}/{part}", None)
+        if value is not None:
+            tensors[f"{LAYER}/{part}"] = value
+    save_file(tensors, path)
+
+
 def make_run_dir(root: Path, name: str, kind: str = "dense", steps=(0, 1), seed: int = 0) -> Path:
     """A tiny finished run directory of one 6×4 layer stored as ``kind`` (rank 2 factors)."""
     import torch
@@ -132,7 +145,7 @@ def make_run_dir(root: Path, name: str, kind: str = "dense", steps=(0, 1), seed:
     from spectra.snapshots import Manifest, RunWriter, Target
 
     g = torch.Generator().manual_seed(seed)
-    layer, (m, n, r) = "model.layers.0.self_attn.q_proj", (6, 4, 2)
+    layer, (m, n, r) = LAYER, (6, 4, 2)
     target = Target(kind, (m, n), None if kind == "dense" else r)
     method = {"dense": "ft", "lowrank": "sorsa", "dora": "dora"}[kind]
     writer = RunWriter(root / name, Manifest(run=name, method=method, targets={layer: target}))

@@ -20,13 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from runmaker import make_run, make_run_dir, parallel
-from safetensors.torch import load_file, save_file
+from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
 
 from spectra.recipes import DEFAULT_MODEL
 from spectra.snapshots import FROZEN, MANIFEST, step_file
 
-LAYER = "model.layers.0.self_attn.q_proj"
 GOOD_RECORD = json.dumps({"query": "1+1?", "response": "2"})
 
 
@@ -50,16 +48,6 @@ def damage_manifest(run: Path, change: Callable[[dict], object]) -> None:
     raw = json.loads((run / MANIFEST).read_text())
     change(raw)
     (run / MANIFEST).write_text(json.dumps(raw))
-
-
-def damage_tensors(path: Path, **parts) -> None:
-    """Replace parts of the layer in a safetensors file (None: remove the part)."""
-    tensors = load_file(path)
-    for part, value in parts.items():
-        tensors.pop(f"{LAYER}/{part}", None)
-        if value is not None:
-            tensors[f"{LAYER}/{part}"] = value
-    save_file(tensors, path)
 
 
 def damage_metadata(path: Path, raw: bytes | None = None, **changes) -> None:
