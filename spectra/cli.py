@@ -235,16 +235,25 @@ def _step_numbers(values: list[str] | None) -> list[int] | None:
         raise SpectraError(f"--steps takes whole step numbers, got {', '.join(values)}") from None
 
 
+COPY_HELP = (
+    "Copy every step's tensors into the run, instead of referencing full weights in local "
+    "safetensors files (the run then survives the sources moving or changing)."
+)
+
+
 @app.command("import")
 def import_(
     sources: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
             help="Trainer output folders (every checkpoint-N/ is step N), checkpoint, peft "
-            "adapter or model folders, or weight files (.safetensors; torch.save .pt/.bin)."
+            "adapter or model folders, weight files (.safetensors; torch.save .pt/.bin), or "
+            "Hub models (namespace/name[@revision]: only the target tensors are fetched)."
         ),
     ],
-    base: Annotated[Path, typer.Option(help="The base model (folder or weight file): step 0.")],
+    base: Annotated[
+        str, typer.Option(help="The base model (folder, weight file or Hub model): step 0.")
+    ],
     name: Annotated[str | None, typer.Option(help="Run name [the sources' folder name].")] = None,
     out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs"),
     targets: Annotated[
@@ -265,25 +274,26 @@ def import_(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run that already exists.")] = False,
+    copy: Annotated[bool, typer.Option("--copy", help=COPY_HELP)] = False,
 ) -> None:
     """Import checkpoints you already have as a run directory (then: spectra compute)."""
     from spectra.importer import import_run
 
     run = import_run(
         sources, base, out=out, name=name, targets=_split(targets), method=method,
-        steps=_step_numbers(steps), overwrite=overwrite, progress=True,
+        steps=_step_numbers(steps), overwrite=overwrite, progress=True, copy=copy,
     )  # fmt: skip
     typer.echo(f"wrote {run}")
 
 
 @app.command()
 def compare(
-    base: Annotated[Path, typer.Argument(help="The base model (folder or weight file).")],
+    base: Annotated[str, typer.Argument(help="The base model (folder, weight file or Hub model).")],
     finetuned: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            help="Fine-tuned versions: each becomes a run named after its folder (a Trainer "
-            "output folder gives all its checkpoints as steps)."
+            help="Fine-tuned versions of it: each becomes a run named after its folder or Hub "
+            "model (a Trainer output folder gives all its checkpoints as steps)."
         ),
     ],
     targets: Annotated[
@@ -291,13 +301,16 @@ def compare(
     ] = None,
     out: Annotated[Path, typer.Option(help="Runs folder.")] = Path("runs"),
     overwrite: Annotated[bool, typer.Option(help="Replace runs that already exist.")] = False,
+    copy: Annotated[bool, typer.Option("--copy", help=COPY_HELP)] = False,
 ) -> None:
-    """What did these fine-tunes do to the weights? Import, compute, print the summary."""
+    """What did these fine-tunes do to their base? Import, compute, print one summary."""
     from spectra.importer import compare_runs
     from spectra.report import render_summary
     from spectra.store import load_runs
 
-    paths = compare_runs(base, finetuned, out=out, targets=_split(targets), overwrite=overwrite)
+    paths = compare_runs(
+        base, finetuned, out=out, targets=_split(targets), overwrite=overwrite, copy=copy
+    )
     typer.echo(render_summary(load_runs(paths)), nl=False)
 
 

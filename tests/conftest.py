@@ -9,9 +9,11 @@ from spectra.cli import main
 
 @pytest.fixture(autouse=True)
 def svd_cache(tmp_path_factory, monkeypatch):
-    """Point $SPECTRA_CACHE at a fresh directory so tests never touch ~/.cache."""
+    """Point $SPECTRA_CACHE and $XDG_CONFIG_HOME (the reference key) at fresh directories so
+    tests never touch ~/.cache or ~/.config."""
     path = tmp_path_factory.mktemp("svd-cache")
     monkeypatch.setenv("SPECTRA_CACHE", str(path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
     return path
 
 

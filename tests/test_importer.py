@@ -131,7 +131,7 @@ def assert_rows_equal(got: pd.DataFrame, want: pd.DataFrame, tol: float = TOL) -
 @pytest.mark.parametrize("method", ["ft", "lora", "pissa", "dora", "adalora"])
 def test_imported_checkpoints_give_the_tracked_rows(trained, tmp_path, method):
     t = trained(method)
-    run_dir = import_run([t.out], t.base, out=tmp_path)
+    run_dir = import_run([t.out], t.base, out=tmp_path, copy=True)  # files to compare below
     imported, tracked = open_run(run_dir), open_run(t.tracked)
     assert run_dir == tmp_path / method and imported.manifest.finished
     assert imported.manifest.method == tracked.manifest.method == method
@@ -308,9 +308,9 @@ def test_sharded_checkpoints_read_only_the_target_tensors(tmp_path, monkeypatch)
             read.append(name)
             return self.f.get_tensor(name)
 
-    monkeypatch.setattr(tensors_module, "safe_open", Spy)
-    sharded = open_run(import_run([tmp_path / "out"], tmp_path / "base", out=tmp_path / "runs"))
-    monkeypatch.undo()
+    with monkeypatch.context() as spying:  # undone alone: the isolated caches stay
+        spying.setattr(tensors_module, "safe_open", Spy)
+        sharded = open_run(import_run([tmp_path / "out"], tmp_path / "base", out=tmp_path / "runs"))
     weights = [f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in TARGETS]
     assert sorted(read) == sorted(weights * 2)  # base and checkpoint: the targets only
     assert sharded.steps == [0, 7]

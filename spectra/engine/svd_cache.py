@@ -10,7 +10,6 @@ entry that cannot be read back whole is computed again. :func:`base_svd` loads i
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,14 +17,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load
 
+from spectra.cachedir import default_cache_dir
 from spectra.errors import SpectraError
 from spectra.metrics import SVD, svd
 from spectra.snapshots import open_run, save_tensors
-
-
-def default_cache_dir() -> Path:
-    """$SPECTRA_CACHE, else ~/.cache/spectra."""
-    return Path(os.environ.get("SPECTRA_CACHE") or Path.home() / ".cache" / "spectra")
 
 
 def weight_key(w: torch.Tensor) -> str:

@@ -9,7 +9,9 @@ One module per job: :mod:`.tensors` (lazy weight files), :mod:`.model` (full-wei
 folders and files), :mod:`.adapter` (peft adapter folders), :mod:`.trainer` (Trainer output
 folders), :mod:`.layer` (one adapted layer rebuilt by peft), :mod:`.align` (base ↔
 checkpoint key names), :mod:`.sources` (which checkpoints, which steps), :mod:`.plan`
-(layers and tensors per step) and :mod:`.writer` (the staged run directory, checksums).
+(layers and tensors per step), :mod:`.references` (which steps stay in their source files),
+:mod:`.provenance` (what is recorded of each source) and :mod:`.writer` (the staged run
+directory, checksums). Hub ids (``org/name[@rev]``) are resolved by :mod:`spectra.hub`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,30 @@ from pathlib import Path
 from rich.progress import MofNCompleteColumn, Progress
 
 from spectra.errors import SpectraError
-from spectra.importer.model import open_model
+from spectra.importer.model import Model, open_model
 from spectra.importer.plan import plan_import
-from spectra.importer.sources import default_name, find_checkpoints
+from spectra.importer.provenance import files_of, source_of
+from spectra.importer.references import ByReference
+from spectra.importer.sources import find_checkpoints
 from spectra.importer.trainer import train_log, trainer_state
 from spectra.importer.writer import check_destination, checksums, staged, write_run
 
 __all__ = ["compare_runs", "import_run"]
 
 
+def _open_base(base: str | Path | Model) -> Model:
+    """The base model: already opened, or a path or Hub id."""
+    from spectra.hub import open_source
+
+    if isinstance(base, Model):
+        return base
+    opened = open_source(base)
+    return opened if isinstance(opened, Model) else open_model(opened)
+
+
 def import_run(
-    sources: Sequence[str | Path],
-    base: str | Path,
+    sources: Sequence[str | Path | Model],
+    base: str | Path | Model,
     *,
     out: str | Path = "runs",
     name: str | None = None,
@@ -41,30 +55,38 @@ def import_run(
     steps: Sequence[int] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    copy: bool = False,
 ) -> Path:
-    """Build the run directory ``out/<name>`` from checkpoints of a fine-tuning of ``base``.
+    """Build the run directory ``out/<name>`` from checkpoints of a fine-tuning of ``base``
+    (paths or Hub ids; see :mod:`spectra.hub`). Steps of full weights in local safetensors
+    files are stored by reference unless ``copy`` (see :mod:`.references`).
 
     Returns its path. SpectraError (and nothing written) for anything that cannot be imported.
     """
-    sources = [Path(s) for s in sources]
-    run_dir = Path(out) / (name or default_name(sources))
+    from spectra.hub import fetch_reads, open_source, run_names
+
+    if not sources:
+        raise SpectraError("no sources to import")
+    first = sources[0].path if isinstance(sources[0], Model) else sources[0]
+    run_dir = Path(out) / (name or run_names([first])[0])
     check_destination(run_dir, overwrite)
-    checkpoints = find_checkpoints(sources, steps)
-    base_model = open_model(Path(base))
+    checkpoints = find_checkpoints(
+        [s if isinstance(s, Model) else open_source(s) for s in sources], steps
+    )
+    base_model = _open_base(base)
     job = plan_import(checkpoints, base_model, targets or None, method)
+    fetch_reads(job.reads(), progress)
     origin = {0: base_model} | {c.step: c.reader for c in checkpoints}
+    references = ByReference(job, {} if copy else origin)
     state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
     with _progress(run_dir.name, len(origin), progress) as advance:
 
         def provenance() -> dict:
             return {
-                "base": str(base_model.path.resolve()),
+                "base": source_of(base_model),
                 "method": job.method,
                 "steps": {
-                    str(step): {
-                        "source": str(reader.path.resolve()),
-                        "files": checksums(reader.files_read(), reader.tensors),
-                    }
+                    str(step): {"source": source_of(reader), "files": files_of(reader)}
                     for step, reader in origin.items()
                 },
                 **({"train_log": checksums([state], base_model.tensors)} if state else {}),
@@ -73,9 +95,9 @@ def import_run(
 
         frozen = job.frozen()
         with staged(run_dir, overwrite) as tmp:
-            manifest = job.manifest(run_dir.name, str(base))
+            manifest = job.manifest(run_dir.name, str(getattr(base, "path", base)))
             log = train_log(state) if state else {}
-            write_run(tmp, manifest, frozen, job.steps(), log, provenance, advance)
+            write_run(tmp, manifest, frozen, job.steps(), log, provenance, advance, references)
     return run_dir
 
 
@@ -96,21 +118,22 @@ def compare_runs(
     out: str | Path = "runs",
     targets: Sequence[str] | None = None,
     overwrite: bool = False,
+    copy: bool = False,
 ) -> list[Path]:
-    """Import each fine-tuned source as its own run (named after its folder) and compute it;
-    return the Parquet files."""
+    """Import each fine-tuned source (paths or Hub ids) as its own run of the one base, and
+    compute it; return the Parquet files. Every destination is checked and every source
+    resolved before anything is imported, and the base is opened (and fetched) once."""
     from spectra.engine import compute_run
+    from spectra.hub import open_source, run_names
 
-    names = [default_name([Path(s)]) for s in finetuned]
-    seen = {}
-    for source, run in zip(finetuned, names, strict=True):
-        if run in seen:
-            raise SpectraError(f"{seen[run]} and {source} would both be run {run}; rename one")
-        seen[run] = source
+    names = run_names(finetuned)
+    for run in names:
         check_destination(Path(out) / run, overwrite)
+    base_model = _open_base(base)
+    opened = [open_source(s) for s in finetuned]
     paths = []
-    for source, run in zip(finetuned, names, strict=True):
-        run_dir = import_run([source], base, out=out, name=run, targets=targets,
-                             overwrite=overwrite, progress=True)  # fmt: skip
+    for source, run in zip(opened, names, strict=True):
+        run_dir = import_run([source], base_model, out=out, name=run, targets=targets,
+                             overwrite=overwrite, progress=True, copy=copy)  # fmt: skip
         paths.append(compute_run(run_dir))
     return paths

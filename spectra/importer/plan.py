@@ -81,6 +81,10 @@ class Import:
         rank = ranks.pop() if len(ranks) == 1 else None
         return Manifest(run=run, method=self.method, targets=self.targets, model=model, rank=rank)
 
+    def reads(self) -> list[tuple[Model, list[str]]]:
+        """The full-weight models this import reads, each with the names of its tensors read."""
+        return [(self.base, [self.base.modules[self.base_of[m]] for m in self.modules])]
+
 
 class FullImport(Import):
     """Full-weight checkpoints (FT): each step stores every target module's whole weight."""
@@ -121,6 +125,11 @@ class FullImport(Import):
             weight = model.weight(names[module])
             layers[module] = {"weight": weight.T if self.transposed[module] else weight}
         return layers
+
+    def reads(self) -> list[tuple[Model, list[str]]]:
+        checkpoints = [(c.reader, [c.reader.modules[m] for m in self.modules])
+                       for c in self.checkpoints]  # fmt: skip
+        return super().reads() + checkpoints
 
     def frozen(self) -> Layers:
         return {}

@@ -1,9 +1,9 @@
 """What to import: the checkpoints that the sources name, and the step of each.
 
 Sources are Trainer output folders (every ``checkpoint-N/`` inside is step N), checkpoint,
-adapter or model folders, and weight files. Steps come from ``checkpoint-N`` names when
-every source has one, else 1, 2, 3, … in the order given, or from ``--steps``; step 0 is the
-base model.
+adapter or model folders, weight files, and models already opened (read from the Hub). Steps
+come from ``checkpoint-N`` names when every source has one, else 1, 2, 3, … in the order given,
+or from ``--steps``; step 0 is the base model.
 """
 
 from __future__ import annotations
@@ -32,18 +32,21 @@ def _read(path: Path) -> Model | Adapter:
     return open_adapter(path) if path.is_dir() and is_adapter(path) else open_model(path)
 
 
-def _expand(sources: Sequence[Path]) -> list[tuple[Path, int | None]]:
+def _expand(sources: Sequence[Path | Model]) -> list[tuple[Path | Model, int | None]]:
     """(checkpoint, step from its name) of every source, Trainer output folders expanded."""
     found = []
     for source in sources:
-        if not source.exists():
+        if isinstance(source, Model):
+            found.append((source, None))
+        elif not source.exists():
             raise SpectraError(f"{source}: no such file or folder")
-        inside = checkpoints(source) if source.is_dir() else []
-        found += [(p, step) for step, p in inside] or [(source, checkpoint_step(source))]
+        else:
+            inside = checkpoints(source) if source.is_dir() else []
+            found += [(p, step) for step, p in inside] or [(source, checkpoint_step(source))]
     return found
 
 
-def _steps(found: list[tuple[Path, int | None]], steps: Sequence[int] | None) -> list[int]:
+def _steps(found: list[tuple[Path | Model, int | None]], steps: Sequence[int] | None) -> list[int]:
     """The step of every checkpoint (see the module docstring); SpectraError on conflicts."""
     if steps is not None and len(steps) != len(found):
         raise SpectraError(f"--steps gives {len(steps)} step numbers for {len(found)} checkpoints")
@@ -54,7 +57,8 @@ def _steps(found: list[tuple[Path, int | None]], steps: Sequence[int] | None) ->
     else:
         numbers = list(range(1, len(found) + 1))
     seen: dict[int, Path] = {}
-    for (path, _), step in zip(found, numbers, strict=True):
+    for (source, _), step in zip(found, numbers, strict=True):
+        path = source.path if isinstance(source, Model) else source
         if step < 1:
             raise SpectraError(
                 f"{path} would be step {step}; steps start at 1 (step 0 is the base)"
@@ -67,14 +71,22 @@ def _steps(found: list[tuple[Path, int | None]], steps: Sequence[int] | None) ->
     return numbers
 
 
-def find_checkpoints(sources: Sequence[Path], steps: Sequence[int] | None) -> list[Checkpoint]:
+def _checkpoint(step: int, source: Path | Model) -> Checkpoint:
+    if isinstance(source, Model):
+        return Checkpoint(step, source.path, source)
+    return Checkpoint(step, source, _read(source))
+
+
+def find_checkpoints(
+    sources: Sequence[Path | Model], steps: Sequence[int] | None
+) -> list[Checkpoint]:
     """The checkpoints of the sources, by step, each with its (lazy) reader."""
     if not sources:
         raise SpectraError("no sources to import")
-    found = _expand([Path(s) for s in sources])
+    found = _expand([s if isinstance(s, Model) else Path(s) for s in sources])
     numbers = _steps(found, steps)
     return sorted(
-        (Checkpoint(n, path, _read(path)) for (path, _), n in zip(found, numbers, strict=True)),
+        (_checkpoint(n, source) for (source, _), n in zip(found, numbers, strict=True)),
         key=lambda c: c.step,
     )
 

@@ -22,9 +22,9 @@ import torch
 from spectra.errors import SpectraError
 from spectra.importer.tensors import SAFETENSORS, Tensors
 from spectra.snapshots import MANIFEST, Manifest, RunWriter, write_train_log
+from spectra.snapshots.raw import HEADER_LENGTH
 
 CHUNK = 1 << 20
-HEADER_LENGTH = 8  # a safetensors file starts with its header's length, a little-endian u64
 
 Layers = dict[str, dict[str, torch.Tensor]]  # {module: {part: tensor}}
 
@@ -40,6 +40,13 @@ def sha256(path: Path, size: int | None = None) -> str:
     return digest.hexdigest()
 
 
+def header_sha256(path: Path) -> str:
+    """Hex SHA-256 of a safetensors file's header (its length and JSON)."""
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(HEADER_LENGTH), "little")
+    return sha256(path, HEADER_LENGTH + length)
+
+
 def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
     """What of each file went into the import: of a safetensors file the SHA-256 of its header
     (names, dtypes, shapes, offsets) and of each tensor read; of any other file (JSON, a
@@ -48,10 +55,8 @@ def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
     for path in files:
         try:
             if path.suffix == SAFETENSORS:
-                length = int.from_bytes(path.open("rb").read(HEADER_LENGTH), "little")
-                header = sha256(path, HEADER_LENGTH + length)
                 records[str(path.resolve())] = {
-                    "header_sha256": header, "tensors": tensors.digests.get(path, {}),
+                    "header_sha256": header_sha256(path), "tensors": tensors.digests.get(path, {}),
                 }  # fmt: skip
             else:
                 records[str(path.resolve())] = {"sha256": sha256(path)}
@@ -109,15 +114,20 @@ def write_run(
     log: dict[int, dict[str, float]],
     provenance,
     on_step=lambda: None,
+    references=lambda step: None,
 ) -> None:
     """Write a complete run directory: frozen tensors, each step as it comes (``on_step()``
-    after each), the training log, then the manifest marked finished with ``provenance()``
+    after each; by reference where ``references(step)``, read after the step, gives its
+    references), the training log, then the manifest marked finished with ``provenance()``
     under ``extra["import"]``."""
     writer = RunWriter(path, manifest)
     if frozen:
         writer.write_frozen(frozen)
     for step, layers in steps:
-        writer.write_step(step, layers)
+        if (found := references(step)) is not None:
+            writer.write_references(step, found)
+        else:
+            writer.write_step(step, layers)
         del layers  # one step's tensors in memory at a time: gone before the next is read
         on_step()
     if log:

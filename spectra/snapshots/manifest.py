@@ -16,7 +16,9 @@ from spectra.errors import SpectraError
 from spectra.factors import KINDS, Rows, row_count
 from spectra.typedjson import at, read_dataclass
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this spectra reads
+PLAIN_FORMAT = 1  # every step's tensors in the run directory
+REFERENCES_FORMAT = 2  # some steps stored by reference (``referenced``): spectra 0.1 cannot read it
 
 
 @dataclass
@@ -71,10 +73,12 @@ class Manifest:
     """Everything about a run that is not a tensor.
 
     ``resumed`` lists the steps a resumed training restarted from; the snapshots after each
-    were discarded. ``extra["status"]`` is "completed" or "failed" once training ended (with
-    the exception in ``extra["error"]``). ``writer`` is the process that last opened the run
-    for writing: a follower stops waiting when it is gone before the run is finished (a
-    training killed by a signal or the OOM killer marks nothing).
+    were discarded. ``referenced`` lists the steps stored by reference (an import's tensors
+    left in their source files; see :mod:`spectra.snapshots.references`). ``extra["status"]``
+    is "completed" or "failed" once training ended (with the exception in ``extra["error"]``).
+    ``writer`` is the process that last opened the run for writing: a follower stops waiting
+    when it is gone before the run is finished (a training killed by a signal or the OOM
+    killer marks nothing).
     """
 
     run: str
@@ -88,11 +92,12 @@ class Manifest:
     steps: list[int] = field(default_factory=list)
     finished: bool = False
     extra: dict = field(default_factory=dict)
-    format: int = FORMAT_VERSION
+    format: int = PLAIN_FORMAT
     spectra_version: str = __version__
     run_id: str | None = None
     resumed: list[int] = field(default_factory=list)
     writer: Writer | None = None
+    referenced: list[int] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -110,6 +115,8 @@ class Manifest:
             name: {k: v for k, v in t.items() if v is not None}
             for name, t in raw["targets"].items()
         }
+        if not raw["referenced"]:  # a plain run's manifest stays readable by spectra 0.1
+            del raw["referenced"]
         return json.dumps(raw, indent=2, sort_keys=True)
 
     @classmethod
@@ -153,6 +160,10 @@ def _check(manifest: Manifest) -> None:
     for name in ("steps", "resumed"):
         if any(step < 0 for step in getattr(manifest, name)):
             raise SpectraError(f"{name}: steps are never negative")
+    if not set(manifest.referenced) <= set(manifest.steps):
+        raise SpectraError("referenced: lists steps that steps does not")
+    if manifest.referenced and manifest.format < REFERENCES_FORMAT:
+        raise SpectraError(f"referenced: needs format {REFERENCES_FORMAT}, got {manifest.format}")
     if manifest.writer is not None and manifest.writer.pid < 1:
         raise SpectraError(f"writer.pid: must be positive, got {manifest.writer.pid}")
     for key in ("status", "error"):

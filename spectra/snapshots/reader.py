@@ -22,7 +22,7 @@ from spectra.factors import (
     slice_rows,
     step_parts,
 )
-from spectra.snapshots.files import FROZEN, MANIFEST, step_file
+from spectra.snapshots.files import FROZEN, MANIFEST, reference_file, step_file
 from spectra.snapshots.manifest import Manifest
 
 
@@ -65,18 +65,27 @@ class Run:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise SpectraError(f"corrupt or truncated snapshot {path}: {exc}") from None
 
+    def _step(self, step: int, keys: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors of ``keys`` at ``step``: from its file, or where it references them."""
+        if step in self.manifest.referenced:
+            from spectra.snapshots.references import read_referenced
+
+            return read_referenced(self.path, self.manifest.run_id, step, keys)
+        return self._read(step_file(step), keys)
+
     def parts(self, step: int, layer: str, sliced: bool = True) -> dict[str, torch.Tensor]:
         """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
         target's rows when it is a slice of a fused module (unless ``sliced`` is False),
         checked against each other and the manifest's shape."""
         target = self.manifest.targets[layer]
         module = target.source or layer
-        parts = self._read(step_file(step), [f"{module}/{p}" for p in step_parts(target.kind)])
+        parts = self._step(step, [f"{module}/{p}" for p in step_parts(target.kind)])
         if FROZEN_PARTS[target.kind]:
             parts |= self._read(FROZEN, [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]])
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
-        where = f"{self.path / step_file(step)}{frozen} layer {layer}"
+        stored = reference_file(step) if step in self.manifest.referenced else step_file(step)
+        where = f"{self.path / stored}{frozen} layer {layer}"
         m, n = check_parts(target.kind, parts, where)
         if target.rows:
             if target.rows[-1][1] > m:

@@ -15,8 +15,9 @@ import torch
 from spectra.errors import SpectraError
 from spectra.snapshots.atomic import atomic_write, remove_temporary_files, save_tensors
 from spectra.snapshots.files import FROZEN, MANIFEST, step_file
-from spectra.snapshots.manifest import Manifest, Writer
+from spectra.snapshots.manifest import REFERENCES_FORMAT, Manifest, Writer
 from spectra.snapshots.reader import open_run
+from spectra.snapshots.references import Reference, write_references
 
 
 def _flatten(layers: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -74,6 +75,16 @@ class RunWriter:
         if step in self.manifest.steps:
             return
         save_tensors(self.path / step_file(step), _flatten(layers))
+        self.manifest.steps = sorted({*self.manifest.steps, step})
+        self._write_manifest()
+
+    def write_references(self, step: int, tensors: dict[str, Reference]) -> None:
+        """List ``step`` as stored by reference: its tensors stay in their source files."""
+        if step in self.manifest.steps:
+            return
+        write_references(self.path, self.manifest.run_id, step, tensors)
+        self.manifest.referenced = sorted({*self.manifest.referenced, step})
+        self.manifest.format = max(self.manifest.format, REFERENCES_FORMAT)
         self.manifest.steps = sorted({*self.manifest.steps, step})
         self._write_manifest()
 
