@@ -21,7 +21,6 @@ ATTEMPTS = 5
 PAUSE = 0.25  # seconds before the first retry; doubles after each
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-CHUNK = 1 << 20
 
 
 class _Dropped(Exception):
@@ -69,7 +68,7 @@ def _get(url, start, end, size, out, label, on_bytes) -> None:
             hf_raise_for_status(response)
         _check_answer(response, start, end, size, label)
         left = end - start
-        for chunk in response.iter_raw(CHUNK):
+        for chunk in response.iter_raw():  # as it arrives: a drop loses nothing received
             if len(chunk) > left:
                 raise SpectraError(f"{label}: the server sent more than bytes {start}-{end - 1}")
             out.write(chunk)

@@ -15,6 +15,8 @@ $HF_HOME / $HF_HUB_CACHE and $HF_HUB_OFFLINE work as in transformers:
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from spectra.cachedir import default_cache_dir
@@ -35,8 +37,19 @@ def open_source(source: str | Path) -> Path | Model:
     model = parse_hub_id(source)
     if model is None:
         return Path(source)
-    with hub_errors(model):
+    with hub_errors(model), _quiet():
         return _resolve(model)
+
+
+@contextmanager
+def _quiet():
+    """huggingface_hub's own progress bars and warnings off: spectra shows its own bar."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with disable_progress_bars():
+            yield
 
 
 def _resolve(model: HubId) -> Path | Model:

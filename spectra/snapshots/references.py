@@ -29,6 +29,7 @@ import secrets
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -150,6 +151,20 @@ def _changed(path: str, what: str) -> SpectraError:
     return SpectraError(f"{path} changed since the import ({what}); import the run again")
 
 
+def _open(path: str, where: Path) -> BinaryIO:
+    """The regular file ``path``, opened for reading (a FIFO put in its place must not hang)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise SpectraError(f"{path} is gone (a source of {where}); import the run again") from None
+    except OSError as exc:
+        raise SpectraError(f"cannot read {path} (a source of {where}): {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpectraError(f"{path} is not a regular file (a source of {where})")
+    return os.fdopen(fd, "rb")
+
+
 def _read(ref: Reference, where: Path) -> torch.Tensor:
     path = ref.file
     normal = os.path.isabs(path) and os.path.normpath(path) == path
@@ -157,16 +172,8 @@ def _read(ref: Reference, where: Path) -> torch.Tensor:
         raise SpectraError(f"{where}: {path!a} is not an absolute, normal .safetensors path")
     if not (SHA256.fullmatch(ref.header_sha256) and SHA256.fullmatch(ref.sha256)):
         raise SpectraError(f"{where}: the checksums of {ref.tensor} are not SHA-256 hex digests")
-    try:  # non-blocking: a FIFO put in a source's place must not hang the read
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise SpectraError(f"{path} is gone (a source of {where}); import the run again") from None
-    except OSError as exc:
-        raise SpectraError(f"cannot read {path} (a source of {where}): {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SpectraError(f"{path} is not a regular file (a source of {where})")
+    with _open(path, where) as f:
+        size = os.fstat(f.fileno()).st_size
         first = f.read(HEADER_LENGTH)
         try:
             header = first + f.read(header_length(first, size, path))
