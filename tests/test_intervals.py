@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,8 +21,9 @@ def as_set(intervals) -> set[int]:
 
 def canonical(intervals) -> bool:
     """Sorted, non-empty, and neither overlapping nor touching."""
-    pairs = list(zip(intervals, intervals[1:]))
-    return all(s < e for s, e in intervals) and all(a[1] < b[0] for a, b in pairs)
+    return all(s < e for s, e in intervals) and all(
+        a[1] < b[0] for a, b in itertools.pairwise(intervals)
+    )
 
 
 @given(INTERVALS)
