@@ -1,19 +1,29 @@
-"""Importing a series of full-weight checkpoints: ``spectra import`` beside the naive route.
+"""Importing a series of full-weight checkpoints: by reference, by copy, from the Hub, and
+the naive route.
 
 Writes a synthetic Llama-shaped model (default ``tinyllama``: TinyLlama-1.1B's shape, 2.2 GB
 per checkpoint in bf16) as a base and ``--checkpoints`` fine-tuned versions in a Trainer
 output folder (``checkpoint-N/``), each as sharded safetensors with an index, written
 directly from tensors (no model is built). Then, each in its own subprocess (peak RSS is the
-child's own VmHWM), in one run:
+child's own VmHWM; bytes read and written are its /proc/self/io ``read_bytes`` and
+``write_bytes``, from storage: every file is evicted from the page cache before each route):
 
-- ``spectra``    ``spectra import OUT --base BASE``: q/v tensors only (and their SHA-256);
-- ``naive``      ``AutoModelForCausalLM.from_pretrained`` of the base and of every checkpoint
+- ``import ref``   ``spectra import OUT --base BASE``: q/v tensors read and hashed, steps
+  stored by reference (nothing copied);
+- ``import copy``  the same with ``--copy``: q/v tensors copied into the run;
+- ``read ref``, ``read copy``  every (step, layer) weight of those runs read back, as
+  ``compute`` reads them (by reference: each tensor's and header's SHA-256 checked);
+- ``compare ref``, ``compare copy``  ``spectra compare BASE OUT/checkpoint-N`` (the last
+  checkpoint: import, compute and summary), each with an empty SVD cache;
+- ``naive``        ``AutoModelForCausalLM.from_pretrained`` of the base and of every checkpoint
   (default dtype, which in transformers 5 is the stored bf16, mapped from the files), then
   the q/v weights copied out, as a run needs them;
-- ``naive-fp32`` the same with ``dtype=torch.float32`` (what a float analysis loads).
+- ``naive fp32``   the same with ``dtype=torch.float32`` (what a float analysis loads);
+- ``hub``          ``spectra import org/ft --base org/base`` from a loopback stand-in for the
+  Hub (``tests/fake_hub.py``, HF_ENDPOINT) serving the base and the last checkpoint: only the
+  headers and q/v byte ranges are fetched; ``hub again`` the same import from spectra's cache.
 
-Files are freshly written, so every route reads them from the page cache. Figures go to
-stdout and benchmarks/results/import.json.
+Figures go to stdout and benchmarks/results/import.json.
 
     python benchmarks/import.py [--size tinyllama|small] [--checkpoints 4] [--shard-mb 1000]
 """
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,14 +47,39 @@ SIZES = {  # hidden, layers, intermediate, heads, kv heads, vocab
     "tinyllama": (2048, 22, 5632, 32, 4, 32000),
     "small": (256, 4, 688, 8, 2, 4096),
 }
-ROUTES = ("spectra", "naive", "naive-fp32")
+ROUTES = ("import ref", "import copy", "read ref", "read copy", "compare ref", "compare copy",
+          "naive", "naive fp32", "hub", "hub again")  # fmt: skip
 TARGETS = ("q_proj.weight", "v_proj.weight")
+TESTS = Path(__file__).resolve().parent.parent / "tests"  # fake_hub.py, the Hub's stand-in
 
 
 def peak_rss_kib() -> int:
     """This process's own peak RSS (VmHWM; ru_maxrss would carry the parent's over exec)."""
     status = Path("/proc/self/status").read_text()
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+
+
+def storage_io() -> dict[str, int]:
+    """Bytes this process read from and wrote to storage so far (/proc/self/io)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return {"read": int(fields["read_bytes"]), "written": int(fields["write_bytes"])}
+
+
+def evict(root: Path) -> None:
+    """Every file under ``root`` out of the page cache (written back first)."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def disk_bytes(root: Path) -> int:
+    """Bytes of the files under ``root``, as stored."""
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
 
 
 def shapes(size: str) -> tuple[dict[str, tuple[int, ...]], dict]:
@@ -100,15 +136,27 @@ def write_checkpoint(folder: Path, size: str, version: int, shard_bytes: int) ->
     return total
 
 
-def run_spectra(base: Path, out: Path, runs: Path) -> None:
+def run_cli(*args: str) -> None:
+    """``spectra ARGS`` in this process; SystemExit unless it succeeds."""
     from spectra.cli import main
 
-    sys.argv = ["spectra", "import", str(out), "--base", str(base), "--out", str(runs)]
+    sys.argv = ["spectra", *map(str, args)]
     try:
         main()
     except SystemExit as exc:
         if exc.code:
             raise
+
+
+def read_back(runs: Path) -> None:
+    """Every (step, layer) weight of the runs in ``runs``, read as compute reads it."""
+    from spectra.snapshots import open_run
+
+    for path in sorted(p for p in runs.iterdir() if p.is_dir()):
+        run = open_run(path)
+        for step in run.steps:
+            for layer in run.layers:
+                run.weight(step, layer)
 
 
 def run_naive(base: Path, out: Path, dtype: str) -> None:
@@ -125,15 +173,73 @@ def run_naive(base: Path, out: Path, dtype: str) -> None:
         del model
 
 
+def last_checkpoint(out: Path) -> Path:
+    return max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
 def one(route: str, base: Path, out: Path, runs: Path) -> dict:
-    """Run one route in this process: seconds (after interpreter start) and peak RSS."""
-    start = time.perf_counter()
-    if route == "spectra":
-        run_spectra(base, out, runs)
+    """Run one route in this process: seconds, peak RSS, bytes read and written (all after
+    the imports every route needs, so that they measure the route alone)."""
+    import huggingface_hub  # noqa: F401
+    import transformers  # noqa: F401
+
+    import spectra.engine
+    import spectra.hub
+    import spectra.importer  # noqa: F401
+
+    before, start = storage_io(), time.perf_counter()
+    kind, _, how = route.partition(" ")
+    copy = ["--copy"] if how == "copy" else []
+    if kind == "import":
+        run_cli("import", out, "--base", base, "--out", runs, *copy)
+    elif kind == "read":
+        read_back(runs)
+    elif kind == "compare":
+        run_cli("compare", base, last_checkpoint(out), "--out", runs, *copy)
+    elif kind == "hub":
+        run_cli("import", "org/ft", "--base", "org/base", "--out", runs, "--overwrite")
     else:
-        run_naive(base, out, "fp32" if route == "naive-fp32" else "auto")
-    return {"route": route, "seconds": time.perf_counter() - start,
-            "peak_rss_mib": peak_rss_kib() / 1024}  # fmt: skip
+        run_naive(base, out, "fp32" if how == "fp32" else "auto")
+    seconds, after = time.perf_counter() - start, storage_io()
+    return {"route": route, "seconds": seconds, "peak_rss_mib": peak_rss_kib() / 1024,
+            "read_bytes": after["read"] - before["read"],
+            "written_bytes": after["written"] - before["written"]}  # fmt: skip
+
+
+def child(route: str, tmp: Path, env: dict) -> dict:
+    """One route in a fresh process, from a cold page cache; its figures and wall time."""
+    kind, _, how = route.partition(" ")
+    runs = tmp / f"runs-{how or 'naive'}" if kind in ("import", "read") else tmp / f"runs-{route}"
+    if kind == "hub":
+        runs = tmp / "runs-hub"
+    evict(tmp)
+    argv = [
+        sys.executable,
+        __file__,
+        "--one",
+        route,
+        str(tmp / "base"),
+        str(tmp / "out"),
+        str(runs),
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{route} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    run_dirs = [p for p in runs.iterdir() if p.is_dir()] if runs.is_dir() else []
+    steps = sum(len(json.loads((p / "manifest.json").read_text())["steps"]) for p in run_dirs)
+    on_disk = sum(disk_bytes(p) for p in run_dirs)
+    per_step = on_disk / steps if steps and kind in ("import", "compare", "hub") else None
+    return result | {"wall_seconds": wall, "run_bytes_per_step": per_step}
+
+
+def hub_env(tmp: Path, endpoint: str) -> dict[str, str]:
+    """A child's environment: huggingface_hub pointed at the stand-in Hub, homes in ``tmp``."""
+    return os.environ | {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp / "hf"),
+                         "HF_HUB_CACHE": str(tmp / "hf" / "hub"), "HF_HUB_OFFLINE": "0",
+                         "XDG_CONFIG_HOME": str(tmp / "config")}  # fmt: skip
 
 
 def main() -> None:
@@ -150,7 +256,10 @@ def main() -> None:
         route, *paths = args.one
         print(json.dumps(one(route, *map(Path, paths))))
         return
-    console = Console(width=120)
+    sys.path.insert(0, str(TESTS))
+    from fake_hub import FakeHub
+
+    console = Console(width=140)
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
@@ -161,35 +270,44 @@ def main() -> None:
                              args.shard_mb * 2**20)  # fmt: skip
         console.log(f"wrote 1 + {args.checkpoints} checkpoints of {size / 1e9:.2f} GB "
                     f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
-        for route in ROUTES:
-            console.log(route)
-            runs = tmp / f"runs-{route}"
-            child = [sys.executable, __file__, "--one", route, str(tmp / "base"),
-                     str(tmp / "out"), str(runs)]  # fmt: skip
-            start = time.perf_counter()
-            done = subprocess.run(child, capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            if done.returncode:
-                console.print(done.stderr[-3000:])
-                raise SystemExit(f"{route} failed")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            results.append(result | {"wall_seconds": wall})
-    spectra = results[0]
-    table = Table(title=f"import of 1 + {args.checkpoints} checkpoints of a {args.size} Llama "
-                  f"({size / 1e9:.2f} GB each, bf16, sharded)")  # fmt: skip
-    for col in ("route", "wall s", "in-process s", "peak RSS MiB", "time / spectra",
-                "RSS / spectra"):  # fmt: skip
+        hub = FakeHub(lifetime=3600)
+        repos = [hub.add("org/base", tmp / "base"),
+                 hub.add("org/ft", last_checkpoint(tmp / "out"))]  # fmt: skip
+        repo_bytes = sum(f["size"] for r in repos for f in r.files.values())
+        try:
+            for route in ROUTES:
+                console.log(route)
+                env = hub_env(tmp, hub.endpoint)
+                env["SPECTRA_CACHE"] = str(tmp / f"cache-{route.split()[0]}-{route[-3:]}")
+                if route.startswith("hub"):
+                    env["SPECTRA_CACHE"] = str(tmp / "cache-hub")
+                served = hub.served()
+                result = child(route, tmp, env)
+                result["served_bytes"] = hub.served() - served if route.startswith("hub") else None
+                results.append(result)
+        finally:
+            hub.close()
+    title = (f"1 + {args.checkpoints} checkpoints of a {args.size} Llama ({size / 1e9:.2f} GB "
+             "each, bf16, sharded); bytes from storage with a cold page cache")  # fmt: skip
+    table = Table(title=title)
+    for col in ("route", "wall s", "in-process s", "peak RSS MiB", "read MB", "written MB",
+                "run MB / step", "served MB (of repo MB)"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in results:
+        per_step = r["run_bytes_per_step"]
+        served = r["served_bytes"]
         table.add_row(
             r["route"], f"{r['wall_seconds']:.1f}", f"{r['seconds']:.1f}",
-            f"{r['peak_rss_mib']:.0f}", f"{r['wall_seconds'] / spectra['wall_seconds']:.2f}",
-            f"{r['peak_rss_mib'] / spectra['peak_rss_mib']:.2f}",
+            f"{r['peak_rss_mib']:.0f}", f"{r['read_bytes'] / 1e6:.0f}",
+            f"{r['written_bytes'] / 1e6:.1f}",
+            "" if per_step is None else f"{per_step / 1e6:.3f}",
+            "" if served is None else f"{served / 1e6:.1f} ({repo_bytes / 1e6:.0f})",
         )  # fmt: skip
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"size": args.size, "checkpoint_bytes": size, "checkpoints": args.checkpoints,
-              "shard_mb": args.shard_mb, "results": results}  # fmt: skip
+              "shard_mb": args.shard_mb, "hub_repo_bytes": repo_bytes,
+              "results": results}  # fmt: skip
     args.out.write_text(json.dumps(record, indent=2))
     console.print(f"wrote {args.out}")
 
