@@ -8,7 +8,8 @@ the Hub redirects them to its CDN, to a second server on another port (another o
 huggingface_hub stops at the redirect and drops the token) that serves byte ranges (206,
 ``Content-Range``). Errors carry the Hub's ``X-Error-Code`` (RepoNotFound, RevisionNotFound,
 GatedRepo, EntryNotFound). Every request is logged with the body bytes served; faults can be
-injected per file: drop the connection midway through a range, or tamper with the bytes.
+injected per file: drop the connection midway through a range, tamper with the bytes, or
+ignore ranges (send the whole file, as some proxies do).
 
 Bounded and self-stopping: two daemon threads, stopped by ``close()`` or after ``lifetime``
 seconds whatever happens, and a socket timeout on every connection.
@@ -83,6 +84,7 @@ class FakeHub:
         self.log: list[dict] = []  # one entry per request: method, path, status, bytes, range
         self.drops: dict[str, int] = {}  # sha256 → connections still to drop midway
         self.tampered: dict[str, int] = {}  # sha256 → offset from which its bytes are flipped
+        self.whole: set[str] = set()  # sha256 of files sent whole (200) whatever range is asked
         self.lock = threading.Lock()
         self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, cdn))
                         for cdn in (False, True)]  # fmt: skip
@@ -217,7 +219,7 @@ def _handler(hub: FakeHub, cdn: bool):
             if file is None:
                 return self._send(404, b"NoSuchKey", kind="cdn", head=head)
             size, etag = file["size"], f'"{sha}"'
-            wanted = RANGE.fullmatch(self.headers.get("Range", ""))
+            wanted = None if sha in hub.whole else RANGE.fullmatch(self.headers.get("Range", ""))
             if wanted is None:
                 start, end, status = 0, size, 200
             else:

@@ -207,6 +207,11 @@ def test_tampered_bytes_are_refused(hub, models, tmp_path, cli):
     hub.tampered = {shard["sha256"]: 0}  # the header too
     code, _, err = cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "runs2"])
     assert "not a safetensors file" in one_error_line(code, err)
+    hub.tampered, hub.whole = {}, {shard["sha256"]}  # a proxy that ignores ranges
+    code, _, err = cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "runs2"])
+    assert "the server answered HTTP 200 (it does not serve byte ranges)" in one_error_line(
+        code, err
+    )
 
 
 @pytest.mark.parametrize(
@@ -236,6 +241,48 @@ def test_an_unreachable_hub_is_one_line(hub, tmp_path, cli, monkeypatch):
     use_hub(monkeypatch, endpoint, tmp_path / "hf", offline=True)
     code, _, err = cli(["compare", "org/base", "org/ft1", "--out", tmp_path / "runs"])
     assert "not in the Hugging Face cache" in one_error_line(code, err)
+
+
+def test_hub_ids(tmp_path, monkeypatch):
+    from spectra.hub import HubId, parse_hub_id, run_names
+
+    assert parse_hub_id("org/name") == HubId("org/name")
+    assert parse_hub_id("org/name@refs/pr/1") == HubId("org/name", "refs/pr/1")
+    for path in ("./org/name", "/org/name", "a/b/c", "org/name@", "org//name", "org/na me", "x"):
+        assert parse_hub_id(path) is None, path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert parse_hub_id("org/name") is None  # an existing path is a path
+    assert run_names(["a/ft", "b/ft", "c/other@v1", "d/x@refs/pr/2"]) == [
+        "a--ft", "b--ft", "other@v1", "x@refs-pr-2"
+    ]  # fmt: skip
+
+
+def test_adapters_revisions_and_local_sources_mix_with_hub_models(hub, models, tmp_path, cli):
+    """A local adapter on a Hub base (its weights fetched by range), an adapter repository on
+    the Hub (downloaded whole), and a fine-tune at a revision."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    perturb(model)
+    model.save_pretrained(tmp_path / "lora")
+    hub.add("org/lora", tmp_path / "lora")
+    local = ["import", tmp_path / "lora", "--base", "org/base", "--out", tmp_path / "local"]
+    on_hub = ["import", "org/lora", "--base", "org/base", "--out", tmp_path / "hub"]
+    for args in (local, on_hub):
+        code, _, err = cli(args)
+        assert code == 0, err
+    a, b = open_run(tmp_path / "local" / "lora"), open_run(tmp_path / "hub" / "lora")
+    assert a.manifest.method == b.manifest.method == "lora" and a.layers == b.layers
+    for layer in a.layers:
+        assert a.weight(1, layer).equal(b.weight(1, layer))
+    commit = hub.repos["org/ft1"].commit
+    code, _, err = cli(["compare", models["base"], f"org/ft1@{commit}", "--out", tmp_path / "r"])
+    assert code == 0, err
+    assert_rows_match(
+        tmp_path / "r" / f"ft1@{commit}.parquet", oracle(models["base"], models["ft1"])
+    )
+    assert open_run(tmp_path / "r" / f"ft1@{commit}").manifest.referenced == [0]  # the local base
 
 
 # --- the Hugging Face cache ---------------------------------------------------------------------

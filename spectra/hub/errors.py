@@ -50,17 +50,18 @@ def hub_errors(model: HubId):
     except errors.RemoteEntryNotFoundError as exc:
         raise SpectraError(f"{model}: a file is missing on {where} ({_status(exc)})") from None
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
-        raise SpectraError(
-            f"{model}: not in the Hugging Face cache ({_cache()}) and the Hub is off "
-            "(HF_HUB_OFFLINE); download it first, or go online"
-        ) from None
+        raise not_cached(model) from None
     except errors.HfHubHTTPError as exc:
         raise SpectraError(f"{model}: {where} answered {_status(exc)}") from None
     except httpx2.RequestError as exc:
         raise SpectraError(f"{model}: cannot reach {where} ({first_line(exc)})") from None
 
 
-def _cache() -> str:
+def not_cached(model: HubId) -> SpectraError:
+    """The error of a model that is not in the Hugging Face cache while the Hub is off."""
     from huggingface_hub import constants
 
-    return constants.HF_HUB_CACHE
+    return SpectraError(
+        f"{model}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub is off "
+        "(HF_HUB_OFFLINE); download it first, or go online"
+    )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from spectra.cachedir import default_cache_dir
 from spectra.errors import SpectraError
-from spectra.hub.errors import endpoint, hub_errors
+from spectra.hub.errors import endpoint, hub_errors, not_cached
 from spectra.hub.ids import HubId, parse_hub_id
 from spectra.hub.remote import HubFile, RemoteFile, RemoteTensors
 from spectra.importer.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -79,14 +79,9 @@ def _resolve(model: HubId) -> Path | Model:
 
 
 def _cached_or_fail(model: HubId, revision: str) -> Path:
-    from huggingface_hub import constants
-
     folder = cached_folder(model.repo_id, revision)
     if folder is None:
-        raise SpectraError(
-            f"{model}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub is "
-            "off (HF_HUB_OFFLINE); download it first, or go online"
-        )
+        raise not_cached(model)
     return folder
 
 

@@ -5,6 +5,7 @@
     runs/<run>/manifest.json              format, run, method, model, targets, steps, finished, ...
     runs/<run>/frozen.safetensors         frozen tensors of low-rank layers, written once
     runs/<run>/step_00000010.safetensors  the trainable tensors of every target at step 10
+    runs/<run>/step_00000010.reference.json  … or where they are, for a step imported by reference
     runs/<run>/train_log.parquet          step, loss, reg_loss, grad_norm, lr (from the tracker)
 
 Tensor keys are ``"<module>/<part>"`` (see :mod:`spectra.factors` for the parts of each kind).
@@ -20,7 +21,9 @@ Nothing here is ever unpickled: safetensors and JSON only.
 
 One module per job: :mod:`.files` (the file names), :mod:`.manifest` (Manifest, Target, their
 checks and JSON), :mod:`.atomic` (atomic writes, temporary files), :mod:`.train_log` (the
-training log), :mod:`.writer` (RunWriter, remove_run) and :mod:`.reader` (Run, open_run).
+training log), :mod:`.writer` (RunWriter, remove_run), :mod:`.reader` (Run, open_run),
+:mod:`.references` (steps an import stored by reference: their tensors read in place, checked)
+and :mod:`.raw` (safetensors headers and tensors from bytes).
 """
 
 from spectra.snapshots.atomic import atomic_path, atomic_write, save_tensors
