@@ -159,6 +159,26 @@ def test_compare_of_hub_models_fetches_only_target_tensors(hub, models, tmp_path
     assert sum(e["bytes"] for e in hub.log[before:] if e["kind"] == "cdn") == 0  # all cached
 
 
+def test_a_terminal_shows_the_bytes_fetched_of_the_whole_repository(hub, tmp_path, monkeypatch):
+    """On a terminal, a bar of bytes fetched against the repository's size, cleared at the end
+    (off a terminal, nothing: the one-line error tests see a single line on stderr)."""
+    import io
+
+    import rich.console
+
+    import spectra.hub.remote as remote_module
+    from spectra.importer import import_run
+
+    screen = io.StringIO()
+    terminal = rich.console.Console(file=screen, force_terminal=True, width=150)
+    monkeypatch.setattr(remote_module, "Console", lambda stderr: terminal)
+    import_run(["org/ft1"], "org/base", out=tmp_path, progress=True)
+    shown = screen.getvalue()
+    repo_kb = sum(f["size"] for f in hub.repos["org/ft1"].files.values()) / 1000
+    assert "fetching org/ft1" in shown and f"/{repo_kb:.1f} kB" in shown
+    assert shown.rstrip().endswith("\x1b[2K")  # the bar's line erased: cleared when done
+
+
 def test_an_interrupted_fetch_resumes_where_it_stopped(hub, models, tmp_path, cli):
     """One dropped connection: the retry asks for the rest only. Connections dropped until
     the fetch gives up: one error line, and the next run fetches only what is missing."""
