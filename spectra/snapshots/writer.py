@@ -59,6 +59,7 @@ class RunWriter:
         """Forget the snapshots after ``step`` (a training resumed from ``step``): first the
         manifest, then their files, so a crash in between leaves a consistent run."""
         self.manifest.steps = [s for s in self.manifest.steps if s <= step]
+        self.manifest.referenced = [s for s in self.manifest.referenced if s <= step]
         self.manifest.resumed = [*self.manifest.resumed, step]
         self._write_manifest()
         for path in self.path.glob("step_*.safetensors"):
