@@ -169,6 +169,9 @@ def test_crafted_references_are_refused_before_any_file_is_opened(
     monkeypatch.setattr(os, "open", real_open)
     assert "not written by this user's spectra import for this run" in one_error_line(code, err)
     assert str(secret) not in opened
+    path.write_text(json.dumps(crafted | {"mac": "\x80é"}))  # a MAC that is not even hex
+    code, _, err = cli(["compute", run_dir])
+    assert "not written by this user's spectra import" in one_error_line(code, err)
 
     other = import_run([sources / "out"], sources / "base", out=tmp_path / "runs", name="other")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "another-user"))

@@ -126,7 +126,8 @@ def _load(run_dir: Path, run_id: str | None, step: int) -> StepReferences:
         refs = read_dataclass(raw, StepReferences, "")
     except SpectraError as exc:
         raise SpectraError(f"{path}: {exc}") from None
-    if not hmac.compare_digest(refs.mac, _mac(_key(create=False), run_id, step, refs.tensors)):
+    expected = _mac(_key(create=False), run_id, step, refs.tensors)
+    if not hmac.compare_digest(refs.mac.encode(), expected.encode()):  # any text, in bytes
         raise SpectraError(
             f"{path}: not written by this user's spectra import for this run (its MAC does not "
             f"match the key {key_path()}); no file it names is opened. Import the run again, "
