@@ -14,7 +14,9 @@ child's own VmHWM; bytes read and written are its /proc/self/io ``read_bytes`` a
 - ``read ref``, ``read copy``  every (step, layer) weight of those runs read back, as
   ``compute`` reads them (by reference: each tensor's and header's SHA-256 checked);
 - ``compare ref``, ``compare copy``  ``spectra compare BASE OUT/checkpoint-N`` (the last
-  checkpoint: import, compute and summary), each with an empty SVD cache;
+  checkpoint: import, compute and summary) on the q/v of the first ``--compare-blocks``
+  blocks (compute's SVDs, the same by reference and by copy, dominate), each with an empty
+  SVD cache;
 - ``naive``        ``AutoModelForCausalLM.from_pretrained`` of the base and of every checkpoint
   (default dtype, which in transformers 5 is the stored bf16, mapped from the files), then
   the q/v weights copied out, as a run needs them;
@@ -23,9 +25,11 @@ child's own VmHWM; bytes read and written are its /proc/self/io ``read_bytes`` a
   Hub (``tests/fake_hub.py``, HF_ENDPOINT) serving the base and the last checkpoint: only the
   headers and q/v byte ranges are fetched; ``hub again`` the same import from spectra's cache.
 
-Figures go to stdout and benchmarks/results/import.json.
+Figures go to stdout and benchmarks/results/import.json (rewritten after every route).
+``--keep DIR`` writes the checkpoints there once and reuses them in later runs.
 
     python benchmarks/import.py [--size tinyllama|small] [--checkpoints 4] [--shard-mb 1000]
+                                [--compare-blocks 4] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -177,7 +183,7 @@ def last_checkpoint(out: Path) -> Path:
     return max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
-def one(route: str, base: Path, out: Path, runs: Path) -> dict:
+def one(route: str, base: Path, out: Path, runs: Path, blocks: int) -> dict:
     """Run one route in this process: seconds, peak RSS, bytes read and written (all after
     the imports every route needs, so that they measure the route alone)."""
     import huggingface_hub  # noqa: F401
@@ -195,7 +201,10 @@ def one(route: str, base: Path, out: Path, runs: Path) -> dict:
     elif kind == "read":
         read_back(runs)
     elif kind == "compare":
-        run_cli("compare", base, last_checkpoint(out), "--out", runs, *copy)
+        targets = [f"model.layers.{i}.self_attn.{m}" for i in range(blocks) for m in "qv"]
+        targets = [f"{t}_proj" for t in targets]
+        run_cli("compare", base, last_checkpoint(out), "--out", runs, "--targets",
+                ",".join(targets), *copy)  # fmt: skip
     elif kind == "hub":
         run_cli("import", "org/ft", "--base", "org/base", "--out", runs, "--overwrite")
     else:
@@ -206,24 +215,17 @@ def one(route: str, base: Path, out: Path, runs: Path) -> dict:
             "written_bytes": after["written"] - before["written"]}  # fmt: skip
 
 
-def child(route: str, tmp: Path, env: dict) -> dict:
+def child(route: str, root: Path, work: Path, env: dict, blocks: int) -> dict:
     """One route in a fresh process, from a cold page cache; its figures and wall time."""
     kind, _, how = route.partition(" ")
-    runs = tmp / f"runs-{how or 'naive'}" if kind in ("import", "read") else tmp / f"runs-{route}"
-    if kind == "hub":
-        runs = tmp / "runs-hub"
-    evict(tmp)
-    argv = [
-        sys.executable,
-        __file__,
-        "--one",
-        route,
-        str(tmp / "base"),
-        str(tmp / "out"),
-        str(runs),
-    ]
+    runs = work / {"import": f"runs-{how}", "read": f"runs-{how}", "hub": "runs-hub"}.get(
+        kind, f"runs-{route.replace(' ', '-')}"
+    )
+    evict(root)
+    paths = [str(root / "base"), str(root / "out"), str(runs), str(blocks)]
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, __file__, "--one", route, *paths],
+                          capture_output=True, text=True, env=env)  # fmt: skip
     wall = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"{route} failed:\n{done.stderr[-3000:]}")
@@ -235,6 +237,19 @@ def child(route: str, tmp: Path, env: dict) -> dict:
     return result | {"wall_seconds": wall, "run_bytes_per_step": per_step}
 
 
+def checkpoints(root: Path, args) -> int:
+    """Write the base and the checkpoints under ``root`` unless they are there; their size."""
+    shard = args.shard_mb * 2**20
+    names = [root / "base", *(root / "out" / f"checkpoint-{100 * n}"
+                              for n in range(1, args.checkpoints + 1))]  # fmt: skip
+    for version, folder in enumerate(names):
+        if not (folder / "model.safetensors.index.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            write_checkpoint(folder, args.size, version, shard)
+    index = json.loads((root / "base" / "model.safetensors.index.json").read_text())
+    return index["metadata"]["total_size"]
+
+
 def hub_env(tmp: Path, endpoint: str) -> dict[str, str]:
     """A child's environment: huggingface_hub pointed at the stand-in Hub, homes in ``tmp``."""
     return os.environ | {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp / "hf"),
@@ -242,73 +257,79 @@ def hub_env(tmp: Path, endpoint: str) -> dict[str, str]:
                          "XDG_CONFIG_HOME": str(tmp / "config")}  # fmt: skip
 
 
+def table(record: dict) -> Table:
+    """The figures of every route so far."""
+    title = (f"1 + {record['checkpoints']} checkpoints of a {record['size']} Llama "
+             f"({record['checkpoint_bytes'] / 1e9:.2f} GB each, bf16, sharded); bytes from "
+             "storage with a cold page cache")  # fmt: skip
+    shown = Table(title=title)
+    for col in ("route", "wall s", "in-process s", "peak RSS MiB", "read MB", "written MB",
+                "run MB / step", "served MB (of repo MB)"):  # fmt: skip
+        shown.add_column(col, justify="right")
+    for r in record["results"]:
+        per_step, served = r["run_bytes_per_step"], r["served_bytes"]
+        shown.add_row(
+            r["route"], f"{r['wall_seconds']:.1f}", f"{r['seconds']:.1f}",
+            f"{r['peak_rss_mib']:.0f}", f"{r['read_bytes'] / 1e6:.0f}",
+            f"{r['written_bytes'] / 1e6:.1f}",
+            "" if per_step is None else f"{per_step / 1e6:.3f}",
+            "" if served is None else f"{served / 1e6:.1f} ({record['hub_repo_bytes'] / 1e6:.0f})",
+        )  # fmt: skip
+    return shown
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=list(SIZES), default="tinyllama")
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--shard-mb", type=int, default=1000)
+    parser.add_argument("--compare-blocks", type=int, default=4)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: /tmp)")
+    parser.add_argument("--keep", type=Path, default=None, help="write (once) and keep here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results/import.json")
-    parser.add_argument("--one", nargs=4, metavar=("ROUTE", "BASE", "OUT", "RUNS"),
+    parser.add_argument("--one", nargs=5, metavar=("ROUTE", "BASE", "OUT", "RUNS", "BLOCKS"),
                         help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args()
     if args.one:  # a child process measuring one route
-        route, *paths = args.one
-        print(json.dumps(one(route, *map(Path, paths))))
+        route, base, out, runs, blocks = args.one
+        print(json.dumps(one(route, Path(base), Path(out), Path(runs), int(blocks))))
         return
     sys.path.insert(0, str(TESTS))
     from fake_hub import FakeHub
 
     console = Console(width=140)
-    results = []
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        tmp = Path(tmp)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    keep = nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(dir=args.dir)
+    with keep as root:
+        root = Path(root)
         start = time.perf_counter()
-        size = write_checkpoint(tmp / "base", args.size, 0, args.shard_mb * 2**20)
-        for n in range(1, args.checkpoints + 1):
-            write_checkpoint(tmp / "out" / f"checkpoint-{100 * n}", args.size, n,
-                             args.shard_mb * 2**20)  # fmt: skip
-        console.log(f"wrote 1 + {args.checkpoints} checkpoints of {size / 1e9:.2f} GB "
+        size = checkpoints(root, args)
+        console.log(f"1 + {args.checkpoints} checkpoints of {size / 1e9:.2f} GB ready "
                     f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
-        hub = FakeHub(lifetime=3600)
-        repos = [hub.add("org/base", tmp / "base"),
-                 hub.add("org/ft", last_checkpoint(tmp / "out"))]  # fmt: skip
-        repo_bytes = sum(f["size"] for r in repos for f in r.files.values())
+        work = root / "work"  # this run's runs, caches and homes
+        shutil.rmtree(work, ignore_errors=True)
+        hub = FakeHub(lifetime=4 * 3600)
+        repos = [hub.add("org/base", root / "base"),
+                 hub.add("org/ft", last_checkpoint(root / "out"))]  # fmt: skip
+        record = {"size": args.size, "checkpoint_bytes": size, "checkpoints": args.checkpoints,
+                  "shard_mb": args.shard_mb, "compare_blocks": args.compare_blocks,
+                  "hub_repo_bytes": sum(f["size"] for r in repos for f in r.files.values()),
+                  "results": []}  # fmt: skip
         try:
             for route in ROUTES:
                 console.log(route)
-                env = hub_env(tmp, hub.endpoint)
-                env["SPECTRA_CACHE"] = str(tmp / f"cache-{route.split()[0]}-{route[-3:]}")
-                if route.startswith("hub"):
-                    env["SPECTRA_CACHE"] = str(tmp / "cache-hub")
+                env = hub_env(work, hub.endpoint)
+                cache = "hub" if route.startswith("hub") else route.replace(" ", "-")
+                env["SPECTRA_CACHE"] = str(work / f"cache-{cache}")
                 served = hub.served()
-                result = child(route, tmp, env)
+                result = child(route, root, work, env, args.compare_blocks)
                 result["served_bytes"] = hub.served() - served if route.startswith("hub") else None
-                results.append(result)
+                record["results"].append(result)
+                args.out.write_text(json.dumps(record, indent=2))
         finally:
             hub.close()
-    title = (f"1 + {args.checkpoints} checkpoints of a {args.size} Llama ({size / 1e9:.2f} GB "
-             "each, bf16, sharded); bytes from storage with a cold page cache")  # fmt: skip
-    table = Table(title=title)
-    for col in ("route", "wall s", "in-process s", "peak RSS MiB", "read MB", "written MB",
-                "run MB / step", "served MB (of repo MB)"):  # fmt: skip
-        table.add_column(col, justify="right")
-    for r in results:
-        per_step = r["run_bytes_per_step"]
-        served = r["served_bytes"]
-        table.add_row(
-            r["route"], f"{r['wall_seconds']:.1f}", f"{r['seconds']:.1f}",
-            f"{r['peak_rss_mib']:.0f}", f"{r['read_bytes'] / 1e6:.0f}",
-            f"{r['written_bytes'] / 1e6:.1f}",
-            "" if per_step is None else f"{per_step / 1e6:.3f}",
-            "" if served is None else f"{served / 1e6:.1f} ({repo_bytes / 1e6:.0f})",
-        )  # fmt: skip
-    console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"size": args.size, "checkpoint_bytes": size, "checkpoints": args.checkpoints,
-              "shard_mb": args.shard_mb, "hub_repo_bytes": repo_bytes,
-              "results": results}  # fmt: skip
-    args.out.write_text(json.dumps(record, indent=2))
+            shutil.rmtree(work, ignore_errors=True)
+    console.print(table(record))
     console.print(f"wrote {args.out}")
 
 
