@@ -26,7 +26,8 @@ child's own VmHWM; bytes read and written are its /proc/self/io ``read_bytes`` a
   headers and q/v byte ranges are fetched; ``hub again`` the same import from spectra's cache.
 
 Figures go to stdout and benchmarks/results/import.json (rewritten after every route).
-``--keep DIR`` writes the checkpoints there once and reuses them in later runs.
+``--keep DIR`` writes the checkpoints there once and reuses them in later runs; ``--routes``
+runs some routes only (a ``read`` route reads what its ``import`` route wrote).
 
     python benchmarks/import.py [--size tinyllama|small] [--checkpoints 4] [--shard-mb 1000]
                                 [--compare-blocks 4] [--keep DIR]
@@ -284,6 +285,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--shard-mb", type=int, default=1000)
     parser.add_argument("--compare-blocks", type=int, default=4)
+    parser.add_argument("--routes", default=",".join(ROUTES), help="comma list [all]")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: /tmp)")
     parser.add_argument("--keep", type=Path, default=None, help="write (once) and keep here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results/import.json")
@@ -316,7 +318,7 @@ def main() -> None:
                   "hub_repo_bytes": sum(f["size"] for r in repos for f in r.files.values()),
                   "results": []}  # fmt: skip
         try:
-            for route in ROUTES:
+            for route in args.routes.split(","):
                 console.log(route)
                 env = hub_env(work, hub.endpoint)
                 cache = "hub" if route.startswith("hub") else route.replace(" ", "-")

@@ -153,7 +153,8 @@ def _changed(path: str, what: str) -> SpectraError:
 
 
 def _open(path: str, where: Path) -> BinaryIO:
-    """The regular file ``path``, opened for reading (a FIFO put in its place must not hang)."""
+    """The regular file ``path``, opened for reading (a FIFO put in its place must not hang),
+    without readahead: only the header's and the tensor's bytes are read."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -163,6 +164,8 @@ def _open(path: str, where: Path) -> BinaryIO:
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise SpectraError(f"{path} is not a regular file (a source of {where})")
+    if hasattr(os, "posix_fadvise"):  # a header and one tensor: no readahead around them
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     return os.fdopen(fd, "rb")
 
 
