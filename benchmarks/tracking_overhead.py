@@ -39,7 +39,7 @@ from rich.table import Table
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import spectra
-from spectra.snapshots import FROZEN, step_file
+from spectra.run_files import FROZEN, step_file
 from spectra.sorsa import apply_sorsa
 
 TARGETS = ("q_proj", "v_proj")

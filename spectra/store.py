@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
-from spectra.snapshots import atomic_write
 from spectra.typedjson import text
 
 METHOD_ORDER = ("ft", "lora", "pissa", "dora", "adalora", "sorsa-noreg", "sorsa")
@@ -76,12 +76,6 @@ def remove_run_file(path: str | Path) -> None:
         path.unlink()
     except OSError as exc:
         raise SpectraError(f"cannot remove {path}: {exc.strerror}") from None
-
-
-def run_file(run_dir: str | Path) -> Path:
-    """The default Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/``."""
-    run_dir = Path(run_dir)
-    return run_dir.parent / f"{run_dir.name}.parquet"
 
 
 def layer_position(layer: str) -> tuple[int | None, str]:

@@ -23,7 +23,7 @@ import torch
 from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
 
 from spectra.recipes import DEFAULT_MODEL
-from spectra.snapshots import FROZEN, MANIFEST, step_file
+from spectra.run_files import FROZEN, MANIFEST, step_file
 
 GOOD_RECORD = json.dumps({"query": "1+1?", "response": "2"})
 

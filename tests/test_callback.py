@@ -35,7 +35,8 @@ from spectra.engine import FT_RANK, Engine, compute_run
 from spectra.errors import SpectraError
 from spectra.follow import follow
 from spectra.metrics import drift
-from spectra.snapshots import TRAIN_LOG, open_run
+from spectra.run_files import TRAIN_LOG
+from spectra.snapshots import open_run
 
 TARGETS = ("q_proj", "v_proj")
 METRIC_TOL = 1e-9

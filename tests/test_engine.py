@@ -15,7 +15,8 @@ import spectra.engine as engine_module
 from spectra.engine import Engine, compute_run
 from spectra.errors import SpectraError
 from spectra.metrics import drift, factor_metrics
-from spectra.snapshots import Manifest, RunWriter, Target, open_run, step_file
+from spectra.run_files import step_file
+from spectra.snapshots import Manifest, RunWriter, Target, open_run
 from spectra.store import SCHEMA, read_run
 
 M, N, R = 24, 16, 3

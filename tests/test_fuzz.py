@@ -23,7 +23,7 @@ from spectra.errors import SpectraError
 from spectra.figures import plot_runs
 from spectra.follow import compute_until_finished
 from spectra.report import render
-from spectra.snapshots import FROZEN, MANIFEST, step_file
+from spectra.run_files import FROZEN, MANIFEST, step_file
 from spectra.store import SCHEMA, load_runs
 
 FUZZ = settings(

@@ -40,7 +40,8 @@ from spectra.importer import import_run
 from spectra.importer.align import align
 from spectra.importer.layer import adapted_layer
 from spectra.metrics import drift
-from spectra.snapshots import FROZEN, open_run, step_file
+from spectra.run_files import FROZEN, step_file
+from spectra.snapshots import open_run
 from spectra.store import KEY, METRICS
 
 TARGETS = ("q_proj", "v_proj")

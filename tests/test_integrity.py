@@ -27,7 +27,8 @@ from spectra.engine import compute_run
 from spectra.errors import SpectraError
 from spectra.figures import plot_runs
 from spectra.follow import follow
-from spectra.snapshots import MANIFEST, RunWriter, open_run, read_train_log, step_file
+from spectra.run_files import MANIFEST, step_file
+from spectra.snapshots import RunWriter, open_run, read_train_log
 from spectra.store import read_run
 
 TARGETS = ("q_proj", "v_proj")
@@ -232,7 +233,7 @@ def test_follow_stops_when_the_training_process_is_killed(tmp_path, signal_name)
 
 
 def test_a_live_or_foreign_writer_is_waited_for(tmp_path):
-    from spectra.snapshots import Writer
+    from spectra.snapshots import WritingProcess as Writer
 
     here = Writer.this_process()
     assert not here.gone()  # this very process

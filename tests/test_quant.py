@@ -18,7 +18,8 @@ import spectra
 from spectra.capture import find_targets, layout
 from spectra.engine import compute_run
 from spectra.factors import effective_weight
-from spectra.snapshots import FROZEN, open_run, step_file
+from spectra.run_files import FROZEN, step_file
+from spectra.snapshots import open_run
 
 bnb = pytest.importorskip("bitsandbytes")
 

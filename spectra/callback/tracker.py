@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from spectra.callback.failures import OPEN_TRACKERS, describe
+from spectra.callback.snapshot_thread import SnapshotThread
 from spectra.callback.worker import WORKERS, InlineWorker
-from spectra.callback.writer import SnapshotWriter
 from spectra.capture import (
     adapter_rank,
     detect_method,
@@ -29,8 +29,8 @@ from spectra.capture import (
 from spectra.engine import Engine
 from spectra.errors import SpectraError
 from spectra.factors import row_count
+from spectra.run_files import FROZEN, parquet_path
 from spectra.snapshots import (
-    FROZEN,
     Manifest,
     RunWriter,
     Target,
@@ -39,7 +39,7 @@ from spectra.snapshots import (
     remove_run,
     write_train_log,
 )
-from spectra.store import remove_run_file, run_file
+from spectra.store import remove_run_file
 
 MODES = ("inline", "deferred")
 
@@ -145,7 +145,7 @@ class Tracker:
             rows = Engine(self.path)  # refuses a foreign Parquet file before anything changes
         elif overwrite:
             remove_run(self.path)
-            remove_run_file(run_file(self.path))
+            remove_run_file(parquet_path(self.path))
         self.writer = RunWriter(self.path, manifest, resume=start_step > 0)
         self._log = _log_rows(read_train_log(self.path), start_step)
         if start_step > 0:
@@ -153,7 +153,7 @@ class Tracker:
             write_train_log(self.path, self._log)
             rows.drop_stale()
         self._taken = set(self.writer.manifest.steps)
-        self._writes = SnapshotWriter(self.writer)
+        self._writes = SnapshotThread(self.writer)
         OPEN_TRACKERS.add(self)
         if start_step == 0:  # one module at a time: a quantized base is dequantized here, once
             frozen = {
@@ -198,7 +198,7 @@ class Tracker:
         """The Parquet file the inline worker writes; None in deferred mode or on other ranks."""
         if not self.writing or self._worker is None:
             return None
-        return self.path.parent / f"{self.path.name}.parquet"
+        return parquet_path(self.path)
 
     def log(self, step: int, **values) -> None:
         """Add training-log values (loss, reg_loss, grad_norm, lr, …) to the row of ``step``."""

@@ -25,8 +25,9 @@ from spectra.engine.svd_cache import base_task, default_cache_dir
 from spectra.engine.workers import check_device, check_workers, local_pool, run_tasks
 from spectra.errors import SpectraError
 from spectra.metrics import INTRUDER_EPS, TOP_K
+from spectra.run_files import parquet_path
 from spectra.snapshots import Manifest, open_run
-from spectra.store import KEY, SCHEMA_VERSION, read_run, run_file, write_run
+from spectra.store import KEY, SCHEMA_VERSION, read_run, write_run
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
 
@@ -58,7 +59,7 @@ class Engine:
         check_workers(workers)
         self.run = open_run(run_dir)
         self.run_dir = str(self.run.path.resolve())
-        self.out = Path(out) if out else run_file(self.run.path)
+        self.out = Path(out) if out else parquet_path(self.run.path)
         self.workers, self.executor, self.progress = workers, executor, progress
         self.device, self.write_every = device, write_every
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())

@@ -21,7 +21,8 @@ import torch
 from spectra.engine import FT_RANK, base_svd, update_svd
 from spectra.figures.panels import NotApplicable, grid, style_axis
 from spectra.metrics import numerical_rank, subspace_similarity
-from spectra.snapshots import MANIFEST, open_run
+from spectra.run_files import MANIFEST
+from spectra.snapshots import open_run
 from spectra.store import comparison_step, label, ordered_runs
 
 

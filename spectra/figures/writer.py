@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from spectra.atomic import atomic_path, atomic_write
 from spectra.errors import SpectraError
-from spectra.snapshots import atomic_path, atomic_write
 
 IMAGE_FORMATS = ("png", "svg")
 BUNDLE = "plotly.min.js"  # what plotly's "directory" mode links to, beside the HTML files

@@ -28,7 +28,7 @@ from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
-from spectra.store import run_file
+from spectra.run_files import parquet_path
 
 try:  # configs check their field types (huggingface_hub's strict dataclasses)
     from huggingface_hub.errors import StrictDataclassError
@@ -225,7 +225,7 @@ def _check_outputs(job: Plan) -> None:
     if job.out.exists() and not job.out.is_dir():
         raise SpectraError(f"--out {job.out} is a file; the runs go into a folder")
     for method in job.methods:
-        existing = [p for p in (job.run_dir(method), run_file(job.run_dir(method)))
+        existing = [p for p in (job.run_dir(method), parquet_path(job.run_dir(method)))
                     if p.exists()]  # fmt: skip
         if existing and not job.overwrite:
             raise SpectraError(

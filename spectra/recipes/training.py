@@ -29,7 +29,7 @@ from spectra.recipes.inputs import Plan
 from spectra.recipes.methods import AdaLoraAllocation, SORSATrainer, prepare
 from spectra.recipes.presets import Preset
 from spectra.recipes.sft_data import IGNORE, SFTDataset, load_examples, load_tokenizer
-from spectra.store import run_file
+from spectra.run_files import parquet_path
 
 
 class RichSteps(TrainerCallback):
@@ -135,7 +135,7 @@ def run(job: Plan, console: Console | None = None) -> list[Path]:
             start = time.perf_counter()
             runs.append(train_one(job, method, data, tokenizer, progress))
             progress.console.print(
-                f"{method}: {runs[-1]}/ and {run_file(runs[-1])} "
+                f"{method}: {runs[-1]}/ and {parquet_path(runs[-1])} "
                 f"({time.perf_counter() - start:.0f} s)"
             )
     console.print(f"next: spectra analyze {job.out}/*.parquet && spectra plot --figure 2 "

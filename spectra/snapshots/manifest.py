@@ -32,7 +32,7 @@ class Target:
 
 
 @dataclass
-class Writer:
+class WritingProcess:
     """The process that writes a run: its host, process id and PID namespace (an inode number;
     two containers on one host can reuse each other's process ids)."""
 
@@ -41,13 +41,13 @@ class Writer:
     namespace: int | None = None
 
     @classmethod
-    def this_process(cls) -> Writer:
+    def this_process(cls) -> WritingProcess:
         return cls(socket.gethostname(), os.getpid(), _pid_namespace())
 
     def gone(self) -> bool:
         """Whether this process has certainly ended: it ran on this host, in this PID
         namespace, and no process has its id now (False whenever that cannot be known)."""
-        here = Writer.this_process()
+        here = WritingProcess.this_process()
         if (self.host, self.namespace) != (here.host, here.namespace):
             return False
         try:
@@ -92,7 +92,7 @@ class Manifest:
     spectra_version: str = __version__
     run_id: str | None = None
     resumed: list[int] = field(default_factory=list)
-    writer: Writer | None = None
+    writer: WritingProcess | None = None
 
     @property
     def failed(self) -> bool:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
-from spectra.snapshots.atomic import atomic_write
-from spectra.snapshots.files import TRAIN_LOG
+from spectra.run_files import TRAIN_LOG
 
 if TYPE_CHECKING:  # pandas loads when a log is read, not with every run directory
     import pandas as pd
