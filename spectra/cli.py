@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from spectra.errors import SpectraError
+from spectra.figures import FIGURES
+from spectra.methods import NAMES as METHOD_NAMES
 
 try:  # typer vendors click since 0.2x; older typers use click itself
     from typer._click.exceptions import ClickException
@@ -72,7 +74,7 @@ def compute(
     """Compute the drift metrics of run directories into runs/<run>.parquet (resumable)."""
     from contextlib import nullcontext
 
-    from spectra.engine import compute_run, dask_executor
+    from spectra.engine import FT_RANK, Settings, compute_run, dask_executor
 
     if out is not None and len(runs) > 1:
         raise SpectraError("--out needs exactly one run directory")
@@ -83,10 +85,10 @@ def compute(
             raise SpectraError("--follow needs exactly one run directory")
         typer.echo(f"wrote {follow_run(runs[0])}")
         return
+    settings = Settings(ft_rank=ft_rank or FT_RANK, device=device)
     with dask_executor(scheduler) if scheduler else nullcontext() as executor:
         for run in runs:
-            options = {"cache_dir": cache_dir, "device": device, "executor": executor}
-            options |= {"ft_rank": ft_rank} if ft_rank else {}
+            options = {"cache_dir": cache_dir, "settings": settings, "executor": executor}
             path = compute_run(run, out, workers=workers, **options)
             typer.echo(f"wrote {path}")
 
@@ -122,8 +124,7 @@ def plot(
     figure: Annotated[
         str,
         typer.Option(
-            help="2, 3, cond, heatmap, dora, subspace, intruders (comma-separated), or all: "
-            "every one that applies."
+            help=f"{', '.join(FIGURES)} (comma-separated), or all: every one that applies."
         ),
     ] = "2",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("figures"),
@@ -150,7 +151,7 @@ def plot(
 ) -> None:
     """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), a ΔD heatmap, DoRA's
     magnitude and direction, the LoRA paper's subspace similarity or intruder dimensions."""
-    from spectra.figures import plot_runs
+    from spectra.plotting import plot_runs
 
     done = plot_runs(
         runs or ["runs/*.parquet"], figure, out, fmt, matched, layers=layers, modules=modules,
@@ -167,8 +168,7 @@ def track(
     method: Annotated[
         list[str] | None,
         typer.Option(
-            help="ft, lora, pissa, dora, adalora, sorsa, sorsa-noreg; repeat or comma list "
-            "[ft,lora,sorsa-noreg,sorsa]."
+            help=f"{', '.join(METHOD_NAMES)}; repeat or comma list [ft,lora,sorsa-noreg,sorsa]."
         ),
     ] = None,
     model: Annotated[

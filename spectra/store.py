@@ -11,6 +11,7 @@ import glob
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,47 +20,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spectra.atomic import atomic_write
+from spectra.columns import FINITE, KEY, REQUIRED, SCHEMA
 from spectra.errors import SpectraError
+from spectra.methods import label, order
 from spectra.typedjson import text
 
-METHOD_ORDER = ("ft", "lora", "pissa", "dora", "adalora", "sorsa-noreg", "sorsa")
-METHOD_LABELS = {
-    "ft": "FT",
-    "lora": "LoRA",
-    "pissa": "PiSSA",
-    "dora": "DoRA",
-    "adalora": "AdaLoRA",
-    "sorsa-noreg": "SORSA w/o reg",
-    "sorsa": "SORSA",
-}
 METADATA_KEY = b"spectra"
-METRICS = (
-    "delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "ortho_err",
-    "sigma_max", "sigma_min", "fro_norm", "stable_rank", "eff_rank",
-    "delta_m", "delta_dir", "amplification",
-)  # fmt: skip
-SCHEMA = pa.schema(
-    [
-        ("run", pa.string()),
-        ("method", pa.string()),
-        ("step", pa.int64()),
-        ("layer", pa.string()),
-        ("block", pa.int32()),
-        ("module", pa.string()),
-        ("rows", pa.int32()),
-        ("cols", pa.int32()),
-        *[(name, pa.float64()) for name in METRICS],
-        ("intruders", pa.int32()),
-        ("rank", pa.int32()),
-        ("intruder_overlap", pa.list_(pa.float64())),  # best |cos| of each top-k u_t^i
-    ]
-)
-# raise when a column is added or a definition changes: older rows recompute
-# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap)
-SCHEMA_VERSION = 3
-KEY = ["step", "layer"]
-NOT_NULL = ("run", "method", "step", "layer", "module")
-FINITE = ("delta_sigma", "delta_d", "delta_d_matched")  # no row is written for NaN weights
 METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # field: required
 
 
@@ -76,6 +42,41 @@ def remove_run_file(path: str | Path) -> None:
         path.unlink()
     except OSError as exc:
         raise SpectraError(f"cannot remove {path}: {exc.strerror}") from None
+
+
+def read_own_rows(path: str | Path, run: str) -> tuple[pd.DataFrame, dict] | None:
+    """(rows, metadata) of run ``run``'s Parquet file ``path``, None when there is none;
+    SpectraError when ``path`` is another file (not spectra's, or another run's), which is never
+    overwritten."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        rows, meta = read_run(path)
+    except SpectraError:
+        raise SpectraError(
+            f"{path} exists and is not a spectra run file; refusing to overwrite it"
+        ) from None
+    if meta["run"] != run:
+        raise SpectraError(
+            f"{path} holds run {meta['run']!r}, not {run!r}; refusing to overwrite it"
+        )
+    return rows, meta
+
+
+def drop_rows_after(path: str | Path, step: int, run_id: str | None, resumed: list[int]) -> None:
+    """Rewrite run ``run_id``'s Parquet file without its rows after ``step`` (a training resumed
+    from ``step`` discarded their snapshots), recording the resumes (``resumed``); the rows of
+    another identity are left to the engine, which computes that run from scratch."""
+    path = Path(path)
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    if meta.get("run_id") != run_id:
+        return
+    kept = table.filter(pc.less_equal(table.column("step"), step))
+    meta["resumed"] = resumed
+    kept = kept.replace_schema_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    atomic_write(path, lambda tmp: pq.write_table(kept, tmp))
 
 
 def layer_position(layer: str) -> tuple[int | None, str]:
@@ -95,7 +96,7 @@ def to_table(rows: pd.DataFrame, metadata: dict) -> pa.Table:
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
-def write_run(path: str | Path, rows: pd.DataFrame, metadata: dict) -> None:
+def write_rows(path: str | Path, rows: pd.DataFrame, metadata: dict) -> None:
     """Write (or atomically replace) the Parquet file of one run."""
     table = to_table(rows, metadata)
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
@@ -163,7 +164,7 @@ def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
                     f"{path}: column {spec.name!r} has type {column.type}, expected {spec.type}"
                 ) from None
             table = table.set_column(table.column_names.index(spec.name), spec.name, column)
-        if spec.name in NOT_NULL and column.null_count:
+        if spec.name in REQUIRED and column.null_count:
             raise SpectraError(f"{path}: column {spec.name!r} has empty values")
         if spec.name in FINITE and not _all_finite(column):
             raise SpectraError(f"{path}: column {spec.name!r} has NaN, infinite or empty values")
@@ -184,23 +185,6 @@ def expand(patterns: Iterable[str | Path]) -> list[Path]:
             raise SpectraError(f"no run files match {pattern}")
         paths += [Path(m) for m in matches if Path(m) not in paths]
     return paths
-
-
-def read_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
-    """All rows of many runs (file names or globs) in one frame, in the order given.
-
-    Runs are named by their run name; runs that share a name (two seeds in ``a/lora`` and
-    ``b/lora``) by the name prefixed with their folders (see :func:`run_labels`).
-    ``frame.attrs["runs"]`` maps each of these names to the run's metadata (which includes
-    ``run_dir``, the run directory holding ``train_log.parquet``).
-    """
-    paths = expand(patterns)
-    runs = [read_run(path) for path in paths]
-    names = run_labels(paths, [meta["run"] for _, meta in runs])
-    frames = [rows.assign(run=name) for (rows, _), name in zip(runs, names, strict=True)]
-    frame = pd.concat(frames, ignore_index=True)
-    frame.attrs["runs"] = {name: meta for (_, meta), name in zip(runs, names, strict=True)}
-    return frame
 
 
 def run_labels(paths: list[Path], names: list[str]) -> list[str]:
@@ -229,34 +213,68 @@ def run_labels(paths: list[Path], names: list[str]) -> list[str]:
     return labels
 
 
-def load_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
-    """Rows of the runs named by files or globs; SpectraError when a run has no rows."""
-    frame = read_runs(patterns)
-    empty = [name for name in frame.attrs["runs"] if not (frame["run"] == name).any()]
+@dataclass(frozen=True)
+class Runs:
+    """The rows of several runs in one frame, and the metadata of each run, by run name.
+
+    Runs are named by their run name; runs that share a name (two seeds in ``a/lora`` and
+    ``b/lora``) by the name prefixed with their folders (see :func:`run_labels`). A run's
+    metadata is its Parquet metadata (the manifest, the engine settings and ``run_dir``, the
+    run directory holding ``train_log.parquet``).
+    """
+
+    rows: pd.DataFrame
+    meta: dict[str, dict]
+
+    @property
+    def names(self) -> list[str]:
+        """The run names by method (FT, LoRA, …, SORSA w/o reg, SORSA), then by name."""
+        return sorted(self.meta, key=lambda run: (order(self.method(run)), run))
+
+    def method(self, run: str) -> str:
+        """The method of a run."""
+        return self.meta[run]["method"]
+
+    def title(self, run: str) -> str:
+        """ "LoRA" for a run named after its method, else "LoRA — <run>"."""
+        method = self.method(run)
+        return label(method) if run == method else f"{label(method)} — {run}"
+
+    def short(self, run: str) -> str:
+        """ "LoRA" for a run named after its method, else the run's name."""
+        return label(self.method(run)) if run == self.method(run) else run
+
+    def of(self, run: str) -> pd.DataFrame:
+        """The rows of one run."""
+        return self.rows[self.rows["run"] == run]
+
+    def with_rows(self, rows: pd.DataFrame) -> Runs:
+        """The same runs with only ``rows`` (a selection of layers)."""
+        return Runs(rows, self.meta)
+
+
+def read_runs(patterns: Iterable[str | Path]) -> Runs:
+    """All rows of many runs (file names or globs), in the order given."""
+    paths = expand(patterns)
+    runs = [read_run(path) for path in paths]
+    names = run_labels(paths, [meta["run"] for _, meta in runs])
+    frames = [rows.assign(run=name) for (rows, _), name in zip(runs, names, strict=True)]
+    meta = {name: meta for (_, meta), name in zip(runs, names, strict=True)}
+    return Runs(pd.concat(frames, ignore_index=True), meta)
+
+
+def load_runs(patterns: Iterable[str | Path]) -> Runs:
+    """The runs named by files or globs; SpectraError when a run has no rows."""
+    runs = read_runs(patterns)
+    empty = [name for name in runs.meta if not (runs.rows["run"] == name).any()]
     if empty:
         raise SpectraError(f"run {empty[0]} has no rows: compute its metrics first")
-    return frame
+    return runs
 
 
-def label(method: str) -> str:
-    """The display name of a method."""
-    return METHOD_LABELS.get(method, method)
-
-
-def ordered_runs(frame: pd.DataFrame) -> list[str]:
-    """Run names ordered by method (FT, LoRA, …, SORSA w/o reg, SORSA), then by name."""
-    methods = frame.groupby("run", sort=False)["method"].first()
-
-    def key(run: str) -> tuple[int, str]:
-        method = methods[run]
-        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        return rank, run
-
-    return sorted(methods.index, key=key)
-
-
-def comparison_step(frame: pd.DataFrame) -> int:
+def comparison_step(runs: Runs) -> int:
     """The last step after 0 present in every run; SpectraError when there is none."""
+    frame = runs.rows
     steps = [set(g["step"]) - {0} for _, g in frame.groupby("run", sort=False)]
     common = set.intersection(*steps)
     if not common:

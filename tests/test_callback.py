@@ -29,7 +29,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import spectra
 import spectra.follow
-from spectra.callback import trainer_log
 from spectra.callback.worker import InlineWorker
 from spectra.engine import FT_RANK, Engine, compute_run
 from spectra.errors import SpectraError
@@ -37,6 +36,7 @@ from spectra.follow import follow
 from spectra.metrics import drift
 from spectra.run_files import TRAIN_LOG
 from spectra.snapshots import open_run
+from spectra.train_log import from_trainer as trainer_log
 
 TARGETS = ("q_proj", "v_proj")
 METRIC_TOL = 1e-9

@@ -28,8 +28,9 @@ from spectra.errors import SpectraError
 from spectra.figures import plot_runs
 from spectra.follow import follow
 from spectra.run_files import MANIFEST, step_file
-from spectra.snapshots import RunWriter, open_run, read_train_log
+from spectra.snapshots import RunWriter, open_run
 from spectra.store import read_run
+from spectra.train_log import read_train_log
 
 TARGETS = ("q_proj", "v_proj")
 ROOT = Path(__file__).resolve().parents[1]

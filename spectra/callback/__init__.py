@@ -19,10 +19,10 @@ trackers not yet closed, which an uncaught exception or an exit before ``close()
 failed).
 """
 
-from spectra.callback.failures import describe
+from spectra.callback.failures import error_text
 from spectra.callback.snapshot_thread import QUEUE_DEPTH
 from spectra.callback.tracker import MODES, Tracker
-from spectra.callback.trainer import SpectraCallback, trainer_log
+from spectra.callback.trainer import SpectraCallback
 from spectra.callback.worker import WORKERS
 
 __all__ = [
@@ -31,6 +31,5 @@ __all__ = [
     "WORKERS",
     "SpectraCallback",
     "Tracker",
-    "describe",
-    "trainer_log",
+    "error_text",
 ]

@@ -12,7 +12,8 @@ import warnings
 import torch
 
 from spectra.errors import SpectraError
-from spectra.snapshots import RunWriter, write_train_log
+from spectra.snapshots import RunWriter
+from spectra.train_log import write_train_log
 
 QUEUE_DEPTH = 2  # snapshots held in memory before the training thread waits for the writer
 

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from spectra.callback.failures import OPEN_TRACKERS, describe
+from spectra.callback.failures import OPEN_TRACKERS, error_text
 from spectra.callback.snapshot_thread import SnapshotThread
 from spectra.callback.worker import WORKERS, InlineWorker
 from spectra.capture import (
@@ -26,7 +26,6 @@ from spectra.capture import (
     step_tensors,
     weight_shape,
 )
-from spectra.engine import Engine
 from spectra.errors import SpectraError
 from spectra.factors import row_count
 from spectra.run_files import FROZEN, parquet_path
@@ -35,11 +34,10 @@ from spectra.snapshots import (
     RunWriter,
     Target,
     open_run,
-    read_train_log,
     remove_run,
-    write_train_log,
 )
-from spectra.store import remove_run_file
+from spectra.store import drop_rows_after, read_own_rows, remove_run_file
+from spectra.train_log import read_train_log, write_train_log
 
 MODES = ("inline", "deferred")
 
@@ -140,18 +138,21 @@ class Tracker:
             return
         manifest = self._manifest(found, layouts, run_name, model_name or _model_name(model))
         manifest.gamma, manifest.learning_rate, manifest.every = gamma, learning_rate, every
+        parquet = parquet_path(self.path)
         if start_step > 0:
             self._check_resumable(manifest)
-            rows = Engine(self.path)  # refuses a foreign Parquet file before anything changes
+            rows = read_own_rows(parquet, manifest.run)  # refuses a foreign file, changing nothing
         elif overwrite:
             remove_run(self.path)
-            remove_run_file(parquet_path(self.path))
+            remove_run_file(parquet)
         self.writer = RunWriter(self.path, manifest, resume=start_step > 0)
         self._log = _log_rows(read_train_log(self.path), start_step)
         if start_step > 0:
             self.writer.discard_after(start_step)
             write_train_log(self.path, self._log)
-            rows.drop_stale()
+            if rows is not None:
+                written = self.writer.manifest
+                drop_rows_after(parquet, start_step, written.run_id, written.resumed)
         self._taken = set(self.writer.manifest.steps)
         self._writes = SnapshotThread(self.writer)
         OPEN_TRACKERS.add(self)
@@ -272,4 +273,4 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.close(error=None if exc is None else describe(exc))
+        self.close(error=None if exc is None else error_text(exc))

@@ -18,9 +18,9 @@ WORKERS = ("process", "thread")
 class InlineWorker:
     """Computes metrics as snapshots land, in a subprocess (default) or a thread."""
 
-    def __init__(self, run_dir: Path, poll: float, kind: str):
+    def __init__(self, run_dir: Path, poll: float, runs_in: str):
         self.error: BaseException | None = None
-        if kind == "process":
+        if runs_in == "process":
             cmd = [sys.executable, "-m", "spectra.follow", str(run_dir), "--quiet",
                    "--poll", str(poll), "--parent", str(os.getpid()), "--threads", "1"]  # fmt: skip
             root = str(Path(__file__).resolve().parents[2])  # spectra importable from source

@@ -12,7 +12,7 @@ from torch import nn
 
 from spectra import architectures
 from spectra.architectures import COMMON, fused_rows, spec_rows
-from spectra.capture.methods import recognise, weight_shape
+from spectra.capture.layouts import recognise, weight_shape
 from spectra.capture.names import (
     PEFT_PREFIX,
     matches,
@@ -95,9 +95,9 @@ def default_layers(model: nn.Module, found: Mapping[str, Layer]) -> tuple[str, .
     for pair in COMMON:
         if all(any(matches(t, name) for name in found) for t in pair):
             return pair
-    kind = architectures.model_type(config)
+    name = architectures.model_type(config)
     raise SpectraError(
-        f"no targets given and {f'a {kind!r} model' if kind else 'this model'} has no known "
+        f"no targets given and {f'a {name!r} model' if name else 'this model'} has no known "
         f"query/value projections; name them with targets=…; module names that can be "
         f"targets: {target_names(found)}"
     )

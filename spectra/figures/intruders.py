@@ -8,17 +8,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
-from spectra.figures.panels import (
-    grid,
-    hover,
-    layer_axis,
-    layer_height,
-    layer_labels,
-    run_title,
-    style_axis,
-)
-from spectra.metrics import INTRUDER_EPS, TOP_K
-from spectra.store import ordered_runs
+from spectra.columns import INTRUDER_EPS, TOP_K
+from spectra.figures import View
+from spectra.figures.panels import grid, hover, layer_axis, layer_height, layer_labels, style_axis
+from spectra.store import Runs
 
 
 def overlaps(rows: pd.DataFrame) -> pd.DataFrame:
@@ -28,16 +21,15 @@ def overlaps(rows: pd.DataFrame) -> pd.DataFrame:
     return long.rename(columns={"intruder_overlap": "best"}).astype({"best": float})
 
 
-def intruders_figure(frame: pd.DataFrame) -> go.Figure:
+def intruders_figure(runs: Runs) -> go.Figure:
     """Per run: the best |cos| of each top-K vector over steps (mean of layers; intruders, below
     ε, as red points) and the intruder count per layer and step."""
-    runs = ordered_runs(frame)
-    engine = next(iter(frame.attrs["runs"].values())).get("engine", {})
+    engine = next(iter(runs.meta.values())).get("engine", {})
     eps, top_k = engine.get("intruder_eps", INTRUDER_EPS), engine.get("top_k", TOP_K)
-    layers = layer_labels(frame)
+    layers = layer_labels(runs.rows)
     titles = []
-    for run in runs:
-        name = run_title(frame, run)
+    for run in runs.names:
+        name = runs.title(run)
         titles += [f"{name}: best |cos| with a W₀ vector", f"{name}: intruders per layer"]
     g = grid(
         f"Intruder dimensions (Shuttleworth et al.): for each of the top {top_k} left singular "
@@ -46,8 +38,8 @@ def intruders_figure(frame: pd.DataFrame) -> go.Figure:
         titles, cols=2, panel_w=460, panel_h=layer_height(len(layers)), hgap=150,
     )  # fmt: skip
     shades = sample_colorscale("Blues", list(np.linspace(0.95, 0.35, top_k)))
-    for number, run in enumerate(runs):
-        data = frame[frame["run"] == run]
+    for number, run in enumerate(runs.names):
+        data = runs.of(run)
         best = overlaps(data)
         left, right = g.at(2 * number), g.at(2 * number + 1)
         for i, path in best.groupby("i"):
@@ -93,3 +85,8 @@ def intruders_figure(frame: pd.DataFrame) -> go.Figure:
                    "colorbar": {"title": {"text": "intruders"}, "tickformat": "d"}}
     )  # fmt: skip
     return g.fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return intruders_figure(runs)

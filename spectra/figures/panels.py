@@ -17,7 +17,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from spectra.errors import SpectraError
-from spectra.store import label
+from spectra.store import Runs
 
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x")
 COLORS = qualitative.Plotly
@@ -50,10 +50,10 @@ def lines(text: str) -> int:
     return text.count("<br>") + 1
 
 
-def style_axis(fig: go.Figure, axis: str, kind: str, title: str | None = None, **where) -> None:
-    """Ticks of ``kind`` (AXES) and an optional title on the x or y axes selected by ``where``."""
+def style_axis(fig: go.Figure, axis: str, ticks: str, title: str | None = None, **where) -> None:
+    """Ticks of ``ticks`` (AXES) and an optional title on the x or y axes selected by ``where``."""
     update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-    options = {**AXES[kind], "title_font_size": FONT}
+    options = {**AXES[ticks], "title_font_size": FONT}
     update(**options, **({"title_text": title} if title is not None else {}), **where)
 
 
@@ -146,12 +146,6 @@ def grid(
     return Grid(fig, rows, cols, panel_w, panel_h)
 
 
-def run_title(frame: pd.DataFrame, run: str) -> str:
-    """ "LoRA" for a run named after its method, else "LoRA — <run>"."""
-    method = frame.attrs["runs"][run]["method"]
-    return label(method) if run == method else f"{label(method)} — {run}"
-
-
 def hover(*fields: str) -> str:
     """A hover template: run, layer and step from customdata, then the named x/y/z values."""
     head = "run %{customdata[0]}<br>layer %{customdata[1]}<br>step %{customdata[2]}"
@@ -232,11 +226,10 @@ def parse_blocks(text: str) -> list[int]:
     return blocks
 
 
-def select_layers(
-    frame: pd.DataFrame, layers: str | None = None, modules: str | None = None
-) -> pd.DataFrame:
-    """The rows of the blocks in ``layers`` ("0-3,31") and the ``modules`` ("q_proj,v_proj")."""
-    chosen = frame
+def select_layers(runs: Runs, layers: str | None = None, modules: str | None = None) -> Runs:
+    """The runs with the rows of the blocks in ``layers`` ("0-3,31") and the ``modules``
+    ("q_proj,v_proj") only."""
+    frame = chosen = runs.rows
     if layers:
         chosen = chosen[chosen["block"].isin(parse_blocks(layers))]
     if modules:
@@ -249,11 +242,55 @@ def select_layers(
             f"--layers {layers or 'all'} --modules {modules or 'all'} select no layer "
             f"(blocks {spans}; modules {', '.join(sorted(frame['module'].unique()))})"
         )
-    selected = chosen.copy()
-    selected.attrs = frame.attrs
-    return selected
+    return runs.with_rows(chosen.copy())
 
 
 def color(i: int) -> str:
     """The i-th colour of the qualitative palette."""
     return COLORS[i % len(COLORS)]
+
+
+TRAJECTORIES = "rgba(120,120,120,0.3)"
+
+
+def step_colors(frame: pd.DataFrame) -> dict:
+    """The shared step colour axis (Viridis, 0 to the last step)."""
+    return {"colorscale": "Viridis", "colorbar": {"title": {"text": "step"}, "tickformat": "d"},
+            "cmin": 0, "cmax": int(frame["step"].max())}  # fmt: skip
+
+
+def layer_points(
+    fig: go.Figure, data: pd.DataFrame, x: str, y: str, names: tuple[str, str], where: dict,
+    first: bool, panel: tuple[int, int], avoid: pd.DataFrame | None = None,
+) -> None:  # fmt: skip
+    """Each layer at each step after 0 as a marker (one trace per module, coloured by step),
+    the block number above the end points where it can be read (clear of the markers of
+    ``avoid``, columns x and y), every value in the hover."""
+    moved = data[data["step"] > 0]
+    modules = sorted(data["module"].unique())
+    template = hover(f"{names[0]} %{{x:.4g}}", f"{names[1]} %{{y:.4g}}")
+    for number, module in enumerate(modules):
+        points = moved[moved["module"] == module]
+        fig.add_trace(
+            go.Scatter(
+                x=points[x], y=points[y], mode="markers", name=module, legendgroup=module,
+                showlegend=first, hovertemplate=template,
+                marker={"color": points["step"], "coloraxis": "coloraxis", "size": 6,
+                        "symbol": SYMBOLS[number % len(SYMBOLS)], "line": {"width": 0}},
+                customdata=points[["run", "layer", "step"]].to_numpy(),
+            ),
+            **where,
+        )  # fmt: skip
+    ends = moved.sort_values("step").groupby("layer").tail(1)
+    text = block_text(ends).to_numpy()
+    bounds = pd.concat([moved[[x, y]], pd.DataFrame({x: [0.0], y: [0.0]})])
+    obstacles = None if avoid is None else avoid.set_axis([x, y], axis=1)
+    keep = readable(ends[[x, y]], text, panel, bounds, obstacles)
+    fig.add_trace(
+        go.Scatter(
+            x=ends[x][keep], y=ends[y][keep], text=text[keep], mode="text", name="block (end)",
+            textposition="top center", textfont={"size": 10}, hoverinfo="skip",
+            legendgroup="ends", showlegend=False,
+        ),
+        **where,
+    )  # fmt: skip

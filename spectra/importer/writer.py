@@ -22,7 +22,8 @@ import torch
 from spectra.errors import SpectraError
 from spectra.importer.tensors import SAFETENSORS, Tensors
 from spectra.run_files import is_run_dir, parquet_path
-from spectra.snapshots import Manifest, RunWriter, write_train_log
+from spectra.snapshots import Manifest, RunWriter
+from spectra.train_log import write_train_log
 
 CHUNK = 1 << 20
 HEADER_LENGTH = 8  # a safetensors file starts with its header's length, a little-endian u64

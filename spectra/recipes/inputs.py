@@ -26,6 +26,7 @@ from transformers.utils import (
 from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
+from spectra.methods import get
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
 from spectra.run_files import parquet_path
@@ -38,7 +39,6 @@ except ImportError:  # pragma: no cover - an older huggingface_hub
 CONFIG_ERRORS = (ValueError, KeyError, TypeError, ArithmeticError, StrictDataclassError)
 MODEL_ERRORS = (*CONFIG_ERRORS, RuntimeError, AssertionError)  # building a model from it
 
-METHODS = ("ft", "lora", "pissa", "dora", "adalora", "sorsa", "sorsa-noreg")
 FIGURE2 = ("ft", "lora", "sorsa-noreg", "sorsa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder
@@ -68,10 +68,14 @@ class Plan:
         return self.out / method
 
     def gamma(self, method: str) -> float | None:
-        return {"sorsa": self.preset.gamma, "sorsa-noreg": 0.0}.get(method)
+        """γ of SORSA's regularizer (0 without it); None for methods without SORSA's factors."""
+        found = get(method)
+        if found.capture != "sorsa":
+            return None
+        return self.preset.gamma if found.regularized else 0.0
 
     def lr(self, method: str) -> float:
-        return self.preset.sorsa_lr if method == "sorsa" else self.preset.lr
+        return self.preset.sorsa_lr if get(method).regularized else self.preset.lr
 
 
 def parse_list(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -130,12 +134,12 @@ def _resolve_targets(
     except MODEL_ERRORS as exc:
         raise SpectraError(f"{model}: its config.json does not make a model ({exc})") from None
     layers = find_layers(skeleton, targets or None, fused)
-    largest = max(adalora_ranks(rank)[0] if m == "adalora" else rank for m in methods)
-    sorsa = any(m.startswith("sorsa") for m in methods)
-    kinds = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
+    largest = max(adalora_ranks(rank)[0] if get(m).allocates_rank else rank for m in methods)
+    sorsa = any(get(m).capture == "sorsa" for m in methods)
+    adaptable = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
     for path in module_paths(layers):
         module = skeleton.get_submodule(path)
-        if not isinstance(module, kinds):
+        if not isinstance(module, adaptable):
             raise SpectraError(
                 f"{path} is a {type(module).__name__}; the recipes adapt "
                 f"{'nn.Linear layers (SORSA)' if sorsa else 'nn.Linear and Conv1D layers'}"
@@ -180,9 +184,8 @@ def plan(
 ) -> Plan:
     """Check every input of a track job; SpectraError (one line) on the first problem."""
     methods = methods or FIGURE2
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SpectraError(f"unknown method {unknown[0]!r} (expected one of {', '.join(METHODS)})")
+    for method in methods:
+        get(method)  # SpectraError naming the known methods
     if preset not in PRESETS:
         raise SpectraError(f"unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
     if worker not in WORKERS:

@@ -25,9 +25,10 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from spectra.callback import SpectraCallback
+from spectra.methods import get
 from spectra.recipes.inputs import Plan
-from spectra.recipes.methods import AdaLoraAllocation, SORSATrainer, prepare
 from spectra.recipes.presets import Preset
+from spectra.recipes.setup import AdaLoraAllocation, SORSATrainer, prepare
 from spectra.recipes.sft_data import IGNORE, SFTDataset, load_examples, load_tokenizer
 from spectra.run_files import parquet_path
 
@@ -99,7 +100,7 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
                         worker=job.worker, overwrite=job.overwrite),
         RichSteps(progress, task),
     ]  # fmt: skip
-    if method == "adalora":
+    if get(method).allocates_rank:
         callbacks.insert(0, AdaLoraAllocation())
     with tempfile.TemporaryDirectory(prefix="spectra-trainer-") as tmp:
         kwargs = {

@@ -16,11 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from spectra.columns import SUMMARY
 from spectra.errors import SpectraError
 from spectra.report import dora, sorsa
 from spectra.report.claims import Claim, Paper, all_of, cell
 from spectra.report.sorsa import PARALLEL, claim_theorem, parallelism
-from spectra.store import comparison_step, delta_d_column, delta_d_name, ordered_runs
+from spectra.store import Runs, comparison_step, delta_d_column, delta_d_name
 
 __all__ = [
     "PAPERS", "PARALLEL", "Claim", "all_of", "check_claims", "claim_theorem", "claims_frame",
@@ -29,40 +30,29 @@ __all__ = [
 
 FORMATS = ("table", "markdown", "csv", "json")
 PAPERS: dict[str, Paper] = {paper.name: paper for paper in (sorsa.PAPER, dora.PAPER)}
-SUMMARY_COLUMNS = {
-    "delta_sigma": "ΔΣ",
-    "delta_d": "ΔD",
-    "delta_d_matched": "ΔD matched",
-    "delta_m": "ΔM",
-    "delta_dir": "ΔD_dir",
-    "amplification": "amplification",
-    "cond_p": "κ(W_p)",
-    "ortho_err": "ortho_err",
-    "intruders": "intruders",
-}
 
 
-def summary(frame: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+def summary(runs: Runs, step: int | None = None) -> pd.DataFrame:
     """Per run and module (and all modules), the layer means at ``step`` (the comparison step)."""
-    step = comparison_step(frame) if step is None else step
+    step = comparison_step(runs) if step is None else step
     parts = []
-    for run in ordered_runs(frame):
-        rows = frame[frame["run"] == run]
+    for run in runs.names:
+        rows = runs.of(run)
         at = rows[rows["step"] == step]
         for module, group in [("all", at), *at.groupby("module", sort=True)]:
-            means = group[list(SUMMARY_COLUMNS)].mean()
+            means = group[list(SUMMARY)].mean()
             parts.append(
-                {"run": run, "method": rows["method"].iloc[0], "module": module,
+                {"run": run, "method": runs.method(run), "module": module,
                  "steps": rows["step"].nunique(), "layers": len(group), **means.to_dict()}
             )  # fmt: skip
     return pd.DataFrame(parts)
 
 
-def select_papers(frame: pd.DataFrame, choice: str | None = None) -> list[str]:
+def select_papers(runs: Runs, choice: str | None = None) -> list[str]:
     """The papers whose claims to check: ``choice`` ("sorsa,dora", "all", "none"), or by
     default every paper one of whose methods the runs include."""
     if choice is None:
-        methods = set(frame["method"])
+        methods = {runs.method(run) for run in runs.meta}
         return [name for name, paper in PAPERS.items() if paper.methods & methods]
     choice = choice.strip().lower()
     if choice in ("all", "none"):
@@ -75,13 +65,13 @@ def select_papers(frame: pd.DataFrame, choice: str | None = None) -> list[str]:
 
 
 def check_claims(
-    frame: pd.DataFrame, matched: bool = False, papers: list[str] | None = None
+    runs: Runs, matched: bool = False, papers: list[str] | None = None
 ) -> tuple[int, list[Claim]]:
     """The comparison step and the verdict of every claim of ``papers`` (default: by method)."""
-    step = comparison_step(frame)
+    step = comparison_step(runs)
     claims = []
-    for name in select_papers(frame) if papers is None else papers:
-        for claim in PAPERS[name].check(frame, step, matched):
+    for name in select_papers(runs) if papers is None else papers:
+        for claim in PAPERS[name].check(runs, step, matched):
             claim.paper = name
             claims.append(claim)
     return step, claims
@@ -122,22 +112,22 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def render(
-    frame: pd.DataFrame,
+    runs: Runs,
     fmt: str = "table",
     matched: bool = False,
     width: int = 160,
     claims: str | None = None,
 ) -> str:
-    """The summary and claims of the runs in ``frame`` as text in ``fmt``.
+    """The summary and claims of ``runs`` as text in ``fmt``.
 
     ``claims``: which papers' claims ("sorsa,dora", "all", "none"; default: by method).
     """
     if fmt not in FORMATS:
         raise SpectraError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    papers = select_papers(frame, claims)
-    step, checked = check_claims(frame, matched, papers)
-    means = summary(frame, step)
-    table = means.rename(columns=SUMMARY_COLUMNS)
+    papers = select_papers(runs, claims)
+    step, checked = check_claims(runs, matched, papers)
+    means = summary(runs, step)
+    table = means.rename(columns=SUMMARY)
     by_paper = [(PAPERS[p], claims_frame([c for c in checked if c.paper == p])) for p in papers]
     if fmt == "json":
         return json.dumps(
@@ -170,15 +160,13 @@ def render(
     return console.file.getvalue()
 
 
-def render_summary(frame: pd.DataFrame, width: int = 160) -> str:
+def render_summary(runs: Runs, width: int = 160) -> str:
     """Each run's layer means at its own last step, as text (``spectra compare``: the runs it
     compares need share no step)."""
-    last = frame.groupby("run")["step"].max()
-    means = pd.concat(
-        [summary(frame[frame["run"] == run], last[run]) for run in ordered_runs(frame)]
-    )
+    last = runs.rows.groupby("run")["step"].max()
+    means = pd.concat([summary(runs.with_rows(runs.of(run)), last[run]) for run in runs.names])
     means.insert(3, "step", means["run"].map(last))
     console = Console(file=io.StringIO(), width=width, force_terminal=False)
     title = "Summary at each run's last step (layer means)"
-    console.print(_rich_table(means.rename(columns=SUMMARY_COLUMNS), title))
+    console.print(_rich_table(means.rename(columns=SUMMARY), title))
     return console.file.getvalue()

@@ -13,20 +13,18 @@ the others, the base and the manifest. Nothing here is ever unpickled: safetenso
 only.
 
 One module per job: :mod:`.manifest` (Manifest, Target, their checks and JSON),
-:mod:`.tensor_files` (safetensors files, written atomically, read lazily), :mod:`.train_log`
-(the training log), :mod:`.run_writer` (RunWriter, remove_run) and :mod:`.reader` (Run,
-open_run).
+:mod:`.tensor_files` (safetensors files, written atomically, read lazily), :mod:`.run_writer`
+(RunWriter, remove_run) and :mod:`.reader` (Run, open_run). The training log is
+:mod:`spectra.train_log`.
 """
 
 from spectra.snapshots.manifest import FORMAT_VERSION, Manifest, Target, WritingProcess
 from spectra.snapshots.reader import Run, open_run
 from spectra.snapshots.run_writer import RunWriter, remove_run
 from spectra.snapshots.tensor_files import read_tensors, save_tensors
-from spectra.snapshots.train_log import LOG_COLUMNS, read_train_log, write_train_log
 
 __all__ = [
     "FORMAT_VERSION",
-    "LOG_COLUMNS",
     "Manifest",
     "Run",
     "RunWriter",
@@ -34,8 +32,6 @@ __all__ = [
     "WritingProcess",
     "open_run",
     "read_tensors",
-    "read_train_log",
     "remove_run",
     "save_tensors",
-    "write_train_log",
 ]
