@@ -42,6 +42,14 @@ def inputs(runs: Runs, needs: str) -> dict:
     return {"subspaces": subspaces(runs)}
 
 
+def draw(runs: Runs, name: str, matched: bool = False, shared: bool = False):
+    """(file stem, figure) of figure ``name``, with what it needs read from the run
+    directories; NotApplicable when it does not apply to the runs."""
+    figure = FIGURES[name]
+    view = View(matched, shared, **(inputs(runs, figure.needs) if figure.needs else {}))
+    return figure.file_stem(matched), figure.draw(runs, view)
+
+
 def plot_runs(
     patterns: Iterable[str | Path],
     figures: str = "2",
@@ -67,13 +75,13 @@ def plot_runs(
     runs = select_layers(load_runs(patterns), layers, modules)
     plotted, drawn = Plotted(), {}
     for name in names:
-        figure = FIGURES[name]
         try:
-            view = View(matched, shared, **(inputs(runs, figure.needs) if figure.needs else {}))
-            drawn[figure.file_stem(matched)] = figure.draw(runs, view)
+            stem, fig = draw(runs, name, matched, shared)
         except NotApplicable as exc:
             if not every:
                 raise
             plotted.skipped[name] = str(exc)
+            continue
+        drawn[stem] = fig
     plotted.written = export_figures(drawn, Path(out), kinds, plotlyjs)
     return plotted

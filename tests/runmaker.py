@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spectra.store import write_run
+from spectra.store import write_rows
 
 Column = Callable[[int, int], float]  # (layer index, step) -> value
 BLOCKS, MODULES = 4, ("q_proj", "v_proj")
@@ -110,7 +110,7 @@ def make_run(
         }
         pd.DataFrame(log_rows).to_parquet(run_dir / "train_log.parquet")
     path = root / f"{name}.parquet"
-    write_run(path, pd.DataFrame(rows), {"run": name, "method": method, "run_dir": name})
+    write_rows(path, pd.DataFrame(rows), {"run": name, "method": method, "run_dir": name})
     return path
 
 

@@ -12,12 +12,13 @@ import torch
 from safetensors.torch import save_file
 
 import spectra.engine as engine_module
+from spectra.columns import SCHEMA
 from spectra.engine import Engine, compute_run
 from spectra.errors import SpectraError
 from spectra.metrics import drift, factor_metrics
 from spectra.run_files import step_file
 from spectra.snapshots import Manifest, RunWriter, Target, open_run
-from spectra.store import SCHEMA, read_run
+from spectra.store import read_run
 
 M, N, R = 24, 16, 3
 STEPS = (0, 5, 10)
@@ -143,9 +144,9 @@ def test_rerun_computes_only_missing_rows(tmp_path, monkeypatch):
     run_dir, _ = dense_run(tmp_path)
     out = compute_run(run_dir)
     rows, meta = read_run(out)
-    from spectra.store import write_run
+    from spectra.store import write_rows
 
-    write_run(out, rows[rows.step != 10], meta)  # as if interrupted before step 10
+    write_rows(out, rows[rows.step != 10], meta)  # as if interrupted before step 10
     calls = []
     real = engine_module.matrix_task
     monkeypatch.setattr(
@@ -225,9 +226,9 @@ def test_corrupt_snapshot_keeps_existing_parquet(tmp_path, damage):
     out = compute_run(run_dir)
     before = digest(out)
     rows, meta = read_run(out)
-    from spectra.store import write_run
+    from spectra.store import write_rows
 
-    write_run(out, rows[rows.step != 10], meta)
+    write_rows(out, rows[rows.step != 10], meta)
     before = digest(out)
     snapshot = run_dir / step_file(10)
     data = snapshot.read_bytes()

@@ -34,6 +34,7 @@ from transformers import (
 import spectra
 import spectra.importer.tensors as tensors_module
 from spectra.capture import layout
+from spectra.columns import KEY, METRICS
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
 from spectra.importer import import_run
@@ -42,7 +43,6 @@ from spectra.importer.layer import adapted_layer
 from spectra.metrics import drift
 from spectra.run_files import FROZEN, step_file
 from spectra.snapshots import open_run
-from spectra.store import KEY, METRICS
 
 TARGETS = ("q_proj", "v_proj")
 SAVE = 2

@@ -25,7 +25,7 @@ import spectra
 import spectra.engine as engine_module
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
-from spectra.figures import plot_runs
+from spectra.plotting import plot_runs
 from spectra.follow import follow
 from spectra.run_files import MANIFEST, step_file
 from spectra.snapshots import RunWriter, open_run

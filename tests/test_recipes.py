@@ -13,10 +13,11 @@ import pytest
 
 from spectra import cli, recipes
 from spectra.errors import SpectraError
+from spectra.methods import NAMES as METHODS
+from spectra.methods import get
 from spectra.recipes import (
     DEFAULT_DATA,
     DEFAULT_MODEL,
-    METHODS,
     PROMPT,
     load_examples,
     load_tokenizer,
@@ -262,7 +263,7 @@ def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatc
     load_tokenizer(str(DEFAULT_MODEL)).save_pretrained(tmp_path / "gpt2")  # plan checks for one
     job = plan(("lora",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
     assert job.layers == tuple(f"transformer.h.{b}.attn.c_attn[{p}]" for b in (0, 1) for p in "qv")
-    config = recipes.methods._peft_config("lora", module_paths(job.layers), 4, 10)
+    config = recipes.setup._peft_config(get("lora"), module_paths(job.layers), 4, 10)
     assert sorted(config.target_modules) == [f"transformer.h.{b}.attn.c_attn" for b in (0, 1)]
     with pytest.raises(SpectraError, match=r"c_attn is a Conv1D; .* nn.Linear layers \(SORSA\)"):
         plan(("sorsa",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)

@@ -15,9 +15,10 @@ import pytest
 from runmaker import magnitude_direction, make_run, paper_like, parallel, scattered
 
 from spectra import report
+from spectra.columns import SUMMARY
 from spectra.errors import SpectraError
 from spectra.report import dora
-from spectra.store import load_runs, read_run, write_run
+from spectra.store import load_runs, read_run, write_rows
 
 
 def load(*paths):
@@ -34,7 +35,7 @@ def verdicts(*paths, matched=False, papers=("sorsa",)):
 
 def test_parallelism_is_one_for_layers_on_one_line(tmp_path):
     frame = load(make_run(tmp_path, "a", "ft", parallel(0.1, 3.0)))
-    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(1.0)
+    assert report.parallelism(frame.rows, 40, "delta_d") == pytest.approx(1.0)
 
 
 def test_parallelism_is_zero_for_perpendicular_layers(tmp_path):
@@ -43,7 +44,7 @@ def test_parallelism_is_zero_for_perpendicular_layers(tmp_path):
         "delta_d": lambda i, s: s * (i == 1),
     }
     frame = load(make_run(tmp_path, "a", "ft", moves, blocks=1))
-    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(0.0)
+    assert report.parallelism(frame.rows, 40, "delta_d") == pytest.approx(0.0)
 
 
 def test_parallelism_cosine_of_two_directions(tmp_path):
@@ -52,7 +53,7 @@ def test_parallelism_cosine_of_two_directions(tmp_path):
     frame = load(make_run(tmp_path, "a", "ft", moves, blocks=1))
     a, b = (2 / 3, 1), (4 / 3, 1)
     cos = (a[0] * b[0] + a[1] * b[1]) / (math.hypot(*a) * math.hypot(*b))
-    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(cos)
+    assert report.parallelism(frame.rows, 40, "delta_d") == pytest.approx(cos)
 
 
 def test_parallelism_counts_turns_not_just_endpoints(tmp_path):
@@ -63,17 +64,17 @@ def test_parallelism_counts_turns_not_just_endpoints(tmp_path):
 
     moves = {"delta_sigma": lambda i, s: leg("x", i, s), "delta_d": lambda i, s: leg("y", i, s)}
     frame = load(make_run(tmp_path, "a", "ft", moves, blocks=1))
-    assert report.parallelism(frame, 40, "delta_d") == pytest.approx(0.0)
+    assert report.parallelism(frame.rows, 40, "delta_d") == pytest.approx(0.0)
 
 
 def test_parallelism_without_step_zero_rows_and_without_drift(tmp_path):
     with_zero = load(make_run(tmp_path, "a", "ft", scattered(0.1)))
     without = load(make_run(tmp_path, "b", "ft", scattered(0.1), steps=(10, 20, 30, 40)))
-    assert report.parallelism(without, 40, "delta_d") == pytest.approx(
-        report.parallelism(with_zero, 40, "delta_d")
+    assert report.parallelism(without.rows, 40, "delta_d") == pytest.approx(
+        report.parallelism(with_zero.rows, 40, "delta_d")
     )
     still = load(make_run(tmp_path, "c", "ft", parallel(0.0)))
-    assert math.isnan(report.parallelism(still, 40, "delta_d"))
+    assert math.isnan(report.parallelism(still.rows, 40, "delta_d"))
 
 
 # -- summary -------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def test_summary_has_the_comparison_step_means_for_all_and_each_module(tmp_path)
         at = raw[raw["step"] == 40]
         for module, rows in [("all", at), ("v_proj", at[at["module"] == "v_proj"])]:
             row = table[(table["run"] == run) & (table["module"] == module)].iloc[0]
-            for column in report.SUMMARY_COLUMNS:
+            for column in SUMMARY:
                 assert row[column] == pytest.approx(rows[column].mean(), nan_ok=True), column
             assert row["layers"] == len(rows)
     assert table[table["run"] == "long"]["steps"].iloc[0] == 6
@@ -280,8 +281,8 @@ def test_runs_of_the_same_name_are_told_apart_by_their_folders(tmp_path, cli):
     make_run(tmp_path / "b", "lora", "lora", parallel(0.2))
     make_run(tmp_path / "b", "ft", "ft", parallel(0.3))
     frame = load_runs([tmp_path / "*" / "*.parquet"])
-    assert sorted(frame.attrs["runs"]) == ["a/lora", "b/lora", "ft"]
-    means = frame[frame["step"] == 40].groupby("run")["delta_sigma"].mean()
+    assert sorted(frame.meta) == ["a/lora", "b/lora", "ft"]
+    means = frame.rows[frame.rows["step"] == 40].groupby("run")["delta_sigma"].mean()
     assert means["b/lora"] == pytest.approx(2 * means["a/lora"])
     code, out, _ = cli(["analyze", tmp_path / "*" / "*.parquet", "--format", "json"])
     assert code == 0 and {"a/lora", "b/lora", "ft"} <= set(out.split('"'))
@@ -292,9 +293,9 @@ def test_same_name_in_one_folder_is_told_apart_by_file(tmp_path):
     make_run(tmp_path, "y", "lora", parallel(0.1))
     for name in ("x", "y"):  # both files hold a run named "lora"
         rows, meta = read_run(tmp_path / f"{name}.parquet")
-        write_run(tmp_path / f"{name}.parquet", rows.assign(run="lora"), meta | {"run": "lora"})
+        write_rows(tmp_path / f"{name}.parquet", rows.assign(run="lora"), meta | {"run": "lora"})
     frame = load_runs([tmp_path / "x.parquet", tmp_path / "y.parquet"])
-    assert list(frame.attrs["runs"]) == [str(tmp_path / "x.parquet"), str(tmp_path / "y.parquet")]
+    assert list(frame.meta) == [str(tmp_path / "x.parquet"), str(tmp_path / "y.parquet")]
 
 
 def test_analyze_script_has_no_traceback(tmp_path):
