@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from baichuan import BaichuanConfig, BaichuanForCausalLM
+from helpers import relative_error
 from peft import IA3Config, LoraConfig, get_peft_model
 from tiny_models import (
     ARCHS,
@@ -53,11 +54,6 @@ FUSED_CASES = [(arch, method) for arch, method in CASES if arch in FUSED]
 METHOD_CASES = [("gpt2", m) for m in ("pissa", "dora", "adalora")] + [
     ("phi3", m) for m in ("pissa", "dora", "adalora", "sorsa")
 ]
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
 
 
 def adapted(arch: str) -> list[str]:

@@ -15,12 +15,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import adamw
+from helpers import train as run_steps
 from rich.console import Console
 from test_metrics import reference_update
 from tiny_models import (
     RandomTokens,
     base_model,
-    batch,
     reference_principal,
     reference_weights,
     with_method,
@@ -45,17 +46,13 @@ UPDATE = ("delta_m", "delta_dir", "amplification")  # exact to 1e-10 on every me
 
 def train(model, tracker, steps: range, every: int, method: str, refs: dict | None = None):
     """A plain AdamW loop on random tokens; ``refs[step]`` collects float64 references."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    for step in steps:
-        x = batch(step)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        tracker.step(step, loss=loss.detach(), grad_norm=torch.tensor(1.5), custom=step * 2)
+
+    def record(step: int) -> None:
+        tracker.log(step, custom=step * 2)
         if refs is not None and step % every == 0:
             refs[step] = references(model, method, tracker.layers)
+
+    run_steps(model, adamw(model), tracker, steps, on_step=record, grad_norm=torch.tensor(1.5))
 
 
 def references(model, method: str, layers) -> dict:

@@ -21,8 +21,8 @@ from runmaker import damage_tensors, make_run, make_run_dir, parallel
 from spectra.columns import SCHEMA
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
-from spectra.plotting import plot_runs
 from spectra.follow import compute_until_finished
+from spectra.plotting import plot_runs
 from spectra.report import render
 from spectra.run_files import FROZEN, MANIFEST, step_file
 from spectra.store import load_runs

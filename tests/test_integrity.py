@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
+from helpers import adamw, train
 from runmaker import make_run_dir, paper_like
 from safetensors.torch import load_file
-from tiny_models import RandomTokens, base_model, batch, with_method
+from tiny_models import RandomTokens, base_model, with_method
 from transformers import Trainer, TrainingArguments
 
 import spectra
 import spectra.engine as engine_module
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
-from spectra.plotting import plot_runs
 from spectra.follow import follow
+from spectra.plotting import plot_runs
 from spectra.run_files import MANIFEST, step_file
 from spectra.snapshots import RunWriter, open_run
 from spectra.store import read_run
@@ -73,20 +73,6 @@ def test_a_run_without_identity_keeps_its_rows(tmp_path, monkeypatch):
 
 def lora_model():
     return with_method(base_model("llama", seed=0), "lora", TARGETS)
-
-
-def train(model, opt, tracker, steps, data_seed: int = 0) -> None:
-    for step in steps:
-        x = batch(step + data_seed)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        tracker.step(step, loss=loss.detach())
-
-
-def adamw(model):
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):

@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from helpers import relative_error
 from peft import LoraConfig, get_peft_model
 from tiny_models import base_model, perturb
 from transformers import BitsAndBytesConfig, LlamaForCausalLM
@@ -45,11 +46,6 @@ FP4 = [s * v / 12 for s in (1, -1) for v in (0, 0.0625, 8, 12, 4, 6, 2, 3)]
 # A training forward multiplies x by the dequantized float32 weight (the 8-bit one by
 # CB · SCB/127, MatMul8bitFp on a CPU): float32 precision.
 FORWARD_TOL = 1e-6
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
 
 
 def dequantized(layer) -> torch.Tensor:

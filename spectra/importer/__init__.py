@@ -9,7 +9,7 @@ One module per job: :mod:`.tensors` (lazy weight files), :mod:`.model` (full-wei
 folders and files), :mod:`.adapter` (peft adapter folders), :mod:`.trainer` (Trainer output
 folders), :mod:`.layer` (one adapted layer rebuilt by peft), :mod:`.align` (base ↔
 checkpoint key names), :mod:`.sources` (which checkpoints, which steps), :mod:`.plan`
-(layers and tensors per step) and :mod:`.writer` (the staged run directory, checksums).
+(layers and tensors per step) and :mod:`.staging` (the staged run directory, checksums).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from spectra.errors import SpectraError
 from spectra.importer.model import open_model
 from spectra.importer.plan import plan_import
 from spectra.importer.sources import default_name, find_checkpoints
+from spectra.importer.staging import check_destination, checksums, staged, write_run_dir
 from spectra.importer.trainer import train_log, trainer_state
-from spectra.importer.writer import check_destination, checksums, staged, write_run
 
 __all__ = ["compare_runs", "import_run"]
 
@@ -75,7 +75,7 @@ def import_run(
         with staged(run_dir, overwrite) as tmp:
             manifest = job.manifest(run_dir.name, str(base))
             log = train_log(state) if state else {}
-            write_run(tmp, manifest, frozen, job.steps(), log, provenance, advance)
+            write_run_dir(tmp, manifest, frozen, job.steps(), log, provenance, advance)
     return run_dir
 
 

@@ -25,7 +25,7 @@ from spectra.importer.adapter import approximate_init
 from spectra.importer.align import align
 from spectra.importer.model import Model
 from spectra.importer.sources import Checkpoint
-from spectra.importer.writer import Layers
+from spectra.importer.staging import Layers
 from spectra.methods import get
 from spectra.snapshots import Manifest, Target
 

@@ -98,7 +98,7 @@ def staged(run_dir: Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def write_run(
+def write_run_dir(
     path: Path,
     manifest: Manifest,
     frozen: Layers,
