@@ -434,6 +434,7 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("setup", "fragment"), CASES)
 def test_bad_input_is_one_error_line_and_damages_nothing(
     setup, fragment, template, tmp_path, monkeypatch, cli

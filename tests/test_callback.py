@@ -111,6 +111,7 @@ def read_rows(path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ft", "lora", "pissa", "dora", "adalora", "sorsa"])
 def test_deferred_rows_equal_independent_float64_metrics(tmp_path, method):
     model = with_method(base_model("llama"), method, TARGETS)
@@ -141,6 +142,7 @@ def wait_for_rows(path, step: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"no rows for step {step} in {path} after {timeout} s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker", ["process", "thread"])
 def test_inline_parquet_grows_during_training(tmp_path, worker):
     method = "lora" if worker == "process" else "sorsa"
@@ -160,6 +162,7 @@ def test_inline_parquet_grows_during_training(tmp_path, worker):
     assert len(rows) == 4 * 4
 
 
+@pytest.mark.slow
 def test_worker_process_imports_this_spectra_without_pythonpath(tmp_path, monkeypatch):
     """The worker's PYTHONPATH starts with the folder that holds this ``spectra`` package."""
     seen = {}
@@ -256,6 +259,7 @@ def trainer(tmp_path, callbacks, max_steps: int, save_steps: int | None = None) 
     return Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=callbacks)
 
 
+@pytest.mark.slow
 def test_callback_with_trainer(tmp_path):
     callback = spectra.SpectraCallback(tmp_path / "run", TARGETS, every=2, mode="deferred")
     trainer(tmp_path, [callback], max_steps=5).train()
@@ -277,6 +281,7 @@ def test_trainer_logs_become_log_columns(tmp_path):
     assert log == [{"step": 7, "loss": 2.0, "reg_loss": 0.1, "grad_norm": 1.0, "lr": 3e-4}]
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues_the_run(tmp_path):
     whole = tmp_path / "whole"
     trainer(whole, [spectra.SpectraCallback(whole / "run", TARGETS, every=2, mode="deferred")],

@@ -12,6 +12,8 @@ from helpers import torchrun
 from spectra.engine import compute_run
 from spectra.snapshots import open_run
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
+
 SCRIPT = Path(__file__).with_name("ddp_train.py")
 
 

@@ -170,6 +170,7 @@ def test_engine_follows_a_growing_run(tmp_path):
     assert sorted(read_run(engine.out)[0].step.unique()) == [0, 5, 9]
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_rows(tmp_path):
     run_dir, _ = dense_run(tmp_path)
     one = read_run(compute_run(run_dir, tmp_path / "one.parquet"))[0]

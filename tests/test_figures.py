@@ -369,6 +369,7 @@ def test_images_without_a_browser_say_how_to_get_one(frame, tmp_path, monkeypatc
     assert not (tmp_path / "figure2.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(figures.browser() is None, reason="no Chrome/Chromium for kaleido")
 def test_png_and_svg_are_rendered(frame, tmp_path):
     fig = draw(frame, "3")[1]

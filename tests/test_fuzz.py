@@ -27,6 +27,7 @@ from spectra.report import render
 from spectra.run_files import FROZEN, MANIFEST, step_file
 from spectra.store import load_runs
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )

@@ -44,6 +44,8 @@ from spectra.metrics import drift
 from spectra.run_files import FROZEN, step_file
 from spectra.snapshots import open_run
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
+
 TARGETS = ("q_proj", "v_proj")
 SAVE = 2
 TOL = 1e-10

@@ -32,6 +32,7 @@ from spectra.snapshots import RunWriter, open_run
 from spectra.store import read_run
 from spectra.train_log import read_train_log
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 TARGETS = ("q_proj", "v_proj")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 from runmaker import paper_like
+
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
 PLOTLY = "application/vnd.plotly.v1+json"

@@ -161,6 +161,7 @@ def test_tracked_run_keeps_factors_only(quantized, tmp_path, monkeypatch):
         assert row["rank"] == R
 
 
+@pytest.mark.slow
 def test_importing_spectra_keeps_bitsandbytes_quiet():
     """bitsandbytes logs a warning about an optional CPU kernel package when imported; spectra
     loads peft (which imports bitsandbytes) with its extractors."""

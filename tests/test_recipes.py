@@ -23,6 +23,8 @@ from spectra.recipes import (
     plan,
 )
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
+
 STEPS, EVERY = 4, 2
 DEFAULT = recipes.PRESETS["default"]
 NOWHERE = Path("/nonexistent-spectra-runs")  # checked by plan(), never written

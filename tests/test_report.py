@@ -296,6 +296,7 @@ def test_same_name_in_one_folder_is_told_apart_by_file(tmp_path):
     assert list(frame.meta) == [str(tmp_path / "x.parquet"), str(tmp_path / "y.parquet")]
 
 
+@pytest.mark.slow
 def test_analyze_script_has_no_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "spectra", "analyze", str(tmp_path / "none*.parquet")],

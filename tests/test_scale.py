@@ -14,6 +14,8 @@ from spectra.errors import SpectraError
 from spectra.snapshots import Manifest, RunWriter, Target
 from spectra.store import read_run
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
+
 distributed = pytest.importorskip("distributed")
 
 

@@ -1,5 +1,6 @@
 """The inline metrics worker: computes the metrics of a run directory into its Parquet file as
-snapshots land, in a ``python -m spectra.follow`` subprocess (one torch thread) or a thread.
+snapshots land, in a ``python -m spectra.follow`` subprocess (one torch thread) or a thread
+(which loads the engine; the training side imports none of it otherwise).
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-
-from spectra.follow import compute_until_finished
 
 WORKERS = ("process", "thread")
 
@@ -31,6 +30,8 @@ class InlineWorker:
             self.thread.start()
 
     def _run(self, run_dir: Path, poll: float) -> None:
+        from spectra.follow import compute_until_finished
+
         try:
             compute_until_finished(run_dir, poll)
         except BaseException as exc:  # reported by wait()
