@@ -28,7 +28,7 @@ from spectra.capture import (
 )
 from spectra.errors import SpectraError
 from spectra.factors import row_count
-from spectra.run_files import FROZEN, parquet_path
+from spectra.run_files import FROZEN, is_run_dir, parquet_path
 from spectra.snapshots import (
     Manifest,
     RunWriter,
@@ -139,6 +139,11 @@ class Tracker:
         manifest = self._manifest(found, layouts, run_name, model_name or _model_name(model))
         manifest.gamma, manifest.learning_rate, manifest.every = gamma, learning_rate, every
         parquet = parquet_path(self.path)
+        if start_step == 0 and not overwrite and is_run_dir(self.path):
+            raise SpectraError(
+                f"{self.path} already holds a run; pass overwrite=True to replace it (with its "
+                "Parquet file), or start_step=N to resume it"
+            )
         if start_step > 0:
             self._check_resumable(manifest)
             rows = read_own_rows(parquet, manifest.run)  # refuses a foreign file, changing nothing

@@ -93,6 +93,7 @@ class Manifest:
     run_id: str | None = None
     resumed: list[int] = field(default_factory=list)
     writer: WritingProcess | None = None
+    ordinal_steps: bool = False  # steps 1, 2, … only order checkpoints of unknown step
 
     @property
     def failed(self) -> bool:
