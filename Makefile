@@ -5,7 +5,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test wheel-test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ run: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+	$(MAKE) --no-print-directory wheel-test
+
+# The wheel a user installs, in a fresh venv, run outside the checkout (tests/wheel_test.sh).
+wheel-test: setup
+	bash tests/wheel_test.sh $(BIN)/python $(PYTHON) "$(TORCH)"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -20,7 +20,6 @@ from __future__ import annotations
 from spectra.recipes.inputs import (
     CAUSAL_HEADS,
     CONFIG_ERRORS,
-    DATA_DIR,
     DEFAULT_DATA,
     DEFAULT_MODEL,
     DEVICES,
@@ -39,7 +38,7 @@ from spectra.recipes.sft_data import IGNORE, PROMPT, SFTDataset, load_examples, 
 from spectra.recipes.training import RichSteps, run, total_steps, train_one, training_args
 
 __all__ = [
-    "ADALORA_INIT", "CAUSAL_HEADS", "CONFIG_ERRORS", "DATA_DIR", "DEFAULT_DATA",
+    "ADALORA_INIT", "CAUSAL_HEADS", "CONFIG_ERRORS", "DEFAULT_DATA",
     "DEFAULT_MODEL", "DEVICES", "FIGURE2", "IGNORE", "METHODS", "MODEL_ERRORS", "PRESETS",
     "PROMPT", "WEIGHT_FILES", "AdaLoraAllocation", "Plan", "Preset", "RichSteps",
     "SFTDataset", "SORSATrainer", "adalora_ranks", "load_examples", "load_tokenizer",
