@@ -5,7 +5,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test wheel-test lint bench clean
+.PHONY: setup chromium run test wheel-test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -16,18 +16,26 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
+# Chromium, for kaleido's PNG figures (and the notebook's static copies): Debian's package, where
+# this machine can install it (root and apt-get); elsewhere the tests that need it are skipped.
+chromium:
+	@command -v chromium >/dev/null || command -v google-chrome >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "no Chromium (it needs root and apt-get here): the PNG figure tests are skipped"
+
 run: setup
 	$(BIN)/spectra track --overwrite
 	$(BIN)/spectra analyze runs/*.parquet
 	$(BIN)/spectra plot --figure 2
 
-test: setup
+test: setup chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 	$(MAKE) --no-print-directory wheel-test
 
 # The wheel a user installs, in a fresh venv, run outside the checkout (tests/wheel_test.sh).
-wheel-test: setup
+wheel-test: setup chromium
 	bash tests/wheel_test.sh $(BIN)/python $(PYTHON) "$(TORCH)"
 
 lint: setup
