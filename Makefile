@@ -5,7 +5,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: setup chromium run test wheel-test lint bench clean
+.PHONY: setup chromium run test wheel-test docs lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -31,12 +31,16 @@ run: setup
 
 test: setup chromium
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory wheel-test docs
 	$(BIN)/pytest -q
-	$(MAKE) --no-print-directory wheel-test
 
 # The wheel a user installs, in a fresh venv, run outside the checkout (tests/wheel_test.sh).
-wheel-test: setup chromium
+wheel-test: setup
 	bash tests/wheel_test.sh $(BIN)/python $(PYTHON) "$(TORCH)"
+
+# The documentation site (mkdocs.yml, docs/), built strictly: any warning fails it.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: setup
 	$(BIN)/ruff check .
@@ -46,4 +50,4 @@ bench: setup
 	$(BIN)/python benchmarks/engine.py
 
 clean:
-	rm -rf $(VENV) runs figures
+	rm -rf $(VENV) runs figures site

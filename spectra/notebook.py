@@ -1,4 +1,4 @@
-"""Plotly figures in notebooks that survive static rendering: :func:`use_static_renderer` makes
+"""Plotly figures in notebooks that survive static rendering: ``use_static_renderer()`` makes
 every figure's output carry the interactive figure (plotly's own MIME type, which JupyterLab
 and VS Code draw) and a PNG of it (which nbconvert's exports and repository viewers show),
 rendered by kaleido with one Chrome/Chromium kept running for the whole notebook."""
