@@ -203,10 +203,10 @@ def track(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Causal LM path [the embedded data/tiny-llama].")
+        str | None, typer.Option(help="Causal LM folder [the embedded tiny Llama].")
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="JSONL with query/response [data/math_qa.jsonl].")
+        Path | None, typer.Option(help="JSONL with query/response [the embedded math QA set].")
     ] = None,
     targets: Annotated[
         list[str] | None,
