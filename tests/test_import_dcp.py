@@ -96,6 +96,15 @@ def test_trainer_fsdp_sharded_checkpoints_equal_torchs_full_weights(fsdp, tmp_pa
 
 
 @pytest.mark.slow
+def test_compare_reads_fsdp_checkpoints(fsdp, tmp_path, cli):
+    code, out, err = cli(["compare", fsdp / "base", fsdp / "fsdp", "--out", tmp_path])
+    assert code == 0, err
+    assert "Summary" in out and (tmp_path / "fsdp.parquet").is_file()
+    folders = {s: fsdp / "fsdp" / f"checkpoint-{s}" / "pytorch_model_fsdp_0" for s in STEPS}
+    check_against_torch(tmp_path / "fsdp", fsdp, folders, LAYERS)
+
+
+@pytest.mark.slow
 def test_plain_dcp_folders_equal_torchs_full_weights(plain, tmp_path):
     """FSDP2 shards of the 33-row o_proj are 17 + 16 rows: uneven chunks assemble too."""
     folders = {s: plain / "dcp" / f"step-{s}" for s in STEPS}

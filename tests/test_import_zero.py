@@ -91,6 +91,17 @@ def test_zero3_checkpoints_equal_deepspeeds_fp32_weights(zero3, tmp_path):
 
 
 @pytest.mark.slow
+def test_compare_reads_zero3_checkpoints(zero3, tmp_path, cli):
+    code, out, err = cli(["compare", zero3 / "base", zero3 / "zero3", "--out", tmp_path])
+    assert code == 0, err
+    assert "Summary" in out and (tmp_path / "zero3.parquet").is_file()
+    reference = deepspeed_fp32(zero3 / "zero3" / "checkpoint-4")
+    for layer in LAYERS:
+        assert torch.equal(stored(tmp_path / "zero3", 4)[f"{layer}/weight"],
+                           reference[f"{layer}.weight"])  # fmt: skip
+
+
+@pytest.mark.slow
 def test_zero3_lora_checkpoints_use_the_adapter_file(zero3_lora, tmp_path):
     run_dir = import_run([zero3_lora / "zero3-lora"], zero3_lora / "base", out=tmp_path)
     run = open_run(run_dir)
