@@ -147,7 +147,7 @@ class _Checker:
         if name not in self.sizes:
             try:
                 self.sizes[name] = (self.folder / name).stat().st_size
-            except OSError:
+            except (OSError, ValueError):
                 raise self.fail(key, f"its shard {name} is missing") from None
         return self.sizes[name]
 
@@ -241,7 +241,10 @@ class DcpTensors:
     def read(self, name: str) -> torch.Tensor:
         """Tensor ``name``, assembled from its chunks (only their bytes are read)."""
         entry = self.entries[name]
-        tensor = torch.empty(entry.shape, dtype=entry.dtype)
+        try:
+            tensor = torch.empty(entry.shape, dtype=entry.dtype)
+        except RuntimeError as exc:  # a shape no memory holds
+            raise SpectraError(f"{self.metadata}: tensor {entry.key}: {first_line(exc)}") from None
         covered = torch.zeros(entry.shape, dtype=torch.bool)
         for chunk in entry.chunks:
             tensor[chunk.region] = self._chunk(entry, chunk)

@@ -128,8 +128,8 @@ class ZeroTensors:
     def __init__(self, folder: Path, meta_files: list[Path]):
         self.where = folder
         files = _rank_files(folder)
-        if not files[OPTIM] or not files[MODEL]:
-            raise SpectraError(f"{folder}: no DeepSpeed model and optimizer states of any rank")
+        if not files[OPTIM]:
+            raise SpectraError(f"{folder}: no DeepSpeed optimizer states (*_optim_states.pt)")
         optim = {rank: _flat_groups(load_states(f), f) for rank, f in files[OPTIM].items()}
         first = min(optim)
         self.world = world = optim[first][0]
