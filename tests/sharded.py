@@ -1,0 +1,56 @@
+"""For the sharded-checkpoint import tests: 2-rank training runs, reference rows, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from helpers import torchrun
+from safetensors.torch import load_file
+
+from spectra.engine import compute_run
+from spectra.metrics import drift
+from spectra.run_files import step_file
+from spectra.snapshots import open_run
+
+SCRIPT = Path(__file__).with_name("sharded_train.py")
+TOL = 1e-10
+TARGETS = ("q_proj", "v_proj")
+
+
+def train_sharded(kind: str, root: Path) -> Path:
+    """``sharded_train.py KIND root`` under torchrun, 2 processes (gloo, CPU); returns root."""
+    env = {"DS_ACCELERATOR": "cpu"}
+    assert torchrun(str(SCRIPT), kind, str(root), timeout=600, env=env) == 0, kind
+    return root
+
+
+def assert_rows_from_weights(run_dir: Path, weights: dict[int, dict[str, torch.Tensor]]) -> None:
+    """The run's computed rows are spectra.drift of (step 0, step t) of ``weights`` — {step:
+    {layer: W}} — in float64, within TOL, for every layer and step."""
+    rows = pd.read_parquet(compute_run(run_dir))
+    layers = open_run(run_dir).layers
+    assert sorted(set(rows["step"])) == sorted(weights)
+    assert len(rows) == len(weights) * len(layers)
+    for step, state in weights.items():
+        for layer in layers:
+            want = drift(weights[0][layer].double(), state[layer].double())
+            row = rows[(rows["step"] == step) & (rows["layer"] == layer)].iloc[0]
+            for name, value in want.items():
+                assert np.allclose(row[name], value, rtol=0, atol=TOL, equal_nan=True), (
+                    name, step, layer,
+                )  # fmt: skip
+
+
+def stored(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    """{layer/part: tensor} of one step file of a run, as stored."""
+    return load_file(run_dir / step_file(step))
+
+
+def assert_one_error_line(result, names: str, out: Path) -> None:
+    """A CLI result is exit 2 with one ``error:`` line naming ``names``, and no run was left in
+    ``out``."""
+    result.error_line(names)
+    assert not out.exists() or not list(out.iterdir())
