@@ -169,8 +169,11 @@ class Engine:
                     if time.monotonic() - last_write >= self.write_every:
                         self._write(new)
                         new, last_write = [], time.monotonic()
-            finally:  # the rows computed so far are kept, also on an error or a Ctrl-C
-                self._write(new)
+            except BaseException:  # an error or a Ctrl-C: the rows computed so far are kept
+                if new:
+                    self._write(new)
+                raise
+            self._write(new)
         return added
 
     def _executor(self):
