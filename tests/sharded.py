@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,20 @@ def assert_rows_from_weights(run_dir: Path, weights: dict[int, dict[str, torch.T
 def stored(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     """{layer/part: tensor} of one step file of a run, as stored."""
     return load_file(run_dir / step_file(step))
+
+
+def assert_refused(cli, source: Path, base: Path, damage, names: str, tmp_path: Path) -> None:
+    """A copy of the checkpoint folder ``source``, damaged by ``damage(folder, marker)``, is
+    refused by ``spectra import`` with one line naming ``names``, leaving no run, and a payload
+    in it never ran (``marker`` is not there)."""
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(source, folder)
+    marker = tmp_path / "payload-ran"
+    damage(folder, marker)
+    out = tmp_path / "runs"
+    result = cli(["import", folder, "--base", base, "--out", out, "--name", "run"])
+    assert_one_error_line(result, names, out)
+    assert not marker.exists()
 
 
 def assert_one_error_line(result, names: str, out: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 from sharded import (
     TARGETS,
     assert_one_error_line,
+    assert_refused,
     assert_rows_from_weights,
     stored,
     train_sharded,
@@ -324,12 +324,5 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_dcp_input_is_one_error_line(plain, tmp_path, cli, capsys, case):
     damage, names = BAD[case]
-    folder = tmp_path / "checkpoint-4"
-    shutil.copytree(plain / "dcp" / "step-4", folder)
-    marker = tmp_path / "payload-ran"
-    damage(folder, marker)
-    out = tmp_path / "runs"
     capsys.readouterr()
-    result = cli(["import", folder, "--base", plain / "base", "--out", out, "--name", "run"])
-    assert_one_error_line(result, names, out)
-    assert not marker.exists()
+    assert_refused(cli, plain / "dcp" / "step-4", plain / "base", damage, names, tmp_path)
