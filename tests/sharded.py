@@ -19,6 +19,8 @@ from spectra.snapshots import open_run
 SCRIPT = Path(__file__).with_name("sharded_train.py")
 TOL = 1e-10
 TARGETS = ("q_proj", "v_proj")
+STEPS = (2, 4)  # the checkpoints of every 2-rank training
+LAYERS = [f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in TARGETS]
 
 
 def train_sharded(kind: str, root: Path) -> Path:

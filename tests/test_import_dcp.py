@@ -20,6 +20,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 from sharded import (
+    LAYERS,
+    STEPS,
     TARGETS,
     assert_one_error_line,
     assert_refused,
@@ -36,8 +38,6 @@ from spectra.errors import SpectraError
 from spectra.importer import import_run
 from spectra.snapshots import open_run
 
-STEPS = (2, 4)
-LAYERS = [f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in TARGETS]
 PICKLES = ("optimizer_0", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth")
 
 

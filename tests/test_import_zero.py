@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from sharded import (
+    LAYERS,
+    STEPS,
     TARGETS,
     assert_one_error_line,
     assert_refused,
@@ -40,8 +42,6 @@ from spectra.importer import import_run
 from spectra.importer.zero import open_zero
 from spectra.snapshots import open_run
 
-STEPS = (2, 4)
-LAYERS = [f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in TARGETS]
 NOT_READ = ("rng_state", "scheduler.pt", "training_args.bin", "zero_to_fp32.py")
 
 
