@@ -25,7 +25,7 @@ training log), :mod:`.writer` (RunWriter, remove_run) and :mod:`.reader` (Run, o
 
 from spectra.snapshots.atomic import atomic_path, atomic_write, save_tensors
 from spectra.snapshots.files import FROZEN, MANIFEST, TRAIN_LOG, step_file
-from spectra.snapshots.manifest import FORMAT_VERSION, Manifest, Target, Writer
+from spectra.snapshots.manifest import FORMAT_VERSION, Distributed, Manifest, Target, Writer
 from spectra.snapshots.reader import Run, open_run
 from spectra.snapshots.train_log import LOG_COLUMNS, read_train_log, write_train_log
 from spectra.snapshots.writer import RunWriter, remove_run
@@ -36,6 +36,7 @@ __all__ = [
     "LOG_COLUMNS",
     "MANIFEST",
     "TRAIN_LOG",
+    "Distributed",
     "Manifest",
     "Run",
     "RunWriter",

@@ -1,0 +1,2 @@
+"""Integrations with training frameworks other than transformers' ``Trainer``, each an optional
+extra: :mod:`spectra.integrations.lightning` (``pip install 'spectra-drift[lightning]'``)."""

@@ -1,0 +1,133 @@
+"""A tiny Llama (FT or LoRA) in a LightningModule, trained by ``lightning.pytorch.Trainer`` with
+spectra's Lightning callback; a second callback dumps the targets' effective weights at every
+snapshot step as the strategy's model gives them (under FSDP: ``summon_full_params``).
+
+    torchrun --standalone --nproc_per_node 2 tests/lightning_train.py fsdp OUT   (2 processes)
+    python tests/lightning_train.py single OUT [--fail-at N] [--resume CKPT] [--steps N]
+
+Lightning's FSDP strategy does not run on a CPU as it is: its accelerator connector refuses
+it (by the exact type, ``type(strategy) is FSDPStrategy``; Lightning issue #21812), and its
+automatic wrapping passes ``device_id=root_device.index``, None on a CPU, which torch's FSDP
+refuses ("FSDP needs a non-CPU accelerator device"; fixed after Lightning 2.6 by #21774). So
+the FSDP run uses a subclass of the strategy (the connector lets it through, as #21774 intends
+for tests) and Lightning's manual wrapping: ``configure_model`` wraps the Llama in FSDP
+(decoder layers as units), and the strategy, finding FSDP units, trains the model as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy
+from sharded_train import EVERY, PATHS, TARGETS, WRAPPERS  # the script's folder is on sys.path
+from tiny_models import RandomTokens, base_model, reference_weights, with_method
+from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from spectra.integrations.lightning import SpectraCallback
+
+
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, let through to a CPU accelerator (see the module docstring)."""
+
+
+class TinyLlama(pl.LightningModule):
+    """A tiny Llama with ``method`` on q/v, trained with SGD; raises at step ``fail_at``."""
+
+    def __init__(self, method: str, fail_at: int | None = None, shard: bool = False):
+        super().__init__()
+        self.model = with_method(base_model("llama"), method, TARGETS)
+        self.fail_at, self.shard = fail_at, shard
+
+    def configure_model(self):
+        if self.shard and not isinstance(self.model, FullyShardedDataParallel):
+            self.model = FullyShardedDataParallel(
+                self.model, device_id=torch.device("cpu"), use_orig_params=True,
+                auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
+            )  # fmt: skip
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step + 1 == self.fail_at:
+            raise RuntimeError(f"failing at step {self.fail_at} on purpose")
+        loss = self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(trainable, lr=0.5)
+
+
+class Reference(pl.Callback):
+    """Rank 0 dumps the targets' W_t, merged by peft in float64, at every snapshot step."""
+
+    def __init__(self, replica, method: str, out: Path):
+        self.replica, self.method, self.out = replica, method, out
+
+    def on_train_start(self, trainer, pl_module):
+        self._dump(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step % EVERY == 0:
+            self._dump(trainer)
+
+    def _dump(self, trainer):
+        from safetensors.torch import save_file
+
+        net = trainer.strategy.model
+        with FullyShardedDataParallel.summon_full_params(net, writeback=False):
+            state = {_inner(n): p.detach().clone() for n, p in net.named_parameters()}
+        if trainer.is_global_zero:
+            self.replica.load_state_dict(state, strict=True)
+            weights = reference_weights(self.replica, self.method, PATHS)
+            self.out.mkdir(parents=True, exist_ok=True)
+            path = self.out / f"step_{trainer.global_step}.safetensors"
+            save_file({p: w.contiguous() for p, w in weights.items()}, path)
+
+
+def _inner(name: str) -> str:
+    """A LightningModule parameter's name in its ``model`` (no wrapper components)."""
+    for wrapper in WRAPPERS:
+        name = name.replace(wrapper, "")
+    return name.removeprefix("model.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("strategy", choices=("fsdp", "single"))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--method", default="lora")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--fail-at", type=int)
+    parser.add_argument("--resume")
+    parser.add_argument("--mode", default="deferred")
+    args = parser.parse_args()
+    module = TinyLlama(args.method, args.fail_at, shard=args.strategy == "fsdp")
+    callbacks = [SpectraCallback(args.out / args.method, TARGETS, every=EVERY, mode=args.mode)]
+    if args.strategy == "fsdp":
+        replica = copy.deepcopy(module.model)
+        callbacks.append(Reference(replica, args.method, args.out / f"{args.method}-reference"))
+        strategy = CPUFSDPStrategy(process_group_backend="gloo")
+        devices = 2
+    else:
+        ckpt = ModelCheckpoint(args.out / "ckpt", every_n_train_steps=EVERY, save_top_k=-1)
+        callbacks.append(ckpt)
+        strategy, devices = "auto", 1
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, max_steps=args.steps,
+        callbacks=callbacks, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=args.strategy == "single",
+        use_distributed_sampler=False,
+    )  # fmt: skip
+    data = torch.utils.data.DataLoader(RandomTokens(), batch_size=2)
+    trainer.fit(module, data, ckpt_path=args.resume)
+
+
+if __name__ == "__main__":
+    main()
