@@ -2,8 +2,9 @@
 spectra's Lightning callback; a second callback dumps the targets' effective weights at every
 snapshot step as the strategy's model gives them (under FSDP: ``summon_full_params``).
 
-    torchrun --standalone --nproc_per_node 2 tests/lightning_train.py fsdp OUT   (2 processes)
-    python tests/lightning_train.py single OUT [--fail-at N] [--resume CKPT] [--steps N]
+    torchrun --standalone --nproc_per_node 2 tests/lightning_train.py fsdp OUT
+
+``fit(OUT)`` trains in this process (the resume and failure tests).
 
 Lightning's FSDP strategy does not run on a CPU as it is: its accelerator connector refuses
 it (by the exact type, ``type(strategy) is FSDPStrategy``; Lightning issue #21812), and its
@@ -16,8 +17,8 @@ for tests) and Lightning's manual wrapping: ``configure_model`` wraps the Llama 
 
 from __future__ import annotations
 
-import argparse
 import copy
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -98,36 +99,28 @@ def _inner(name: str) -> str:
     return name.removeprefix("model.")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("strategy", choices=("fsdp", "single"))
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--method", default="lora")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--fail-at", type=int)
-    parser.add_argument("--resume")
-    parser.add_argument("--mode", default="deferred")
-    args = parser.parse_args()
-    module = TinyLlama(args.method, args.fail_at, shard=args.strategy == "fsdp")
-    callbacks = [SpectraCallback(args.out / args.method, TARGETS, every=EVERY, mode=args.mode)]
-    if args.strategy == "fsdp":
+def fit(out: Path, strategy: str = "single", method: str = "lora", steps: int = 4,
+        fail_at: int | None = None, resume: str | None = None) -> None:  # fmt: skip
+    """Train ``steps`` steps, tracked into ``out/method``; single: one process, checkpoints
+    every EVERY steps in ``out/ckpt``, the same batch at every step (a resumed run then
+    equals an uninterrupted one); fsdp: under torchrun, with reference dumps."""
+    module = TinyLlama(method, fail_at, shard=strategy == "fsdp")
+    callbacks = [SpectraCallback(out / method, TARGETS, every=EVERY, mode="deferred")]
+    if strategy == "fsdp":
         replica = copy.deepcopy(module.model)
-        callbacks.append(Reference(replica, args.method, args.out / f"{args.method}-reference"))
-        strategy = CPUFSDPStrategy(process_group_backend="gloo")
-        devices = 2
+        callbacks.append(Reference(replica, method, out / f"{method}-reference"))
+        strategy, devices, items = CPUFSDPStrategy(process_group_backend="gloo"), 2, RandomTokens()
     else:
-        ckpt = ModelCheckpoint(args.out / "ckpt", every_n_train_steps=EVERY, save_top_k=-1)
-        callbacks.append(ckpt)
-        strategy, devices = "auto", 1
+        callbacks.append(ModelCheckpoint(out / "ckpt", every_n_train_steps=EVERY, save_top_k=-1))
+        strategy, devices, items = "auto", 1, [RandomTokens()[0]] * 64
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_steps=args.steps,
+        accelerator="cpu", devices=devices, strategy=strategy, max_steps=steps,
         callbacks=callbacks, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=args.strategy == "single",
+        enable_model_summary=False, enable_checkpointing=devices == 1,
         use_distributed_sampler=False,
     )  # fmt: skip
-    data = torch.utils.data.DataLoader(RandomTokens(), batch_size=2)
-    trainer.fit(module, data, ckpt_path=args.resume)
+    trainer.fit(module, torch.utils.data.DataLoader(items, batch_size=2), ckpt_path=resume)
 
 
 if __name__ == "__main__":
-    main()
+    fit(Path(sys.argv[2]), sys.argv[1])
