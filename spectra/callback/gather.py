@@ -43,14 +43,14 @@ class LocalReader:
         """``find(model)``: what the targets are, from the model's layers."""
         return find(model)
 
-    def frozen(self, modules: dict[str, nn.Module]) -> Parts:
+    def frozen(self, modules: dict[str, nn.Module], keep: bool = True) -> Parts:
         """The frozen tensors of each module (a quantized base dequantized here, once)."""
         return {
             path: {k: cpu_copy(t) for k, t in layout(module).frozen.items()}
             for path, module in modules.items()
         }
 
-    def step(self, modules: dict[str, nn.Module]) -> Parts:
+    def step(self, modules: dict[str, nn.Module], keep: bool = True) -> Parts:
         """The tensors of each module that change during training."""
         return {
             path: {k: cpu_copy(t) for k, t in step_tensors(module).items()}
@@ -79,16 +79,17 @@ class ShardedReader:
 
     def _plan(self, module: nn.Module, shards: dict) -> tuple[bool, set[str]]:
         """Whether the module has frozen tensors, and the parameters only they read (a low-rank
-        layer's base), found once from stand-ins."""
+        layer's base), found once, from stand-ins of the sharded parameters."""
         if id(module) not in self._plans:
             stand_ins = self._stand_ins(shards)
+            whole = {n: p for n, p in module.named_parameters() if n not in shards}
 
             def plan(module: nn.Module) -> tuple[bool, set[str]]:
                 found = recognise(module)
                 frozen = [t for t in found.frozen.values() if isinstance(t, torch.Tensor)]
                 only = {
                     name
-                    for name, t in stand_ins.items()
+                    for name, t in (stand_ins | whole).items()
                     if any(_refers(f, t) for f in frozen)
                     and not any(_refers(s, t) for s in found.step.values())
                 }
@@ -98,12 +99,12 @@ class ShardedReader:
         return self._plans[id(module)]
 
     def _read(self, module: nn.Module, skip_frozen: bool, read: Callable) -> dict:
-        """``read(module)`` on the module's parameters gathered in full (frozen-only ones as
-        meta stand-ins when ``skip_frozen``), its result as CPU tensors."""
+        """``read(module)`` on the module's parameters gathered in full (frozen-only ones left
+        out when ``skip_frozen``: meta stand-ins if sharded), its result as CPU tensors."""
         shards = self.shards.params(module)
         skipped = self._plan(module, shards)[1] if skip_frozen else set()
         tensors = self.shards.gather({n: s for n, s in shards.items() if n not in skipped})
-        tensors |= {n: self.shards.meta(shards[n]) for n in skipped}
+        tensors |= {n: self.shards.meta(shards[n]) for n in skipped if n in shards}
         tensors |= {  # parameters the engine leaves whole: copies, which training cannot change
             name: p.detach().to("cpu", copy=True)
             for name, p in module.named_parameters()
@@ -112,18 +113,31 @@ class ShardedReader:
         found = _call(module, tensors, read)
         return {k: t.detach().contiguous().to("cpu") for k, t in found.items()}
 
-    def frozen(self, modules: dict[str, nn.Module]) -> Parts:
-        """The frozen tensors of each module, gathered one module at a time (none for FT)."""
-        return {
-            path: self._read(m, False, lambda m: layout(m).frozen)
-            if self._plan(m, self.shards.params(m))[0]
-            else {}
-            for path, m in modules.items()
-        }
+    def _each(self, modules: dict[str, nn.Module], keep: bool, read: Callable) -> Parts:
+        """``read(module)`` of each module in turn; dropped at once unless ``keep``."""
+        parts = {}
+        for path, module in modules.items():
+            found = read(module)
+            parts[path] = found if keep else {}
+        return parts
 
-    def step(self, modules: dict[str, nn.Module]) -> Parts:
-        """The tensors of each module that change during training, one module at a time."""
-        return {path: self._read(m, True, step_tensors) for path, m in modules.items()}
+    def frozen(self, modules: dict[str, nn.Module], keep: bool = True) -> Parts:
+        """The frozen tensors of each module (none for FT), gathered one module at a time;
+        a rank that does not write joins the gathers and keeps nothing (``keep=False``)."""
+        return self._each(
+            modules, keep,
+            lambda m: self._read(m, False, _frozen) if self._plan(m, self.shards.params(m))[0]
+            else {},
+        )  # fmt: skip
+
+    def step(self, modules: dict[str, nn.Module], keep: bool = True) -> Parts:
+        """The tensors of each module that change during training, gathered one module at a
+        time; a rank that does not write joins the gathers and keeps nothing."""
+        return self._each(modules, keep, lambda m: self._read(m, True, step_tensors))
+
+
+def _frozen(module: nn.Module) -> dict[str, torch.Tensor]:
+    return layout(module).frozen
 
 
 def _refers(t, stand_in: torch.Tensor) -> bool:

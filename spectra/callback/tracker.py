@@ -141,7 +141,7 @@ class Tracker:
         if not self.writing:
             if self._reader.collective:  # join the gathers of the writing rank
                 if start_step == 0:
-                    self._reader.frozen(self._modules)
+                    self._reader.frozen(self._modules, keep=False)
                 if start_step % every == 0:
                     self.snapshot(start_step)
             return
@@ -230,7 +230,7 @@ class Tracker:
         if step in self._seen or not (new or self._reader.collective):
             return
         self._seen.add(step)
-        parts = self._reader.step(self._modules)
+        parts = self._reader.step(self._modules, keep=new)
         if new:
             self._taken.add(step)
             self._writes.put(step, parts, self._log_copy())
