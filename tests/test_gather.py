@@ -134,3 +134,25 @@ def test_steps_gather_one_module_at_a_time_and_never_the_frozen_base(tmp_path, m
 )  # fmt: skip
 def test_layer_path_drops_wrappers_and_the_peft_pair(path, name):
     assert layer_path(path) == name
+
+
+@pytest.mark.parametrize("engine", ["fsdp1-flat", "fsdp2"])
+def test_what_a_step_reads_is_a_copy_training_cannot_change(engine, tmp_path):
+    """Also where the engine leaves a module's tensors whole and unregistered (FSDP1 with
+    use_orig_params=False in one process: views into its flat parameter; FT, as it wants one
+    requires_grad per unit)."""
+    model = prepared("lora" if engine == "fsdp2" else "ft")
+    if engine == "fsdp2":
+        fully_shard(model)
+    else:
+        model = FullyShardedDataParallel(model, device_id=torch.device("cpu"))
+    tracker = spectra.Tracker(model, tmp_path / "run", TARGETS, every=1, mode="deferred")
+    parts = tracker._reader.step(tracker._modules)
+    kept = {path: {k: t.clone() for k, t in ts.items()} for path, ts in parts.items()}
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+    tracker.close()
+    for path, tensors in kept.items():
+        for key, tensor in tensors.items():
+            assert torch.equal(parts[path][key], tensor), (path, key)

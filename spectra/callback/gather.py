@@ -111,7 +111,11 @@ class ShardedReader:
             if name not in shards and name not in skipped
         }
         found = _call(module, tensors, read)
-        return {k: t.detach().contiguous().to("cpu") for k, t in found.items()}
+        ours = {_storage(t) for t in tensors.values() if t.device.type != "meta"}
+        return {  # what the gathers made is ours; anything else may be a live tensor: copied
+            k: t.detach().contiguous().to("cpu") if _storage(t) in ours else cpu_copy(t)
+            for k, t in found.items()
+        }
 
     def _each(self, modules: dict[str, nn.Module], keep: bool, read: Callable) -> Parts:
         """``read(module)`` of each module in turn; dropped at once unless ``keep``."""
@@ -138,6 +142,10 @@ class ShardedReader:
 
 def _frozen(module: nn.Module) -> dict[str, torch.Tensor]:
     return layout(module).frozen
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 def _refers(t, stand_in: torch.Tensor) -> bool:
