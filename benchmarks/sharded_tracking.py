@@ -6,8 +6,9 @@ FT or LoRA (r = 16) on the q/v projections, with and without a ``Tracker`` (defe
 every 2 steps). FSDP2 shards every block and the root; ZeRO-3 partitions the model as it is
 built (``deepspeed.zero.Init``). Each rank resets its RSS high-water mark once the model is
 sharded (``/proc/self/clear_refs``, Linux) and reports the peak reached after it, so the
-figures are the training's own; ``extra`` is the peak with tracking minus the peak without
-(the allocator makes it noisy: ± 100 MiB between identical runs). ``snapshot s`` is the time
+figures are the training's own, and glibc returns every freed block of 64 KiB or more to the
+system (``MALLOC_MMAP_THRESHOLD_``), so that RSS follows the memory in use; ``extra`` is the
+peak with tracking minus the peak without. ``snapshot s`` is the time
 of ``tracker.step`` at a snapshot step (every rank gathers; rank 0 also keeps the snapshot
 for its writer thread), ``in snapshot MiB`` the peak RSS inside that call above the RSS
 before it; ``setup s`` and ``in setup MiB`` the same for the tracker's construction (the
@@ -32,6 +33,9 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "sharded_tracking.json"
 EVERY = 2
 TOKENS = 16  # per rank and step: the training compute is not what is measured
+# glibc serves every allocation of 64 KiB or more by mmap and unmaps it when freed, so that
+# RSS follows the memory in use (by default freed heap stays resident and hides new peaks)
+MMAP = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 LLAMA = {"vocab_size": 16000, "hidden_size": 1024, "intermediate_size": 2816,
          "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 16,
          "max_position_embeddings": 256}  # fmt: skip
@@ -152,7 +156,7 @@ def launch(engine: str, method: str, track: bool, steps: int) -> list[dict]:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc_per_node", "2", __file__, "--worker", engine, method,
                    str(int(track)), str(steps), tmp]  # fmt: skip
-        env = os.environ | {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+        env = os.environ | {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **MMAP}
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         subprocess.run(command, env=env, check=True, **quiet)
         return [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(2)]

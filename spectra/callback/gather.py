@@ -5,10 +5,12 @@ rank holds the weights whole (one process, DDP), or gathered when an engine shar
 Under a sharding engine every rank runs the same gathers, one target module at a time: the
 module's sharded parameters are gathered in full (a collective), swapped into the module for
 the one call that reads its layout (``torch.func.functional_call``), and released, so the
-extra memory per rank is one module's weight and factors. A low-rank layer's frozen base is
-gathered once, for the frozen file; at each step it is a meta tensor of its shape and only
-the factors are gathered. Finding the targets needs no gather at all: every sharded parameter
-is a stand-in of its full shape then (a meta tensor, or zeros for a vector).
+extra memory per rank is one module's weight and factors (the writing rank also holds what it
+writes: the frozen bases once, each step's snapshot until its writer thread has written it).
+A low-rank layer's frozen base is gathered once, for the frozen file; at each step it is a
+meta tensor of its shape and only the factors are gathered. Finding the targets needs no
+gather at all: every sharded parameter is a stand-in of its full shape then (a meta tensor,
+or zeros for a vector).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def cpu_copy(t: torch.Tensor) -> torch.Tensor:
 
 
 class LocalReader:
-    """Every rank holds the weights whole: the writing rank copies them from the modules."""
+    """Every rank holds the weights whole: the writing rank copies them from the modules
+    (alone: ``keep`` is there for :class:`ShardedReader`'s other ranks)."""
 
     collective = False  # only the writing rank reads
 
