@@ -2,7 +2,9 @@
 spectra in a plain loop; at every snapshot step rank 0 also dumps the targets' effective
 weights as the engine itself gathers them (FSDP1 ``summon_full_params``, FSDP2
 ``get_model_state_dict(full_state_dict=True)``, ZeRO-3 ``GatheredParameters``), merged by
-peft's own code in float64, to ``OUT/<method>-reference/step_N.safetensors``.
+peft's own code in float64, to ``OUT/<run>-reference/step_N.safetensors``. Runs: ft and lora,
+and under FSDP1 ft-flat (``use_orig_params=False``), under ZeRO-3 lora-bf16 (bfloat16 with fp32
+master weights; its reference is the LoRA factors' bf16 working copies, unmerged).
 
     torchrun --standalone --nproc_per_node 2 tests/sharded_train.py fsdp1|fsdp2|zero3 OUT
 
@@ -59,9 +61,9 @@ def layers(model: nn.Module) -> list[nn.Module]:
                 model.model.layers)  # fmt: skip
 
 
-def wrap(engine: str, model: nn.Module, bf16: bool = False):
-    """(the module to call, the optimizer) of ``model`` under ``engine`` (ZeRO-3: in bfloat16,
-    with fp32 master weights, when ``bf16``)."""
+def wrap(engine: str, model: nn.Module, variant: str = ""):
+    """(the module to call, the optimizer) of ``model`` under ``engine``; ``variant`` bf16:
+    ZeRO-3 in bfloat16 with fp32 master weights, flat: FSDP1 with use_orig_params=False."""
     trainable = lambda net: [p for p in net.parameters() if p.requires_grad]  # noqa: E731
     if engine == "fsdp1":
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
@@ -72,7 +74,7 @@ def wrap(engine: str, model: nn.Module, bf16: bool = False):
 
         apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, LlamaDecoderLayer))
         net = FullyShardedDataParallel(
-            model, device_id=torch.device("cpu"), use_orig_params=True,
+            model, device_id=torch.device("cpu"), use_orig_params=variant != "flat",
             auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),
             mixed_precision=MixedPrecision(param_dtype=torch.bfloat16),
         )  # fmt: skip
@@ -88,7 +90,7 @@ def wrap(engine: str, model: nn.Module, bf16: bool = False):
     import deepspeed
 
     optimizer = torch.optim.SGD(trainable(model), lr=0.5)
-    config = ZERO3 | {"bf16": {"enabled": bf16}}
+    config = ZERO3 | {"bf16": {"enabled": variant == "bf16"}}
     net, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return net, optimizer
 
@@ -145,22 +147,26 @@ def dump_working(net, out: Path, step: int) -> None:
         save_file(copies, out / f"step_{step}.safetensors")
 
 
-def sharded(engine: str, model: nn.Module) -> bool:
-    """Whether the engine holds a shard of the first target's weight, not all of it."""
-    weight = next(m for n, m in model.named_modules() if n.endswith("q_proj")).weight
+def sharded(engine: str, net: nn.Module) -> bool:
+    """Whether every rank holds shards of the weights, not whole ones."""
+    params = list(net.parameters())
     if engine == "fsdp2":
-        return type(weight).__name__ == "DTensor"
-    return weight.numel() == 0 if engine == "zero3" else weight.ndim == 1  # FSDP1: a flat piece
+        return all(type(p).__name__ == "DTensor" for p in params)
+    if engine == "fsdp1":  # flat pieces (the FlatParameters, or views into them)
+        return all(p.ndim == 1 for p in params)
+    return all(p.numel() == 0 for p in params)  # ZeRO-3: empty placeholders
 
 
 def train(engine: str, run: str, out: Path, rank: int, world: int) -> None:
-    """Train ``run`` (ft, lora, or under ZeRO-3 lora-bf16) and track it into ``out/run``."""
-    method, bf16 = run.removesuffix("-bf16"), run.endswith("-bf16")
+    """Train ``run`` (``method`` or ``method-variant``, see :func:`wrap`) and track it into
+    ``out/run``."""
+    method, _, variant = run.partition("-")
+    bf16 = variant == "bf16"
     model = with_method(base_model("llama"), method, TARGETS)
     replica = copy.deepcopy(model)
-    net, optimizer = wrap(engine, model, bf16)
+    net, optimizer = wrap(engine, model, variant)
     tracker = spectra.Tracker(net, out / run, TARGETS, every=EVERY, mode="deferred")
-    if tracker.writing != (rank == 0) or not sharded(engine, model):
+    if tracker.writing != (rank == 0) or not sharded(engine, net):
         raise SystemExit(f"rank {rank}: writing={tracker.writing}, or the weights are whole")
     reference = out / f"{run}-reference"
 
@@ -189,8 +195,8 @@ def train(engine: str, run: str, out: Path, rank: int, world: int) -> None:
 
 if __name__ == "__main__":
     rank, world = init()
-    runs = ("ft", "lora", "lora-bf16") if sys.argv[1] == "zero3" else ("ft", "lora")
-    for run in runs:
+    extra = {"zero3": ("lora-bf16",), "fsdp1": ("ft-flat",)}.get(sys.argv[1], ())
+    for run in ("ft", "lora", *extra):
         train(sys.argv[1], run, Path(sys.argv[2]), rank, world)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()

@@ -61,11 +61,12 @@ def trained(tmp_path_factory):
 def test_plain_loop_rows_equal_the_engines_own_gather(engine, trained):
     tmp_path = trained(engine)
     weights = "fp32_master" if engine == "zero3" else "parameters"
-    for method in ("ft", "lora"):
-        run = open_run(tmp_path / method)
+    flat = ("ft-flat",) if engine == "fsdp1" else ()  # FSDP1 with use_orig_params=False
+    for name in ("ft", "lora", *flat):
+        run = open_run(tmp_path / name)
         assert run.manifest.finished and run.layers == PATHS  # no wrapper components
         assert run.manifest.distributed == Distributed(engine, 2, weights)
-        check_rows(run.path, tmp_path / f"{method}-reference")
+        check_rows(run.path, tmp_path / f"{name}-reference")
 
 
 def test_zero3_bf16_snapshots_hold_the_fp32_master(trained):
