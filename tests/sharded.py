@@ -16,7 +16,7 @@ from spectra.metrics import drift
 from spectra.run_files import step_file
 from spectra.snapshots import open_run
 
-SCRIPT = Path(__file__).with_name("sharded_train.py")
+SCRIPT = Path(__file__).with_name("checkpoint_train.py")
 TOL = 1e-10
 TARGETS = ("q_proj", "v_proj")
 STEPS = (2, 4)  # the checkpoints of every 2-rank training
@@ -24,7 +24,7 @@ LAYERS = [f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in TARGETS]
 
 
 def train_sharded(kind: str, root: Path) -> Path:
-    """``sharded_train.py KIND root`` under torchrun, 2 processes (gloo, CPU); returns root."""
+    """``checkpoint_train.py KIND root`` under torchrun, 2 processes (gloo, CPU); returns root."""
     env = {"DS_ACCELERATOR": "cpu"}
     assert torchrun(str(SCRIPT), kind, str(root), timeout=600, env=env) == 0, kind
     return root

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from spectra.store import SCHEMA
+from spectra.columns import SCHEMA
 
 FORMATS = Path(__file__).resolve().parents[1] / "docs" / "formats.md"
 TYPES = {"string": "string", "int64": "int64", "int32": "int32", "double": "double",

@@ -1,11 +1,12 @@
 """spectra import of torch.distributed.checkpoint folders: accelerate FSDP and plain dcp.save.
 
-Two real 2-rank trainings (gloo, CPU; built once per module by ``sharded_train.py``): transformers'
-Trainer + accelerate FSDP saving ``SHARDED_STATE_DICT`` checkpoints, and a plain FSDP2 loop
-calling ``dcp.save``. The imported weights must be bit-identical to the full weights that torch
-itself gives for the same checkpoint (``get_model_state_dict(full_state_dict=True)`` at save
-time, and DCP's own loader on the files), and the rows those of spectra.drift on them. Only the
-target chunks' bytes may be read; a ``.metadata`` pickle carrying a payload is refused unrun.
+Two real 2-rank trainings (gloo, CPU; built once per module by ``checkpoint_train.py``):
+transformers' Trainer + accelerate FSDP saving ``SHARDED_STATE_DICT`` checkpoints, and a plain
+FSDP2 loop calling ``dcp.save``. The imported weights must be bit-identical to the full weights
+that torch itself gives for the same checkpoint (``get_model_state_dict(full_state_dict=True)``
+at save time, and DCP's own loader on the files), and the rows those of spectra.drift on them.
+Only the target chunks' bytes may be read; a ``.metadata`` pickle carrying a payload is refused
+unrun.
 """
 
 from __future__ import annotations

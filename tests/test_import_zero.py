@@ -1,6 +1,6 @@
 """spectra import of DeepSpeed ZeRO-3 checkpoints, against DeepSpeed's own reconstruction.
 
-Two real 2-rank Trainer runs under ZeRO-3 (gloo, CPU; once per module, by ``sharded_train.py``):
+Two real 2-rank Trainer runs under ZeRO-3 (gloo, CPU; once per module, by ``checkpoint_train.py``):
 full fine-tuning (one target frozen, so saved as frozen fragments) and LoRA (whose checkpoints
 hold ``adapter_model.safetensors``, which is used instead of the sharded states). The imported
 weights must be bit-identical to those of DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_train import FROZEN_TARGET, tiny_llama
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
@@ -34,7 +35,6 @@ from sharded import (
     stored,
     train_sharded,
 )
-from sharded_train import FROZEN_TARGET, tiny_llama
 from tiny_models import reference_weights
 
 from spectra.errors import SpectraError

@@ -1,6 +1,6 @@
 """Sharded checkpoints of a tiny Llama, written by 2 ranks (gloo, CPU), for the import tests.
 
-    torchrun --standalone --nproc_per_node 2 tests/sharded_train.py KIND OUT
+    torchrun --standalone --nproc_per_node 2 tests/checkpoint_train.py KIND OUT
 
 KIND is one of:
 - ``fsdp``: transformers' Trainer + accelerate FSDP (``SHARDED_STATE_DICT``), full fine-tuning;
