@@ -12,8 +12,10 @@ KIND is one of:
 - ``zero3``: Trainer + DeepSpeed ZeRO-3 (CPU accelerator), full fine-tuning, one frozen target;
 - ``zero3-lora``: Trainer + DeepSpeed ZeRO-3, a LoRA adapter.
 
-The model has odd-sized tensors (hidden size 33), so shards and partitions are padded. The base
-model is saved to ``OUT/base/`` first.
+Every training is also tracked by spectra (``Tracker`` or ``SpectraCallback``, deferred) into
+``OUT/tracked/``, a snapshot at each checkpoint's step, so that an import of the checkpoints can
+be held against the tracked rows of the same training. The model has odd-sized tensors (hidden
+size 33), so shards and partitions are padded. The base model is saved to ``OUT/base/`` first.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ import transformers as tf
 from safetensors.torch import save_file
 from tiny_models import SMALL, RandomTokens, batch  # the script's folder is on sys.path
 
+import spectra
+
 SAVE, STEPS = 2, 4
+TARGETS = ("q_proj", "v_proj")
+TRACKED = "tracked"  # OUT/tracked/: the same training, tracked by spectra
 FROZEN_TARGET = "model.layers.0.self_attn.v_proj"  # ZeRO-3 FT: saved as frozen fragments
 ZERO3 = {
     "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
@@ -86,6 +92,11 @@ class CpuFsdpTrainer(tf.Trainer):
         self.is_fsdp_enabled = True
 
 
+def tracked(out: Path):
+    """spectra's callback on the same training, a snapshot at every checkpoint's step."""
+    return spectra.SpectraCallback(out / TRACKED, TARGETS, every=SAVE, mode="deferred")
+
+
 def trainer_args(out: Path, **options) -> tf.TrainingArguments:
     return tf.TrainingArguments(
         output_dir=str(out), max_steps=STEPS, per_device_train_batch_size=2, learning_rate=1e-2,
@@ -102,6 +113,7 @@ def train_fsdp(out: Path, model: torch.nn.Module) -> None:
     args = trainer_args(out / "fsdp", fsdp=True, fsdp_config=fsdp_config)
     trainer = CpuFsdpTrainer(model=model, args=args, train_dataset=RandomTokens())
     trainer.add_callback(Reference(out / "reference"))
+    trainer.add_callback(tracked(out))
     trainer.train()
 
 
@@ -115,14 +127,16 @@ def train_dcp(out: Path, model: torch.nn.Module) -> None:
     fully_shard(model)
     rank, world = dist.get_rank(), dist.get_world_size()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for step in range(1, STEPS + 1):
-        shard = batch(step, size=4)[rank::world]
-        model(input_ids=shard, labels=shard).loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if step % SAVE == 0:
-            dcp.save(get_model_state_dict(model), checkpoint_id=out / "dcp" / f"step-{step}")
-            save_reference(full_state(model), out / "reference" / f"step-{step}.safetensors")
+    with spectra.Tracker(model, out / TRACKED, TARGETS, every=SAVE, mode="deferred") as tracker:
+        for step in range(1, STEPS + 1):
+            shard = batch(step, size=4)[rank::world]
+            model(input_ids=shard, labels=shard).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            tracker.step(step)
+            if step % SAVE == 0:
+                dcp.save(get_model_state_dict(model), checkpoint_id=out / "dcp" / f"step-{step}")
+                save_reference(full_state(model), out / "reference" / f"step-{step}.safetensors")
 
 
 def train_zero3(out: Path, model: torch.nn.Module, lora: bool) -> None:
@@ -138,7 +152,9 @@ def train_zero3(out: Path, model: torch.nn.Module, lora: bool) -> None:
     else:
         model.get_submodule(FROZEN_TARGET).weight.requires_grad_(False)
     args = trainer_args(out / ("zero3-lora" if lora else "zero3"), deepspeed=ZERO3)
-    tf.Trainer(model=model, args=args, train_dataset=RandomTokens()).train()
+    trainer = tf.Trainer(model=model, args=args, train_dataset=RandomTokens())
+    trainer.add_callback(tracked(out))
+    trainer.train()
 
 
 def main(kind: str, out: Path) -> None:

@@ -11,6 +11,7 @@ import torch
 from helpers import torchrun
 from safetensors.torch import load_file
 
+from spectra.columns import KEY, METRICS
 from spectra.engine import compute_run
 from spectra.metrics import drift
 from spectra.run_files import step_file
@@ -45,6 +46,17 @@ def assert_rows_from_weights(run_dir: Path, weights: dict[int, dict[str, torch.T
                 assert np.allclose(row[name], value, rtol=0, atol=TOL, equal_nan=True), (
                     name, step, layer,
                 )  # fmt: skip
+
+
+def assert_rows_equal_tracked(imported: Path, root: Path) -> None:
+    """The computed rows of an imported run equal those of the tracked run of the same
+    training (``root/tracked``, step 0 and every checkpoint's step), column by column."""
+    got = pd.read_parquet(compute_run(imported)).set_index(KEY).sort_index()
+    want = pd.read_parquet(compute_run(root / "tracked")).set_index(KEY).sort_index()
+    assert got.index.tolist() == want.index.tolist()
+    for name in METRICS:
+        assert np.allclose(got[name], want[name], rtol=0, atol=TOL, equal_nan=True), name
+    assert (got["intruders"] == want["intruders"]).all()
 
 
 def stored(run_dir: Path, step: int) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ from sharded import (
     TARGETS,
     assert_one_error_line,
     assert_refused,
+    assert_rows_equal_tracked,
     assert_rows_from_weights,
     stored,
     train_sharded,
@@ -85,6 +86,7 @@ def test_trainer_fsdp_sharded_checkpoints_equal_torchs_full_weights(fsdp, tmp_pa
     assert run.steps == [0, *STEPS] and run.layers == LAYERS and run.manifest.method == "ft"
     folders = {s: fsdp / "fsdp" / f"checkpoint-{s}" / "pytorch_model_fsdp_0" for s in STEPS}
     check_against_torch(run_dir, fsdp, folders, LAYERS)
+    assert_rows_equal_tracked(run_dir, fsdp)  # the same training, tracked by SpectraCallback
     provenance = run.manifest.extra["import"]
     files = provenance["steps"]["4"]["files"]
     assert {Path(f).name for f in files} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
@@ -114,6 +116,9 @@ def test_plain_dcp_folders_equal_torchs_full_weights(plain, tmp_path):
                          steps=list(STEPS), targets=[*TARGETS, "o_proj"])  # fmt: skip
     assert sorted(open_run(run_dir).layers) == sorted(layers)
     check_against_torch(run_dir, plain, folders, layers)
+    tracked = import_run(list(folders.values()), plain / "base", out=tmp_path, name="qv",
+                         steps=list(STEPS))  # fmt: skip
+    assert_rows_equal_tracked(tracked, plain)  # the same loop, tracked by a Tracker
 
 
 class Recorded:

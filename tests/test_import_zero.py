@@ -31,6 +31,7 @@ from sharded import (
     TARGETS,
     assert_one_error_line,
     assert_refused,
+    assert_rows_equal_tracked,
     assert_rows_from_weights,
     stored,
     train_sharded,
@@ -82,6 +83,7 @@ def test_zero3_checkpoints_equal_deepspeeds_fp32_weights(zero3, tmp_path):
             assert torch.equal(got, base[f"{layer}.weight"]) == frozen, layer
         weights[step] = {layer: reference[f"{layer}.weight"] for layer in LAYERS}
     assert_rows_from_weights(run_dir, weights)
+    assert_rows_equal_tracked(run_dir, zero3)  # the same training, tracked by SpectraCallback
     provenance = run.manifest.extra["import"]
     files = provenance["steps"]["4"]["files"]
     names = {Path(f).name: record for f, record in files.items()}
@@ -135,6 +137,7 @@ def test_zero3_lora_checkpoints_use_the_adapter_file(zero3_lora, tmp_path):
         set_peft_model_state_dict(peft_model, factors)
         weights[step] = reference_weights(peft_model, "lora", LAYERS)  # peft's merge, float64
     assert_rows_from_weights(run_dir, weights)
+    assert_rows_equal_tracked(run_dir, zero3_lora)
 
 
 # --- DeepSpeed's rule on synthetic ZeRO-3 folders ---------------------------------------------
