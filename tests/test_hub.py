@@ -123,12 +123,6 @@ def target_bytes(folder: Path) -> tuple[int, int]:
     return tensors, headers
 
 
-def one_error_line(code: int, err: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
-    return lines[0]
-
-
 # --- compare of Hub models ----------------------------------------------------------------------
 
 
@@ -166,12 +160,12 @@ def test_a_terminal_shows_the_bytes_fetched_of_the_whole_repository(hub, tmp_pat
 
     import rich.console
 
-    import spectra.hub.remote as remote_module
+    import spectra.progress as progress_module
     from spectra.importer import import_run
 
     screen = io.StringIO()
     terminal = rich.console.Console(file=screen, force_terminal=True, width=150)
-    monkeypatch.setattr(remote_module, "Console", lambda stderr: terminal)
+    monkeypatch.setattr(progress_module, "Console", lambda stderr: terminal)
     import_run(["org/ft1"], "org/base", out=tmp_path, progress=True)
     shown = screen.getvalue()
     repo_kb = sum(f["size"] for f in hub.repos["org/ft1"].files.values()) / 1000
@@ -196,9 +190,9 @@ def test_an_interrupted_fetch_resumes_where_it_stopped(hub, models, tmp_path, cl
     every = {f["sha256"] for f in hub.repos["org/ft2"].files.values() if f["lfs"]}
     hub.drops = dict.fromkeys(every, 10**6)  # each try gets half of what is left: it gives up
     start = len(hub.log)
-    code, _, err = cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "fails"])
-    line = one_error_line(code, err)
-    assert "the transfer failed" in line and "run again" in line
+    cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "fails"]).error_line(
+        "the transfer failed", "run again"
+    )
     assert not (tmp_path / "fails" / "ft2").exists()
     hub.drops = {}
     code, _, err = cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "fails"])
@@ -214,9 +208,9 @@ def test_tampered_bytes_are_refused(hub, models, tmp_path, cli):
     file = hub.repos["org/qv"].files["model.safetensors"]
     _, header = target_bytes(models["qv"])
     hub.tampered = {file["sha256"]: header}  # the tensors' bytes, after an intact header
-    code, _, err = cli(["compare", "org/base", "org/qv", "--out", tmp_path / "runs"])
-    line = one_error_line(code, err)
-    assert "do not hash to the file's hash on the Hub" in line and "org/qv" in line
+    cli(["compare", "org/base", "org/qv", "--out", tmp_path / "runs"]).error_line(
+        "do not hash to the file's hash on the Hub", "org/qv"
+    )
     assert not (tmp_path / "runs" / "qv").exists()
     hub.tampered = {}  # the tampered bytes were not kept: the honest bytes are fetched again
     code, _, err = cli(["compare", "org/base", "org/qv", "--out", tmp_path / "runs"])
@@ -225,12 +219,12 @@ def test_tampered_bytes_are_refused(hub, models, tmp_path, cli):
 
     shard = next(f for f in hub.repos["org/ft2"].files.values() if f["lfs"])
     hub.tampered = {shard["sha256"]: 0}  # the header too
-    code, _, err = cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "runs2"])
-    assert "not a safetensors file" in one_error_line(code, err)
+    cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "runs2"]).error_line(
+        "not a safetensors file"
+    )
     hub.tampered, hub.whole = {}, {shard["sha256"]}  # a proxy that ignores ranges
-    code, _, err = cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "runs2"])
-    assert "the server answered HTTP 200 (it does not serve byte ranges)" in one_error_line(
-        code, err
+    cli(["compare", "org/base", "org/ft2", "--out", tmp_path / "runs2"]).error_line(
+        "the server answered HTTP 200 (it does not serve byte ranges)"
     )
 
 
@@ -244,10 +238,8 @@ def test_tampered_bytes_are_refused(hub, models, tmp_path, cli):
     ],
 )
 def test_hub_errors_are_one_line(hub, tmp_path, cli, source, says):
-    code, _, err = cli(["compare", "org/base", source, "--out", tmp_path / "runs"])
-    assert says in one_error_line(code, err)
-    code, _, err = cli(["import", "org/ft1", "--base", source, "--out", tmp_path / "runs"])
-    assert says in one_error_line(code, err)
+    cli(["compare", "org/base", source, "--out", tmp_path / "runs"]).error_line(says)
+    cli(["import", "org/ft1", "--base", source, "--out", tmp_path / "runs"]).error_line(says)
     assert not list((tmp_path / "runs").glob("*"))
 
 
@@ -255,12 +247,13 @@ def test_an_unreachable_hub_is_one_line(hub, tmp_path, cli, monkeypatch):
     endpoint = hub.endpoint
     hub.close()  # connection refused from now on
     use_hub(monkeypatch, endpoint, tmp_path / "hf")
-    code, _, err = cli(["compare", "org/base", "org/ft1", "--out", tmp_path / "runs"])
-    line = one_error_line(code, err)
-    assert f"cannot reach {endpoint}" in line and "org/base" in line
+    cli(["compare", "org/base", "org/ft1", "--out", tmp_path / "runs"]).error_line(
+        f"cannot reach {endpoint}", "org/base"
+    )
     use_hub(monkeypatch, endpoint, tmp_path / "hf", offline=True)
-    code, _, err = cli(["compare", "org/base", "org/ft1", "--out", tmp_path / "runs"])
-    assert "not in the Hugging Face cache" in one_error_line(code, err)
+    cli(["compare", "org/base", "org/ft1", "--out", tmp_path / "runs"]).error_line(
+        "not in the Hugging Face cache"
+    )
 
 
 def test_hub_ids(tmp_path, monkeypatch):
@@ -308,6 +301,7 @@ def test_adapters_revisions_and_local_sources_mix_with_hub_models(hub, models, t
 # --- the Hugging Face cache ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh process, offline
 def test_models_in_the_hugging_face_cache_are_read_there_offline(hub, models, tmp_path, cli):
     """The cache filled by huggingface_hub's own snapshot_download; then the Hub gone and
     HF_HUB_OFFLINE=1 in a fresh process: compare reads the cache, by reference."""

@@ -14,12 +14,11 @@ import math
 
 import torch
 
+from spectra.engine.settings import DEFAULTS, Settings
 from spectra.engine.svd_cache import load_base
 from spectra.factors import Principal, live, principal, update_factors
 from spectra.metrics import (
-    INTRUDER_EPS,
     SVD,
-    TOP_K,
     amplification_from_svd,
     drift_from_svd,
     factor_metrics,
@@ -29,8 +28,6 @@ from spectra.metrics import (
 )
 from spectra.snapshots import Run, open_run
 from spectra.store import layer_position
-
-FT_RANK = 16  # default r of ΔW's top-r subspace (amplification) for layers without an adapter rank
 
 
 def update_svd(
@@ -54,13 +51,12 @@ def update_metrics(
     layer: str,
     w: torch.Tensor,
     factors: Principal | None,
-    ft_rank: int = FT_RANK,
-    device: str = "cpu",
+    settings: Settings = DEFAULTS,
 ) -> dict:
     """delta_m, delta_dir and amplification of ``layer``'s update ΔW = W_t − W_0 at ``step``.
 
-    r is the target's adapter rank, else ``ft_rank``. Amplification is None at step 0 and NaN
-    when ΔW = 0.
+    r is the target's adapter rank, else the settings' ``ft_rank``. Amplification is None at
+    step 0 and NaN when ΔW = 0.
     """
     if step == 0:
         return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
@@ -69,20 +65,13 @@ def update_metrics(
     row = magnitude_direction(w0, w)
     if torch.equal(w, w0):
         return row | {"amplification": math.nan}
-    delta = update_svd(target.kind, w0, factors0, w, factors, device)
-    rank = target.rank or ft_rank
+    delta = update_svd(target.kind, w0, factors0, w, factors, settings.device)
+    rank = target.rank or settings.ft_rank
     return row | {"amplification": amplification_from_svd(w0, delta, rank)}
 
 
 def matrix_task(
-    run_dir: str,
-    step: int,
-    layer: str,
-    base_file: str,
-    top_k: int = TOP_K,
-    intruder_eps: float = INTRUDER_EPS,
-    device: str = "cpu",
-    ft_rank: int = FT_RANK,
+    run_dir: str, step: int, layer: str, base_file: str, settings: Settings = DEFAULTS
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
@@ -93,9 +82,9 @@ def matrix_task(
     if not torch.isfinite(w).all():
         return row | {"nonfinite": True}
     base = load_base(base_file)
-    cur = base if step == 0 else svd(w, device)
-    row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
-    row |= update_metrics(run, step, layer, w, factors, ft_rank, device)
+    cur = base if step == 0 else svd(w, settings.device)
+    row |= drift_from_svd(base, w, cur, top_k=settings.top_k, intruder_eps=settings.intruder_eps)
+    row |= update_metrics(run, step, layer, w, factors, settings)
     if factors is None:
         return row | {"cond_p": None, "ortho_err": None, "rank": None}
     return row | principal_metrics(run, step, layer, factors)

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from spectra.errors import SpectraError
 from spectra.hub.fetch import fetch_range
 from spectra.hub.intervals import Interval, merge
 from spectra.hub.store import Entry
 from spectra.importer.tensors import tensor_sha256
+from spectra.progress import bytes_bar
 from spectra.snapshots.raw import HEADER_LENGTH, header_length, parse_header, tensor_from_bytes
 
 
@@ -124,7 +122,9 @@ class RemoteTensors:
         wanted = {label: merge(ranges) for label, ranges in wanted.items()}
         if not any(self.remote[label].missing(ranges) for label, ranges in wanted.items()):
             return
-        with _bar(f"fetching {self.where}", self.repo_size, progress) as advance:
+        with bytes_bar(
+            f"fetching {self.where}", self.repo_size, "of the repository", progress
+        ) as advance:
             for label, ranges in wanted.items():
                 self.remote[label].ensure(ranges, advance)
 
@@ -140,15 +140,3 @@ class RemoteTensors:
             }
             for label in self.read_files
         }
-
-
-@contextmanager
-def _bar(description: str, total: int, enabled: bool):
-    """A transient bar of bytes (on stderr, on a terminal only): yields its advance(n)."""
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TextColumn("of the repository"), TransferSpeedColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=True,
-                  disable=not (enabled and console.is_terminal)) as live:  # fmt: skip
-        task = live.add_task(description, total=total)
-        yield lambda n: live.advance(task, n)

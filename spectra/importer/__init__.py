@@ -10,26 +10,24 @@ folders and files), :mod:`.adapter` (peft adapter folders), :mod:`.trainer` (Tra
 folders), :mod:`.layer` (one adapted layer rebuilt by peft), :mod:`.align` (base ↔
 checkpoint key names), :mod:`.sources` (which checkpoints, which steps), :mod:`.plan`
 (layers and tensors per step), :mod:`.references` (which steps stay in their source files),
-:mod:`.provenance` (what is recorded of each source) and :mod:`.writer` (the staged run
+:mod:`.provenance` (what is recorded of each source) and :mod:`.staging` (the staged run
 directory, checksums). Hub ids (``org/name[@rev]``) are resolved by :mod:`spectra.hub`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
-from rich.progress import MofNCompleteColumn, Progress
-
-from spectra.errors import SpectraError
+from spectra.errors import Interrupted, SpectraError
 from spectra.importer.model import Model, open_model
 from spectra.importer.plan import plan_import
 from spectra.importer.provenance import files_of, source_of
 from spectra.importer.references import ByReference
 from spectra.importer.sources import find_checkpoints
+from spectra.importer.staging import check_destination, checksums, staged, write_run_dir
 from spectra.importer.trainer import train_log, trainer_state
-from spectra.importer.writer import check_destination, checksums, staged, write_run
+from spectra.progress import progress_bar
 
 __all__ = ["compare_runs", "import_run"]
 
@@ -79,7 +77,7 @@ def import_run(
     origin = {0: base_model} | {c.step: c.reader for c in checkpoints}
     references = ByReference(job, {} if copy else origin)
     state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
-    with _progress(run_dir.name, len(origin), progress) as advance:
+    with progress_bar(f"importing {run_dir.name}", len(origin), progress) as advance:
 
         def provenance() -> dict:
             return {
@@ -96,19 +94,10 @@ def import_run(
         frozen = job.frozen()
         with staged(run_dir, overwrite) as tmp:
             manifest = job.manifest(run_dir.name, str(getattr(base, "path", base)))
+            manifest.ordinal_steps = not all(c.numbered for c in checkpoints)
             log = train_log(state) if state else {}
-            write_run(tmp, manifest, frozen, job.steps(), log, provenance, advance, references)
+            write_run_dir(tmp, manifest, frozen, job.steps(), log, provenance, advance, references)
     return run_dir
-
-
-@contextmanager
-def _progress(name: str, total: int, enabled: bool):
-    """A progress bar over the steps of an import: yields the function that advances it."""
-    with Progress(
-        *Progress.get_default_columns(), MofNCompleteColumn(), disable=not enabled
-    ) as bar:
-        task = bar.add_task(f"importing {name}", total=total)
-        yield lambda: bar.advance(task)
 
 
 def compare_runs(
@@ -133,7 +122,13 @@ def compare_runs(
     opened = [open_source(s) for s in finetuned]
     paths = []
     for source, run in zip(opened, names, strict=True):
-        run_dir = import_run([source], base_model, out=out, name=run, targets=targets,
-                             overwrite=overwrite, progress=True, copy=copy)  # fmt: skip
-        paths.append(compute_run(run_dir))
+        try:
+            run_dir = import_run([source], base_model, out=out, name=run, targets=targets,
+                                 overwrite=overwrite, progress=True, copy=copy)  # fmt: skip
+            paths.append(compute_run(run_dir))
+        except KeyboardInterrupt:
+            done = f"{', '.join(str(p) for p in paths)} done; " if paths else ""
+            raise Interrupted(
+                f"{done}{run} stopped; spectra compare … --overwrite starts again"
+            ) from None
     return paths

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from spectra.importer.adapter import Adapter
 from spectra.importer.model import Model
-from spectra.importer.writer import checksums, sha256
+from spectra.importer.staging import checksums, sha256
 
 
 def _remote(reader):

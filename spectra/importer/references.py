@@ -14,8 +14,8 @@ import os
 
 from spectra.importer.model import Model
 from spectra.importer.plan import FullImport, Import
+from spectra.importer.staging import header_sha256
 from spectra.importer.tensors import SAFETENSORS, Tensors
-from spectra.importer.writer import header_sha256
 from spectra.snapshots.references import Reference
 
 

@@ -2,8 +2,9 @@
 
 Sources are Trainer output folders (every ``checkpoint-N/`` inside is step N), checkpoint,
 adapter or model folders, weight files, and models already opened (read from the Hub). Steps
-come from ``checkpoint-N`` names when every source has one, else 1, 2, 3, … in the order given,
-or from ``--steps``; step 0 is the base model.
+come from ``checkpoint-N`` names when every source has one, else 1, 2, 3, … in the order given
+(an order only: the run's steps are *ordinal*, its last one a final model), or from
+``--steps``; step 0 is the base model.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from spectra.importer.trainer import checkpoint_step, checkpoints
 
 @dataclass
 class Checkpoint:
-    """One step's weights: its number, where they are, and their reader."""
+    """One step's weights: its number, where they are, their reader, and whether the number is
+    a real step (from a ``checkpoint-N`` name or ``--steps``) or only a position."""
 
     step: int
     path: Path
     reader: Model | Adapter
+    numbered: bool = True
 
 
 def _read(path: Path) -> Model | Adapter:
@@ -71,10 +74,10 @@ def _steps(found: list[tuple[Path | Model, int | None]], steps: Sequence[int] | 
     return numbers
 
 
-def _checkpoint(step: int, source: Path | Model) -> Checkpoint:
+def _checkpoint(step: int, source: Path | Model, numbered: bool) -> Checkpoint:
     if isinstance(source, Model):
-        return Checkpoint(step, source.path, source)
-    return Checkpoint(step, source, _read(source))
+        return Checkpoint(step, source.path, source, numbered)
+    return Checkpoint(step, source, _read(source), numbered)
 
 
 def find_checkpoints(
@@ -85,8 +88,10 @@ def find_checkpoints(
         raise SpectraError("no sources to import")
     found = _expand([s if isinstance(s, Model) else Path(s) for s in sources])
     numbers = _steps(found, steps)
+    numbered = steps is not None or all(step is not None for _, step in found)
+    pairs = zip(found, numbers, strict=True)
     return sorted(
-        (_checkpoint(n, source) for (source, _), n in zip(found, numbers, strict=True)),
+        (_checkpoint(n, source, numbered) for (source, _), n in pairs),
         key=lambda c: c.step,
     )
 

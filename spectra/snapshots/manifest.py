@@ -19,6 +19,11 @@ from spectra.typedjson import at, read_dataclass
 FORMAT_VERSION = 2  # the newest format this spectra reads
 PLAIN_FORMAT = 1  # every step's tensors in the run directory
 REFERENCES_FORMAT = 2  # some steps stored by reference (``referenced``): spectra 0.1 cannot read it
+ENGINES = ("ddp", "fsdp1", "fsdp2", "zero3")
+# What a sharded run's snapshots hold: the parameters the optimizer updates (DDP, FSDP1 and
+# FSDP2, whose sharded parameters keep full precision under mixed precision), ZeRO-3's fp32
+# master copy of each trainable parameter, or ZeRO-3's working copy (no optimizer attached).
+WEIGHTS = ("parameters", "fp32_master", "working")
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Target:
 
 
 @dataclass
-class Writer:
+class WritingProcess:
     """The process that writes a run: its host, process id and PID namespace (an inode number;
     two containers on one host can reuse each other's process ids)."""
 
@@ -43,13 +48,13 @@ class Writer:
     namespace: int | None = None
 
     @classmethod
-    def this_process(cls) -> Writer:
+    def this_process(cls) -> WritingProcess:
         return cls(socket.gethostname(), os.getpid(), _pid_namespace())
 
     def gone(self) -> bool:
         """Whether this process has certainly ended: it ran on this host, in this PID
         namespace, and no process has its id now (False whenever that cannot be known)."""
-        here = Writer.this_process()
+        here = WritingProcess.this_process()
         if (self.host, self.namespace) != (here.host, here.namespace):
             return False
         try:
@@ -59,6 +64,16 @@ class Writer:
         except PermissionError:  # it exists, as another user's process
             return False
         return False
+
+
+@dataclass
+class Distributed:
+    """How a multi-process training held its weights: the ``engine`` (one of :data:`ENGINES`),
+    the number of processes, and what the snapshots copy (one of :data:`WEIGHTS`)."""
+
+    engine: str
+    world_size: int
+    weights: str = "parameters"
 
 
 def _pid_namespace() -> int | None:
@@ -78,7 +93,8 @@ class Manifest:
     is "completed" or "failed" once training ended (with the exception in ``extra["error"]``).
     ``writer`` is the process that last opened the run for writing: a follower stops waiting
     when it is gone before the run is finished (a training killed by a signal or the OOM
-    killer marks nothing).
+    killer marks nothing). ``distributed`` says how a multi-process training held its weights
+    (None for one process).
     """
 
     run: str
@@ -96,7 +112,9 @@ class Manifest:
     spectra_version: str = __version__
     run_id: str | None = None
     resumed: list[int] = field(default_factory=list)
-    writer: Writer | None = None
+    writer: WritingProcess | None = None
+    ordinal_steps: bool = False  # steps 1, 2, … only order checkpoints of unknown step
+    distributed: Distributed | None = None
     referenced: list[int] = field(default_factory=list)
 
     @property
@@ -166,6 +184,8 @@ def _check(manifest: Manifest) -> None:
         raise SpectraError(f"referenced: needs format {REFERENCES_FORMAT}, got {manifest.format}")
     if manifest.writer is not None and manifest.writer.pid < 1:
         raise SpectraError(f"writer.pid: must be positive, got {manifest.writer.pid}")
+    if manifest.distributed is not None:
+        _check_distributed(manifest.distributed)
     for key in ("status", "error"):
         if not isinstance(manifest.extra.get(key, ""), str):
             raise SpectraError(f"extra.{key}: expected a string")
@@ -185,6 +205,15 @@ def _check(manifest: Manifest) -> None:
             _name(target.source, f"{where}.source")
         if target.rows is not None:
             _check_rows(target.rows, target.shape[0], f"{where}.rows")
+
+
+def _check_distributed(record: Distributed) -> None:
+    checks = (("engine", record.engine, ENGINES), ("weights", record.weights, WEIGHTS))
+    for name, value, known in checks:
+        if value not in known:
+            raise SpectraError(f"distributed.{name}: {value!r} is not one of {', '.join(known)}")
+    if record.world_size < 1:
+        raise SpectraError(f"distributed.world_size: must be positive, got {record.world_size}")
 
 
 def _name(value: str, where: str) -> None:

@@ -5,11 +5,9 @@ shape; from them it makes the effective weight and the principal factors in floa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from spectra.errors import SpectraError
 from spectra.factors import (
@@ -22,8 +20,9 @@ from spectra.factors import (
     slice_rows,
     step_parts,
 )
-from spectra.snapshots.files import FROZEN, MANIFEST, reference_file, step_file
+from spectra.run_files import FROZEN, MANIFEST, reference_file, step_file
 from spectra.snapshots.manifest import Manifest
+from spectra.snapshots.tensor_files import read_tensors
 
 
 class Run:
@@ -54,24 +53,13 @@ class Run:
     def layers(self) -> list[str]:
         return list(self.manifest.targets)
 
-    def _read(self, file: str, keys: Iterable[str]) -> dict[str, torch.Tensor]:
-        path = self.path / file
-        if not path.is_file():
-            raise SpectraError(f"snapshot file missing: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                present = set(f.keys())
-                return {k: f.get_tensor(k) for k in keys if k in present}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise SpectraError(f"corrupt or truncated snapshot {path}: {exc}") from None
-
     def _step(self, step: int, keys: list[str]) -> dict[str, torch.Tensor]:
         """The tensors of ``keys`` at ``step``: from its file, or where it references them."""
         if step in self.manifest.referenced:
             from spectra.snapshots.references import read_referenced
 
             return read_referenced(self.path, self.manifest.run_id, step, keys)
-        return self._read(step_file(step), keys)
+        return read_tensors(self.path / step_file(step), keys)
 
     def parts(self, step: int, layer: str, sliced: bool = True) -> dict[str, torch.Tensor]:
         """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
@@ -81,7 +69,8 @@ class Run:
         module = target.source or layer
         parts = self._step(step, [f"{module}/{p}" for p in step_parts(target.kind)])
         if FROZEN_PARTS[target.kind]:
-            parts |= self._read(FROZEN, [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]])
+            keys = [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]]
+            parts |= read_tensors(self.path / FROZEN, keys)
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
         stored = reference_file(step) if step in self.manifest.referenced else step_file(step)

@@ -33,9 +33,9 @@ from typing import BinaryIO
 
 import torch
 
+from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
-from spectra.snapshots.atomic import atomic_write
-from spectra.snapshots.files import reference_file
+from spectra.run_files import reference_file
 from spectra.snapshots.raw import HEADER_LENGTH, header_length, parse_header, tensor_from_bytes
 from spectra.typedjson import read_dataclass
 
