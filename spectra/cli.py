@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -349,8 +350,11 @@ def compare(
 
 
 def _width() -> int:
-    """The columns tables may take: the terminal's, or without a terminal as many as needed."""
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else 1000
+    """The columns tables may take: ``$COLUMNS``, the terminal's, or without a terminal as many
+    as needed."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return 1000
 
 
 def main() -> None:

@@ -76,3 +76,12 @@ def test_narrow_tables_leave_out_columns_and_say_which(tmp_path):
     assert "Left out to fit 80 columns:" in narrow and "--format csv" in narrow
     wide = render(runs, width=1000, claims="none")
     assert "Left out" not in wide and "amplification" in wide
+
+
+def test_columns_sets_the_width_of_a_piped_table(tmp_path, monkeypatch, cli):
+    run = make_run(tmp_path, "lora", "lora", parallel(0.01))
+    assert "Left out" not in cli(["analyze", run]).out  # piped, no $COLUMNS: in full
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = cli(["analyze", run]).out
+    assert "Left out to fit 80 columns:" in narrow
+    assert max(len(line) for line in narrow.splitlines()) <= 80
