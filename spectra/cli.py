@@ -65,6 +65,17 @@ def compute(
             "rank (FT) [16].",
         ),
     ] = None,
+    principal_frac: Annotated[
+        float | None,
+        typer.Option(
+            help="p = ⌈FRAC · k⌉ top singular vectors of W₀ for principal_energy and "
+            "principal_angle [0.1]."
+        ),
+    ] = None,
+    sparsity_atol: Annotated[
+        float | None,
+        typer.Option(help="|ΔW_ij| at or below this counts as unchanged (update_sparsity) [1e-5]."),
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", help="Compute as snapshots land, with a live summary.")
     ] = False,
@@ -87,6 +98,8 @@ def compute(
         for run in runs:
             options = {"cache_dir": cache_dir, "device": device, "executor": executor}
             options |= {"ft_rank": ft_rank} if ft_rank else {}
+            options |= {"principal_frac": principal_frac} if principal_frac is not None else {}
+            options |= {"sparsity_atol": sparsity_atol} if sparsity_atol is not None else {}
             path = compute_run(run, out, workers=workers, **options)
             typer.echo(f"wrote {path}")
 

@@ -37,6 +37,7 @@ METRICS = (
     "delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "ortho_err",
     "sigma_max", "sigma_min", "fro_norm", "stable_rank", "eff_rank",
     "delta_m", "delta_dir", "amplification",
+    "dw_rank90", "dw_eff_rank", "principal_energy", "principal_angle", "update_sparsity",
 )  # fmt: skip
 SCHEMA = pa.schema(
     [
@@ -52,11 +53,14 @@ SCHEMA = pa.schema(
         ("intruders", pa.int32()),
         ("rank", pa.int32()),
         ("intruder_overlap", pa.list_(pa.float64())),  # best |cos| of each top-k u_t^i
+        ("profile_dsigma", pa.list_(pa.float64())),  # 10 deciles of W_0's spectrum
+        ("profile_dvec", pa.list_(pa.float64())),
     ]
 )
 # raise when a column is added or a definition changes: older rows recompute
-# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap)
-SCHEMA_VERSION = 3
+# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap; 4: dw_rank90, dw_eff_rank,
+# principal_energy, principal_angle, update_sparsity, profile_dsigma, profile_dvec)
+SCHEMA_VERSION = 4
 KEY = ["step", "layer"]
 NOT_NULL = ("run", "method", "step", "layer", "module")
 FINITE = ("delta_sigma", "delta_d", "delta_d_matched")  # no row is written for NaN weights

@@ -26,6 +26,7 @@ from spectra.engine.workers import check_device, check_workers, local_pool, run_
 from spectra.errors import SpectraError
 from spectra.metrics import INTRUDER_EPS, TOP_K
 from spectra.snapshots import Manifest, open_run
+from spectra.spectrum import PRINCIPAL_FRAC, SPARSITY_ATOL, check_spectrum_settings
 from spectra.store import KEY, SCHEMA_VERSION, read_run, run_file, write_run
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
@@ -49,6 +50,8 @@ class Engine:
         top_k: int = TOP_K,
         intruder_eps: float = INTRUDER_EPS,
         ft_rank: int = FT_RANK,
+        principal_frac: float = PRINCIPAL_FRAC,
+        sparsity_atol: float = SPARSITY_ATOL,
         device: str = "cpu",
         executor: Executor | None = None,
         progress: bool = False,
@@ -64,8 +67,10 @@ class Engine:
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
         if ft_rank < 1:
             raise SpectraError(f"ft_rank must be a positive rank, got {ft_rank}")
+        check_spectrum_settings(principal_frac, sparsity_atol)
         self.settings = {
             "top_k": top_k, "intruder_eps": intruder_eps, "ft_rank": ft_rank, "dtype": "float64",
+            "principal_frac": principal_frac, "sparsity_atol": sparsity_atol,
             "schema": SCHEMA_VERSION,
         }  # fmt: skip
         self.stale = False  # rows were dropped that the Parquet file still holds
@@ -174,7 +179,9 @@ class Engine:
             base_args = [(self.run_dir, layer, self.cache_dir, self.device) for layer in layers]
             for (_, layer, *_), path in run_tasks(executor, base_task, base_args):
                 self._bases[layer] = path
-            options += [self.device, self.settings["ft_rank"]]
+            options += [self.device] + [
+                self.settings[k] for k in ("ft_rank", "principal_frac", "sparsity_atol")
+            ]
             args = [(self.run_dir, s, layer, self._bases[layer], *options) for s, layer in tasks]
             new, added, last_write = [], 0, time.monotonic()
             for _, row in run_tasks(executor, matrix_task, args):

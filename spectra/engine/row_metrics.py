@@ -3,9 +3,9 @@
 :func:`matrix_task` is the engine's unit of work, a module-level function of paths, so it
 runs the same in this process, in a local process pool or on any ``concurrent.futures``
 executor. It adds the drift of W_t against the cached SVD of W_0, the update columns of
-ΔW = W_t − W_0 (:func:`update_metrics`, through the factors of a low-rank layer:
-:func:`update_svd`) and the factor columns of a layer with principal factors
-(:func:`principal_metrics`).
+ΔW = W_t − W_0 (:func:`update_metrics`, :mod:`~spectra.engine.update_columns`) and the factor
+columns of a layer with principal factors (:func:`principal_metrics`). :func:`update_svd` is
+the thin SVD of ΔW, through the factors of a low-rank layer.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ import math
 import torch
 
 from spectra.engine.svd_cache import load_base
+from spectra.engine.update_columns import STEP0, update_columns
 from spectra.factors import Principal, live, principal, update_factors
 from spectra.metrics import (
     INTRUDER_EPS,
     SVD,
     TOP_K,
-    amplification_from_svd,
     drift_from_svd,
     factor_metrics,
     factored_svd,
-    magnitude_direction,
     svd,
 )
 from spectra.snapshots import Run, open_run
+from spectra.spectrum import PRINCIPAL_FRAC, SPARSITY_ATOL
 from spectra.store import layer_position
 
 FT_RANK = 16  # default r of ΔW's top-r subspace (amplification) for layers without an adapter rank
@@ -54,24 +54,27 @@ def update_metrics(
     layer: str,
     w: torch.Tensor,
     factors: Principal | None,
+    base: SVD,
+    cur: SVD,
     ft_rank: int = FT_RANK,
     device: str = "cpu",
+    principal_frac: float = PRINCIPAL_FRAC,
+    sparsity_atol: float = SPARSITY_ATOL,
+    certified: bool = True,
 ) -> dict:
-    """delta_m, delta_dir and amplification of ``layer``'s update ΔW = W_t − W_0 at ``step``.
-
-    r is the target's adapter rank, else ``ft_rank``. Amplification is None at step 0 and NaN
-    when ΔW = 0.
-    """
+    """The update columns of ``layer`` at ``step`` (:mod:`~spectra.engine.update_columns`), W_t
+    and W_0 with SVDs ``cur`` and ``base``: r is the target's adapter rank, else ``ft_rank``.
+    At step 0 delta_m = delta_dir = 0 and the others are None; ``certified=False`` takes the
+    full SVD of a dense ΔW (the check and benchmark baseline of the truncated path)."""
     if step == 0:
-        return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
+        return dict(STEP0)
     target = run.manifest.targets[layer]
     w0, factors0 = run.weight_and_principal(0, layer)
-    row = magnitude_direction(w0, w)
-    if torch.equal(w, w0):
-        return row | {"amplification": math.nan}
-    delta = update_svd(target.kind, w0, factors0, w, factors, device)
     rank = target.rank or ft_rank
-    return row | {"amplification": amplification_from_svd(w0, delta, rank)}
+    return update_columns(
+        target.kind, base, cur, w0, w, factors0, factors, rank, principal_frac=principal_frac,
+        sparsity_atol=sparsity_atol, device=device, certified=certified,
+    )  # fmt: skip
 
 
 def matrix_task(
@@ -83,6 +86,8 @@ def matrix_task(
     intruder_eps: float = INTRUDER_EPS,
     device: str = "cpu",
     ft_rank: int = FT_RANK,
+    principal_frac: float = PRINCIPAL_FRAC,
+    sparsity_atol: float = SPARSITY_ATOL,
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
@@ -95,7 +100,9 @@ def matrix_task(
     base = load_base(base_file)
     cur = base if step == 0 else svd(w, device)
     row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
-    row |= update_metrics(run, step, layer, w, factors, ft_rank, device)
+    row |= update_metrics(
+        run, step, layer, w, factors, base, cur, ft_rank, device, principal_frac, sparsity_atol
+    )
     if factors is None:
         return row | {"cond_p": None, "ortho_err": None, "rank": None}
     return row | principal_metrics(run, step, layer, factors)
