@@ -114,13 +114,14 @@ def analyze(
     claims: Annotated[
         str | None,
         typer.Option(
-            help="Whose claims: sorsa, dora (comma-separated), all or none "
+            help="Whose claims: sorsa, dora, biderman, milora (comma-separated), all or none "
             "[the papers whose methods the runs include]."
         ),
     ] = None,
 ) -> None:
     """Summarize runs and check published claims on them (SORSA Section 4.2 and Theorem 5.5,
-    DoRA Figure 2), all at the last step every run has."""
+    DoRA Figure 2, Biderman et al.'s ΔW rank, PiSSA/SORSA vs MiLoRA), all at the last step
+    every run has."""
     from spectra.report import render
     from spectra.store import load_runs
 
@@ -135,8 +136,8 @@ def plot(
     figure: Annotated[
         str,
         typer.Option(
-            help="2, 3, cond, heatmap, dora, subspace, intruders (comma-separated), or all: "
-            "every one that applies."
+            help="2, 3, cond, heatmap, dora, subspace, intruders, rank, profile, principal "
+            "(comma-separated), or all: every one that applies."
         ),
     ] = "2",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("figures"),
@@ -162,7 +163,8 @@ def plot(
     ] = "directory",
 ) -> None:
     """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), a ΔD heatmap, DoRA's
-    magnitude and direction, the LoRA paper's subspace similarity or intruder dimensions."""
+    magnitude and direction, the LoRA paper's subspace similarity, intruder dimensions, the
+    rank of ΔW, drift per decile of the spectrum or the principal subspace."""
     from spectra.figures import plot_runs
 
     done = plot_runs(

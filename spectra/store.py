@@ -22,11 +22,12 @@ from spectra.errors import SpectraError
 from spectra.snapshots import atomic_write
 from spectra.typedjson import text
 
-METHOD_ORDER = ("ft", "lora", "pissa", "dora", "adalora", "sorsa-noreg", "sorsa")
+METHOD_ORDER = ("ft", "lora", "pissa", "milora", "dora", "adalora", "sorsa-noreg", "sorsa")
 METHOD_LABELS = {
     "ft": "FT",
     "lora": "LoRA",
     "pissa": "PiSSA",
+    "milora": "MiLoRA",  # a label only: spectra neither trains nor detects MiLoRA
     "dora": "DoRA",
     "adalora": "AdaLoRA",
     "sorsa-noreg": "SORSA w/o reg",

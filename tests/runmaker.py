@@ -63,6 +63,41 @@ def magnitude_direction(sign: int) -> dict[str, Column]:
     return {"delta_m": delta_m, "delta_dir": delta_dir}
 
 
+PRINCIPAL_HEAVY = ("pissa", "sorsa", "sorsa-noreg")  # methods that train W_0's principal part
+
+
+def spectrum_columns(method: str, last_step: int) -> dict[str, Column]:
+    """The ΔW spectrum columns (null at step 0) as each kind of method tends to give them:
+    FT a high-rank update spread over the spectrum, low-rank methods ranks ≤ 2r = 32, PiSSA
+    and SORSA drift in the principal decile, MiLoRA in the minor one."""
+
+    def grow(s: int) -> float:  # 0 at step 0, near 1 at the last step
+        return 1 - math.exp(-3 * s / last_step)
+
+    def later(f: Column) -> Column:
+        return lambda i, s: None if s == 0 else f(i, s)
+
+    full = method == "ft"
+    shape = [1.0, 0.35, 0.25, 0.2, 0.18, 0.16, 0.15, 0.14, 0.13, 0.12]  # principal-heavy
+    if method == "milora":
+        shape = shape[::-1]
+    elif method not in PRINCIPAL_HEAVY:
+        shape = [0.3 + 0.07 * d for d in range(10)]  # rises towards the minor end
+    energy = 0.75 if method in PRINCIPAL_HEAVY else 0.02 if method == "milora" else 0.12
+    columns: dict[str, Column] = {
+        "dw_rank90": lambda i, s: float(min(64 if full else 32, round(
+            (12 + 38 * grow(s) if full else 3 + 9 * grow(s)) + i % (7 if full else 3)))),
+        "dw_eff_rank": lambda i, s: (20 + 25 * grow(s) if full else 3 + 6 * grow(s)) + 0.1 * i,
+        "principal_energy": lambda i, s: energy + 0.04 * math.sin(i) * grow(s),
+        "principal_angle": lambda i, s: (25 if full else 1.5 if method in PRINCIPAL_HEAVY
+                                         else 8) * grow(s) + 0.2 * (i % 4),
+        "update_sparsity": lambda i, s: 0.02 * (1 - grow(s)) if full else 0.0,
+        "profile_dvec": lambda i, s: [0.05 * grow(s) * (1 + 0.1 * (i % 5)) * x for x in shape],
+        "profile_dsigma": lambda i, s: [0.01 * grow(s) * (1 + 0.1 * (i % 3)) * x for x in shape],
+    }  # fmt: skip
+    return {name: later(f) for name, f in columns.items()}
+
+
 def make_run(
     root: Path,
     name: str,
@@ -87,6 +122,7 @@ def make_run(
         "rank": lambda i, s: None if method == "ft" else 16,
         "amplification": lambda i, s: math.nan if s == 0 else 5.0 + 0.01 * s,
         **magnitude_direction(1),
+        **spectrum_columns(method, max(steps)),
     }
     values = defaults | columns
     rows = [
@@ -167,7 +203,7 @@ def make_run_dir(root: Path, name: str, kind: str = "dense", steps=(0, 1), seed:
 
 
 def large(root: Path) -> list[Path]:
-    """FT, LoRA and DoRA runs of 32 blocks × 2 modules × 50 steps (0, 10, …, 490)."""
+    """FT, LoRA, DoRA and PiSSA runs of 32 blocks × 2 modules × 50 steps (0, 10, …, 490)."""
     steps = tuple(range(0, 500, 10))
 
     def slow(f: Column) -> Column:  # the shapes of the 40-step runs, stretched over 490 steps
@@ -177,6 +213,7 @@ def large(root: Path) -> list[Path]:
         "ft": parallel(0.02, 8.0) | magnitude_direction(-1),
         "lora": parallel(0.01, 12.0) | magnitude_direction(1),
         "dora": scattered(0.01) | magnitude_direction(-1),
+        "pissa": parallel(0.01, 4.0),
     }
     intruders: dict[str, Column] = {"intruders": lambda i, s: min(10, s // 100 + i % 3)}
     return [

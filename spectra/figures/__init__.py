@@ -4,8 +4,10 @@ Every builder takes the frame of :func:`spectra.store.load_runs` and returns a
 ``plotly.graph_objects.Figure``: Figure 2 (:mod:`.drift`), Figure 3 (:mod:`.training`),
 κ(W_p) (:mod:`.condition`), the ΔD heatmap (:mod:`.heatmap`), DoRA's magnitude and direction
 (:mod:`.dora`), the LoRA paper's subspace similarity (:mod:`.subspace`) and intruder
-dimensions (:mod:`.intruders`). :mod:`.panels` holds what they share, :mod:`.writer` writes
-them. A builder raises :class:`~.panels.NotApplicable` when the runs lack what it draws.
+dimensions (:mod:`.intruders`), the rank of ΔW (:mod:`.rank`), drift per decile of the
+spectrum (:mod:`.profile`) and the principal subspace (:mod:`.principal`). :mod:`.panels`
+holds what they share, :mod:`.writer` writes them. A builder raises
+:class:`~.panels.NotApplicable` when the runs lack what it draws.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from spectra.figures.drift import drift_figure
 from spectra.figures.heatmap import heatmap_figure
 from spectra.figures.intruders import intruders_figure
 from spectra.figures.panels import NotApplicable, select_layers
+from spectra.figures.principal import principal_figure
+from spectra.figures.profile import profile_figure
+from spectra.figures.rank import rank_figure
 from spectra.figures.subspace import subspace_figure
 from spectra.figures.training import training_figure
 from spectra.figures.writer import (
@@ -38,10 +43,12 @@ from spectra.store import load_runs
 __all__ = [
     "FIGURES", "IMAGE_FORMATS", "PLOTLYJS", "NotApplicable", "Plotted", "browser", "build",
     "condition_figure", "dora_figure", "drift_figure", "heatmap_figure", "intruders_figure",
-    "parse_list", "plot_runs", "subspace_figure", "training_figure", "write_figures",
+    "parse_list", "plot_runs", "principal_figure", "profile_figure", "rank_figure",
+    "subspace_figure", "training_figure", "write_figures",
 ]  # fmt: skip
 
-FIGURES = ("2", "3", "cond", "heatmap", "dora", "subspace", "intruders")
+FIGURES = ("2", "3", "cond", "heatmap", "dora", "subspace", "intruders", "rank", "profile",
+           "principal")  # fmt: skip
 STEMS = {"2": "figure2", "3": "figure3"}  # file stem of a figure, when not its name
 MATCHED = ("2", "heatmap")  # figures that draw ΔD, index-matched or matched
 
@@ -58,6 +65,9 @@ def build(
         "dora": lambda: dora_figure(frame, shared),
         "subspace": lambda: subspace_figure(frame),
         "intruders": lambda: intruders_figure(frame),
+        "rank": lambda: rank_figure(frame),
+        "profile": lambda: profile_figure(frame),
+        "principal": lambda: principal_figure(frame),
     }
     if figure not in builders:
         raise SpectraError(f"unknown figure {figure!r} (expected one of {', '.join(FIGURES)})")

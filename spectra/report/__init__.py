@@ -2,7 +2,8 @@
 
 The summary and every claim are judged at one step, the *comparison step*: the last step
 after 0 that every run has. Each paper's claims live in their own module (:mod:`.sorsa`,
-:mod:`.dora`) and are shown by default when the runs include one of the paper's methods.
+:mod:`.dora`, :mod:`.biderman`, :mod:`.milora`) and are shown by default when the runs include
+one of the paper's methods.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spectra.errors import SpectraError
-from spectra.report import dora, sorsa
+from spectra.report import biderman, dora, milora, sorsa
 from spectra.report.claims import Claim, Paper, all_of, cell
 from spectra.report.sorsa import PARALLEL, claim_theorem, parallelism
 from spectra.store import comparison_step, delta_d_column, delta_d_name, ordered_runs
@@ -28,7 +29,9 @@ __all__ = [
 ]  # fmt: skip
 
 FORMATS = ("table", "markdown", "csv", "json")
-PAPERS: dict[str, Paper] = {paper.name: paper for paper in (sorsa.PAPER, dora.PAPER)}
+PAPERS: dict[str, Paper] = {
+    paper.name: paper for paper in (sorsa.PAPER, dora.PAPER, biderman.PAPER, milora.PAPER)
+}
 SUMMARY_COLUMNS = {
     "delta_sigma": "ΔΣ",
     "delta_d": "ΔD",
@@ -36,6 +39,9 @@ SUMMARY_COLUMNS = {
     "delta_m": "ΔM",
     "delta_dir": "ΔD_dir",
     "amplification": "amplification",
+    "dw_rank90": "ΔW rank90",
+    "principal_energy": "principal share",
+    "principal_angle": "principal angle°",
     "cond_p": "κ(W_p)",
     "ortho_err": "ortho_err",
     "intruders": "intruders",
