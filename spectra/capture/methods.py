@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spectra.capture.adalora import adalora
+from spectra.capture.experts import experts
 from spectra.capture.full import full
 from spectra.capture.lora import lora
 from spectra.capture.sorsa import sorsa
@@ -15,7 +16,7 @@ from spectra.factors import Layout
 
 Extractor = Callable[[nn.Module], "Layout | None"]
 # Tried in this order: the first that recognises a module gives its layout.
-EXTRACTORS: list[Extractor] = [sorsa, adalora, lora, full]
+EXTRACTORS: list[Extractor] = [experts, sorsa, adalora, lora, full]
 
 
 def recognise(module: nn.Module) -> Layout | None:
@@ -40,15 +41,15 @@ def step_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def weight_shape(found: Layout) -> tuple[int, int]:
-    """(out, in) of the effective weight W_t, from the per-step tensors."""
+    """(out, in) of the effective weight W_t (of each expert, for stacked experts)."""
     if found.kind == "dense":
-        return tuple(found.step["weight"].shape)
-    return found.step["left"].shape[0], found.step["right"].shape[1]
+        return tuple(found.step["weight"].shape[-2:])
+    return found.step["left"].shape[-2], found.step["right"].shape[-1]
 
 
 def adapter_rank(found: Layout) -> int | None:
     """The number of components of a low-rank layout (the adapter rank r); None when dense."""
-    return None if found.kind == "dense" else int(found.step["left"].shape[1])
+    return None if found.kind == "dense" else int(found.step["left"].shape[-1])
 
 
 def _pissa(model: nn.Module) -> bool:

@@ -54,14 +54,18 @@ class Run:
     def layers(self) -> list[str]:
         return list(self.manifest.targets)
 
-    def _read(self, file: str, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    def _read(
+        self, file: str, keys: Iterable[str], expert: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The tensors ``keys`` of ``file`` that it has; of stacked experts ([E, …] parts) only
+        expert ``expert``, read alone."""
         path = self.path / file
         if not path.is_file():
             raise SpectraError(f"snapshot file missing: {path}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 present = set(f.keys())
-                return {k: f.get_tensor(k) for k in keys if k in present}
+                return {k: _tensor(f, k, expert, path) for k in keys if k in present}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise SpectraError(f"corrupt or truncated snapshot {path}: {exc}") from None
 
@@ -71,9 +75,11 @@ class Run:
         checked against each other and the manifest's shape."""
         target = self.manifest.targets[layer]
         module = target.source or layer
-        parts = self._read(step_file(step), [f"{module}/{p}" for p in step_parts(target.kind)])
+        keys = [f"{module}/{p}" for p in step_parts(target.kind)]
+        parts = self._read(step_file(step), keys, target.expert)
         if FROZEN_PARTS[target.kind]:
-            parts |= self._read(FROZEN, [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]])
+            keys = [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]]
+            parts |= self._read(FROZEN, keys, target.expert)
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
         where = f"{self.path / step_file(step)}{frozen} layer {layer}"
@@ -102,6 +108,20 @@ class Run:
         kind = self.manifest.targets[layer].kind
         parts = self.parts(step, layer)
         return effective_weight(kind, parts), principal(kind, parts)
+
+
+def _tensor(f, key: str, expert: int | None, path: Path) -> torch.Tensor:
+    """Tensor ``key`` of an open safetensors file; of a 3-D stack of experts, expert ``expert``
+    (its bytes only). A 1-element part (``scale``) is shared by every expert."""
+    if expert is None:
+        return f.get_tensor(key)
+    stack = f.get_slice(key)
+    shape = stack.get_shape()
+    if len(shape) < 3:
+        return f.get_tensor(key)
+    if expert >= shape[0]:
+        raise SpectraError(f"{path}: {key} holds {shape[0]} experts, not expert {expert}")
+    return stack[expert : expert + 1][0]
 
 
 def open_run(path: str | Path) -> Run:
