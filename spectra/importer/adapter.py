@@ -39,7 +39,7 @@ EXACT_INITS = (True, "gaussian", "pissa", "olora")
 SAME_CONFIG = (
     "peft_type", "r", "init_r", "lora_alpha", "use_rslora", "use_dora", "init_lora_weights",
     "fan_in_fan_out", "target_modules", "exclude_modules", "layers_to_transform",
-    "layers_pattern", "alpha_pattern",
+    "layers_pattern", "alpha_pattern", "target_parameters",
 )  # fmt: skip
 
 
@@ -217,7 +217,7 @@ def open_adapter(folder: Path) -> Adapter:
         missing = [suffix for attr, suffix in saved.items() if attr not in parts]
         if missing:
             raise SpectraError(f"{weights}: no tensor {module}.{missing[0]}")
-        if not check_target_module_exists(config, module):
+        if not raw.get("target_parameters") and not check_target_module_exists(config, module):
             raise SpectraError(
                 f"{weights}: holds {module}, which target_modules in {config_file} does not select"
             )
