@@ -136,8 +136,8 @@ def plot(
     figure: Annotated[
         str,
         typer.Option(
-            help="2, 3, cond, heatmap, dora, subspace, intruders, rank, profile, principal "
-            "(comma-separated), or all: every one that applies."
+            help="2, 3, cond, heatmap, dora, subspace, intruders, rank, profile, principal, "
+            "experts (comma-separated), or all: every one that applies."
         ),
     ] = "2",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("figures"),
@@ -164,7 +164,7 @@ def plot(
 ) -> None:
     """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), a ΔD heatmap, DoRA's
     magnitude and direction, the LoRA paper's subspace similarity, intruder dimensions, the
-    rank of ΔW, drift per decile of the spectrum or the principal subspace."""
+    rank of ΔW, drift per decile of the spectrum, the principal subspace or MoE experts."""
     from spectra.figures import plot_runs
 
     done = plot_runs(

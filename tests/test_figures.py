@@ -292,7 +292,8 @@ def test_figure_all_draws_what_applies_and_says_what_it_skipped(runs, monkeypatc
              "principal")  # fmt: skip
     assert wrote == [f"{s}.html" for s in stems]
     skipped = [line for line in lines if line.startswith("skipped")]
-    assert len(skipped) == 1 and "figure subspace needs the run directories" in skipped[0]
+    assert len(skipped) == 2 and "figure subspace needs the run directories" in skipped[0]
+    assert "figure experts needs MoE expert layers" in skipped[1]
 
 
 # -- figures kept from before ------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runmaker import large, make_run, paper_like, parallel
+from runmaker import large, large_moe, make_run, paper_like, parallel, routed
 
 from spectra import figures
 from spectra.figures import NotApplicable
@@ -79,7 +79,32 @@ def test_pngs_at_32_blocks(tmp_path):
     frame = load_runs([str(p) for p in large(tmp_path / "large")])
     assert frame["layer"].nunique() == 64 and frame["step"].nunique() == 50
     built = dict(figures.build(frame, name) for name in ("rank", "profile", "principal"))
+    moe = load_runs([large_moe(tmp_path / "moe")])
+    assert moe["layer"].nunique() == 32 * 2 * 8 and moe["step"].nunique() == 50
+    built |= dict([figures.build(moe, "experts")])
     written = figures.write_figures(built, tmp_path / "figs", ["png"])
     pngs = [p for p in written if p.suffix == ".png"]
-    assert [p.stem for p in pngs] == ["rank", "profile", "principal"]
+    assert [p.stem for p in pngs] == ["rank", "profile", "principal", "experts"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_experts_figure_is_delta_d_and_sigma_per_block_and_expert(tmp_path):
+    frame = load_runs([make_run(tmp_path, "moe", "ft", routed(4), experts=4)])
+    fig = figures.experts_figure(frame)
+    last = frame[frame["step"] == frame["step"].max()]
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:4] == ["FT — moe — down_proj: ΔD", "FT — moe — down_proj: ΔΣ",
+                          "FT — moe — gate_up_proj: ΔD", "FT — moe — gate_up_proj: ΔΣ"]  # fmt: skip
+    panels = [(m, c) for m in ("down_proj", "gate_up_proj") for c in ("delta_d", "delta_sigma")]
+    for trace, (module, column) in zip(fig.data, panels, strict=True):
+        part = last[last["module"] == module]
+        for b, block in enumerate(trace.y):
+            for e, expert in enumerate(trace.x):
+                cell = (part["block"] == block) & part["layer"].str.endswith(f"[{expert}]")
+                value = part.loc[cell, column].item()
+                drawn = np.asarray(trace.z)[b, e]
+                assert np.isnan(drawn) if value == 0 else drawn == pytest.approx(np.log10(value))
+    assert np.isnan(np.asarray(fig.data[0].z)).sum() == 4  # one expert per block never routed
+    assert "-matched" in figures.build(frame, "experts", matched=True)[0]
+    with pytest.raises(NotApplicable, match="figure experts needs MoE expert layers"):
+        figures.experts_figure(load_runs([make_run(tmp_path / "q", "q", "ft", parallel(0.01))]))

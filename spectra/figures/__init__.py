@@ -5,7 +5,8 @@ Every builder takes the frame of :func:`spectra.store.load_runs` and returns a
 κ(W_p) (:mod:`.condition`), the ΔD heatmap (:mod:`.heatmap`), DoRA's magnitude and direction
 (:mod:`.dora`), the LoRA paper's subspace similarity (:mod:`.subspace`) and intruder
 dimensions (:mod:`.intruders`), the rank of ΔW (:mod:`.rank`), drift per decile of the
-spectrum (:mod:`.profile`) and the principal subspace (:mod:`.principal`). :mod:`.panels`
+spectrum (:mod:`.profile`), the principal subspace (:mod:`.principal`) and MoE experts
+(:mod:`.experts`). :mod:`.panels`
 holds what they share, :mod:`.writer` writes them. A builder raises
 :class:`~.panels.NotApplicable` when the runs lack what it draws.
 """
@@ -23,6 +24,7 @@ from spectra.errors import SpectraError
 from spectra.figures.condition import condition_figure
 from spectra.figures.dora import dora_figure
 from spectra.figures.drift import drift_figure
+from spectra.figures.experts import experts_figure
 from spectra.figures.heatmap import heatmap_figure
 from spectra.figures.intruders import intruders_figure
 from spectra.figures.panels import NotApplicable, select_layers
@@ -42,15 +44,16 @@ from spectra.store import load_runs
 
 __all__ = [
     "FIGURES", "IMAGE_FORMATS", "PLOTLYJS", "NotApplicable", "Plotted", "browser", "build",
-    "condition_figure", "dora_figure", "drift_figure", "heatmap_figure", "intruders_figure",
+    "condition_figure", "dora_figure", "drift_figure", "experts_figure", "heatmap_figure",
+    "intruders_figure",
     "parse_list", "plot_runs", "principal_figure", "profile_figure", "rank_figure",
     "subspace_figure", "training_figure", "write_figures",
 ]  # fmt: skip
 
 FIGURES = ("2", "3", "cond", "heatmap", "dora", "subspace", "intruders", "rank", "profile",
-           "principal")  # fmt: skip
+           "principal", "experts")  # fmt: skip
 STEMS = {"2": "figure2", "3": "figure3"}  # file stem of a figure, when not its name
-MATCHED = ("2", "heatmap")  # figures that draw ΔD, index-matched or matched
+MATCHED = ("2", "heatmap", "experts")  # figures that draw ΔD, index-matched or matched
 
 
 def build(
@@ -68,6 +71,7 @@ def build(
         "rank": lambda: rank_figure(frame),
         "profile": lambda: profile_figure(frame),
         "principal": lambda: principal_figure(frame),
+        "experts": lambda: experts_figure(frame, matched),
     }
     if figure not in builders:
         raise SpectraError(f"unknown figure {figure!r} (expected one of {', '.join(FIGURES)})")
