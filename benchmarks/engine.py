@@ -313,7 +313,7 @@ def matched_report(results: list[dict]) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096])
     parser.add_argument("--update-sizes", type=int, nargs="*", default=[2048, 4096])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
@@ -328,9 +328,12 @@ def main() -> None:
     for n in args.update_sizes:
         console.log(f"update columns, n = {n}")
         updates.append(measure_update(n, args.repeats))
-    console.print(report(results))
-    console.print(matched_report(results))
-    console.print(update_report(updates))
+        console.print(update_report(updates[-1:]))  # each size as soon as it is measured
+    if results:
+        console.print(report(results))
+        console.print(matched_report(results))
+    if updates:
+        console.print(update_report(updates))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": platform.machine(),

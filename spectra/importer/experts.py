@@ -88,16 +88,20 @@ def _expert_index(pattern: str, key: str) -> int | None:
 
 def find_stacks(tensors: Tensors, config: dict | None) -> dict[str, Stack]:
     """The expert stacks of a checkpoint, by their path in the model's layout; {} unless the
-    config's architecture has experts modules."""
+    config's architecture has experts modules (transformers 5; older versions keep a Linear per
+    expert, imported as any other layer)."""
     if not config or not any("experts" in name for name in tensors.shapes):
         return {}
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import (
-        MergeModulelist,
-        WeightConverter,
-        apply_renamings,
-        rename_source_key,
-    )
+    try:  # transformers ≥ 5: 3-D experts and the conversion mapping that makes them
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            MergeModulelist,
+            WeightConverter,
+            apply_renamings,
+            rename_source_key,
+        )
+    except ImportError:  # pragma: no cover - older transformers keep one Linear per expert
+        return {}
 
     model = meta_model(config)
     layout = model_stacks(model)
