@@ -219,21 +219,22 @@ def drift_from_svd(
     top_k: int = TOP_K,
     intruder_eps: float = INTRUDER_EPS,
     matched: bool = True,
+    profile: bool = False,
 ) -> dict:
-    """All per-matrix metrics of W_t against a base whose SVD is already known."""
+    """All per-matrix metrics of W_t against a base whose SVD is already known; with
+    ``profile`` also profile_dsigma and profile_dvec (None when ``cur`` is ``base``, step 0)."""
     if cur is None:
         cur = svd(wt)
-    if cur is base:  # W_t is W_0: no drift, exactly
-        delta_sigma, k = 0.0, cur.s.numel()
-        same = torch.full((k,), 2.0, dtype=torch.float64)  # |⟨u, u⟩| + |⟨v, v⟩|
-        matching = Matching(0.0, 0.0, torch.arange(k), same)
-        if not matched:
-            matching = Matching(0.0, None, None, None)
+    if cur is base:  # W_t is W_0 (step 0): no drift, exactly, and no profile of it
+        delta_sigma = 0.0
+        matching = Matching(0.0, 0.0 if matched else None, None, None)
         overlaps = torch.ones(min(top_k, cur.u.shape[1]), dtype=torch.float64)
+        deciles = dict.fromkeys(("profile_dsigma", "profile_dvec"))
     else:
         delta_sigma = float((cur.s - base.s).abs().mean())
         matching = match_triplets(base, cur, matched)
         overlaps = top_overlaps(base, cur, top_k)
+        deciles = profiles(base, cur, matching.overlap) if profile else {}
     return {
         "delta_sigma": delta_sigma,
         "delta_d": matching.delta_d,
@@ -241,23 +242,25 @@ def drift_from_svd(
         **scale_metrics(cur.s, wt),
         "intruders": int((overlaps < intruder_eps).sum()),
         "intruder_overlap": overlaps.tolist(),
-        **profiles(base, cur, matching.overlap),
+        **(deciles if profile else {}),
     }
 
 
-def drift(w0, wt, *, top_k: int = TOP_K, intruder_eps: float = INTRUDER_EPS) -> dict:
+def drift(
+    w0, wt, *, top_k: int = TOP_K, intruder_eps: float = INTRUDER_EPS, profile: bool = False
+) -> dict:
     """Every per-matrix drift metric of W_t against W_0 (torch or numpy, any float dtype).
 
     Keys are the Parquet column names: delta_sigma, delta_d, delta_d_matched, cond_w,
-    sigma_max, sigma_min, fro_norm, stable_rank, eff_rank, intruders, intruder_overlap,
-    profile_dsigma, profile_dvec.
+    sigma_max, sigma_min, fro_norm, stable_rank, eff_rank, intruders, intruder_overlap, and
+    with ``profile`` profile_dsigma and profile_dvec (None when the two are equal).
     """
     w0, wt = as_float64(w0, "w0"), as_float64(wt, "wt")
     if w0.shape != wt.shape:
         raise SpectraError(f"shape mismatch: w0 is {tuple(w0.shape)}, wt is {tuple(wt.shape)}")
     base = svd(w0)
     cur = base if torch.equal(w0, wt) else svd(wt)
-    return drift_from_svd(base, wt, cur, top_k=top_k, intruder_eps=intruder_eps)
+    return drift_from_svd(base, wt, cur, top_k=top_k, intruder_eps=intruder_eps, profile=profile)
 
 
 def factor_metrics(left, right, values=None, scale: float = 1.0) -> dict[str, float | None]:

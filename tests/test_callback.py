@@ -98,10 +98,7 @@ def assert_rows_match(rows: pd.DataFrame, refs: dict, method: str, layers) -> No
         want = expected_row(refs, row["step"], row["layer"], method)
         for name, value in want.items():
             got = row[name]
-            if name.startswith("profile_") and row["step"] == 0:
-                assert got is None  # null at step 0
-                continue
-            if isinstance(value, list):  # intruder_overlap, profile_dsigma, profile_dvec
+            if isinstance(value, list):  # intruder_overlap
                 np.testing.assert_allclose(got, value, rtol=0, atol=1e-12, err_msg=name)
             elif value is None:
                 assert got is None or math.isnan(got), (name, row["step"])

@@ -90,7 +90,7 @@ def columns(w0: np.ndarray, wt: np.ndarray) -> dict:
     base, cur = svd(w0t), svd(wtt)
     delta = wtt - w0t
     p = principal_count(base.s.numel())
-    got = drift(w0, wt) | update_spectrum(torch.linalg.svdvals(delta))
+    got = drift(w0, wt, profile=True) | update_spectrum(torch.linalg.svdvals(delta))
     return got | {
         "principal_energy": principal_energy(base, p, delta),
         "principal_angle": principal_angle(base, cur, p),
@@ -181,7 +181,7 @@ def dense_pairs(draw, tens: bool = False):
 @settings(max_examples=120, deadline=None)
 @given(dense_pairs(tens=True))
 def test_profile_dvec_averages_to_matched_delta_d_when_ten_divides_k(pair):
-    got = drift(*pair)
+    got = drift(*pair, profile=True)
     assert np.mean(got["profile_dvec"]) == pytest.approx(got["delta_d_matched"], abs=1e-12)
 
 

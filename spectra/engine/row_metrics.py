@@ -99,7 +99,7 @@ def matrix_task(
         return row | {"nonfinite": True}
     base = load_base(base_file)
     cur = base if step == 0 else svd(w, device)
-    row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps)
+    row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps, profile=True)
     row |= update_metrics(
         run, step, layer, w, factors, base, cur, ft_rank, device, principal_frac, sparsity_atol
     )

@@ -32,7 +32,7 @@ from spectra.spectrum import (
 )
 
 SPECTRUM = ("amplification", "dw_rank90", "dw_eff_rank", "principal_energy", "principal_angle",
-            "update_sparsity", "profile_dsigma", "profile_dvec")  # fmt: skip
+            "update_sparsity")  # fmt: skip
 STEP0 = {"delta_m": 0.0, "delta_dir": 0.0, **dict.fromkeys(SPECTRUM)}  # null at step 0
 
 
