@@ -53,12 +53,13 @@ from rich.console import Console
 from rich.table import Table
 
 from spectra.certified import certified_amplification
-from spectra.engine import base_task, matrix_task, update_metrics
+from spectra.engine import Settings, base_task, matrix_task, update_metrics
 from spectra.engine.svd_cache import load_base
 from spectra.metrics import drift_from_svd, fixed_by_certificate, svd, vector_drift
 from spectra.snapshots import Manifest, RunWriter, Target, open_run
 
 RANK = 16  # adapter rank of the LoRA-like pair, r of the FT-like one (the engine's ft_rank)
+SETTINGS = Settings(ft_rank=RANK)  # the engine's own settings, r = RANK
 
 
 def best_time(fn, repeats: int) -> float:
@@ -217,12 +218,12 @@ def measure_update(n: int, repeats: int) -> dict:
             cur = svd(w)
 
             def columns(certified: bool, layer=layer, w=w, factors=factors, cur=cur, base=base):
-                return update_metrics(run, 1, layer, w, factors, base, cur, RANK,
+                return update_metrics(run, 1, layer, w, factors, base, cur, SETTINGS,
                                       certified=certified)  # fmt: skip
 
             times = {
                 "row": best_time(lambda layer=layer, f=base_file: matrix_task(
-                    run_dir, 1, layer, f, ft_rank=RANK), repeats),
+                    run_dir, 1, layer, f, SETTINGS), repeats),
                 "now": best_time(lambda: columns(True), repeats),
                 "before": best_time(lambda: columns(False), repeats),
             }  # fmt: skip

@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from spectra.columns import LIVE
 from spectra.engine import Engine, exit_with_parent
 from spectra.errors import SpectraError
 from spectra.snapshots import open_run
@@ -62,7 +63,8 @@ def _failed(manifest, then: str) -> str:
 
 
 def summary(engine: Engine) -> Table:
-    """Mean ΔΣ, ΔD and matched ΔD per module at the latest computed step."""
+    """The layer means of the live columns (:data:`spectra.columns.LIVE`) per module at the
+    latest computed step."""
     steps = engine.run.steps
     title = (
         f"{engine.run.name} ({engine.run.manifest.method}): {len(steps)} snapshots, "
@@ -70,18 +72,16 @@ def summary(engine: Engine) -> Table:
         f"{', training finished' if engine.run.manifest.finished else ''}"
     )
     table = Table(title=title)
-    for column in ("module", "step", "layers", "mean ΔΣ", "mean ΔD", "mean ΔD matched"):
-        table.add_column(column, justify="left" if column == "module" else "right")
+    table.add_column("module", justify="left")
+    for heading in ("step", "layers", *(f"mean {label}" for label in LIVE.values())):
+        table.add_column(heading, justify="right")
     rows = engine.rows
     if rows.empty:
         return table
     latest = rows[rows["step"] == rows["step"].max()]
     for module, group in latest.groupby("module", sort=True):
-        table.add_row(
-            escape(str(module)), str(int(group["step"].iloc[0])), str(len(group)),
-            f"{group['delta_sigma'].mean():.4g}", f"{group['delta_d'].mean():.4g}",
-            f"{group['delta_d_matched'].mean():.4g}",
-        )  # fmt: skip
+        means = [f"{group[column].mean():.4g}" for column in LIVE]
+        table.add_row(escape(str(module)), str(int(group["step"].iloc[0])), str(len(group)), *means)
     return table
 
 

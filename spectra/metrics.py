@@ -17,10 +17,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from spectra.columns import INTRUDER_EPS, TOP_K
 from spectra.errors import SpectraError
 
-TOP_K = 10  # intruders: how many leading left singular vectors of W_t are examined
-INTRUDER_EPS = 0.5  # intruders: a vector is new when no base vector has |cos| >= this
 EPS = float(np.finfo(np.float64).eps)
 DECILES = 10  # profile_dsigma, profile_dvec: the spectrum's indices in ten equal parts
 

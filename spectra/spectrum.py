@@ -19,11 +19,10 @@ import math
 
 import torch
 
+from spectra.columns import PRINCIPAL_FRAC, SPARSITY_ATOL
 from spectra.errors import SpectraError
 from spectra.metrics import SVD, effective_rank
 
-PRINCIPAL_FRAC = 0.1  # p = ⌈0.1 k⌉: W_0's principal subspace, the top decile of its spectrum
-SPARSITY_ATOL = 1e-5  # |ΔW_ij| at or below this counts as untouched (Mukherjee et al.)
 ENERGY = 0.9  # dw_rank90: the share of ‖ΔW‖_F² its top directions must explain
 
 

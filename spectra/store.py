@@ -11,6 +11,7 @@ import glob
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,53 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from spectra.atomic import atomic_write
+from spectra.columns import FINITE, KEY, REQUIRED, SCHEMA
 from spectra.errors import SpectraError
-from spectra.snapshots import atomic_write
+from spectra.methods import label, order
+from spectra.run_files import PARQUET
 from spectra.typedjson import text
 
-METHOD_ORDER = ("ft", "lora", "pissa", "milora", "dora", "adalora", "sorsa-noreg", "sorsa")
-METHOD_LABELS = {
-    "ft": "FT",
-    "lora": "LoRA",
-    "pissa": "PiSSA",
-    "milora": "MiLoRA",  # a label only: spectra neither trains nor detects MiLoRA
-    "dora": "DoRA",
-    "adalora": "AdaLoRA",
-    "sorsa-noreg": "SORSA w/o reg",
-    "sorsa": "SORSA",
-}
+STEP_POLICIES = ("last", "common")  # besides a step number: see comparison_steps
 METADATA_KEY = b"spectra"
-METRICS = (
-    "delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "ortho_err",
-    "sigma_max", "sigma_min", "fro_norm", "stable_rank", "eff_rank",
-    "delta_m", "delta_dir", "amplification",
-    "dw_rank90", "dw_eff_rank", "principal_energy", "principal_angle", "update_sparsity",
-)  # fmt: skip
-SCHEMA = pa.schema(
-    [
-        ("run", pa.string()),
-        ("method", pa.string()),
-        ("step", pa.int64()),
-        ("layer", pa.string()),
-        ("block", pa.int32()),
-        ("module", pa.string()),
-        ("rows", pa.int32()),
-        ("cols", pa.int32()),
-        *[(name, pa.float64()) for name in METRICS],
-        ("intruders", pa.int32()),
-        ("rank", pa.int32()),
-        ("intruder_overlap", pa.list_(pa.float64())),  # best |cos| of each top-k u_t^i
-        ("profile_dsigma", pa.list_(pa.float64())),  # 10 deciles of W_0's spectrum
-        ("profile_dvec", pa.list_(pa.float64())),
-    ]
-)
-# raise when a column is added or a definition changes: older rows recompute
-# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap; 4: dw_rank90, dw_eff_rank,
-# principal_energy, principal_angle, update_sparsity, profile_dsigma, profile_dvec)
-SCHEMA_VERSION = 4
-KEY = ["step", "layer"]
-NOT_NULL = ("run", "method", "step", "layer", "module")
-FINITE = ("delta_sigma", "delta_d", "delta_d_matched")  # no row is written for NaN weights
 METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # field: required
 
 
@@ -83,10 +46,39 @@ def remove_run_file(path: str | Path) -> None:
         raise SpectraError(f"cannot remove {path}: {exc.strerror}") from None
 
 
-def run_file(run_dir: str | Path) -> Path:
-    """The default Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/``."""
-    run_dir = Path(run_dir)
-    return run_dir.parent / f"{run_dir.name}.parquet"
+def read_own_rows(path: str | Path, run: str) -> tuple[pd.DataFrame, dict] | None:
+    """(rows, metadata) of run ``run``'s Parquet file ``path``, None when there is none;
+    SpectraError when ``path`` is another file (not spectra's, or another run's), which is never
+    overwritten."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        rows, meta = read_run(path)
+    except SpectraError:
+        raise SpectraError(
+            f"{path} exists and is not a spectra run file; refusing to overwrite it"
+        ) from None
+    if meta["run"] != run:
+        raise SpectraError(
+            f"{path} holds run {meta['run']!r}, not {run!r}; refusing to overwrite it"
+        )
+    return rows, meta
+
+
+def drop_rows_after(path: str | Path, step: int, run_id: str | None, resumed: list[int]) -> None:
+    """Rewrite run ``run_id``'s Parquet file without its rows after ``step`` (a training resumed
+    from ``step`` discarded their snapshots), recording the resumes (``resumed``); the rows of
+    another identity are left to the engine, which computes that run from scratch."""
+    path = Path(path)
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    if meta.get("run_id") != run_id:
+        return
+    kept = table.filter(pc.less_equal(table.column("step"), step))
+    meta["resumed"] = resumed
+    kept = kept.replace_schema_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    atomic_write(path, lambda tmp: pq.write_table(kept, tmp))
 
 
 def layer_position(layer: str) -> tuple[int | None, str]:
@@ -107,7 +99,7 @@ def to_table(rows: pd.DataFrame, metadata: dict) -> pa.Table:
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
-def write_run(path: str | Path, rows: pd.DataFrame, metadata: dict) -> None:
+def write_rows(path: str | Path, rows: pd.DataFrame, metadata: dict) -> None:
     """Write (or atomically replace) the Parquet file of one run."""
     table = to_table(rows, metadata)
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
@@ -175,7 +167,7 @@ def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
                     f"{path}: column {spec.name!r} has type {column.type}, expected {spec.type}"
                 ) from None
             table = table.set_column(table.column_names.index(spec.name), spec.name, column)
-        if spec.name in NOT_NULL and column.null_count:
+        if spec.name in REQUIRED and column.null_count:
             raise SpectraError(f"{path}: column {spec.name!r} has empty values")
         if spec.name in FINITE and not _all_finite(column):
             raise SpectraError(f"{path}: column {spec.name!r} has NaN, infinite or empty values")
@@ -188,31 +180,20 @@ def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
 
 
 def expand(patterns: Iterable[str | Path]) -> list[Path]:
-    """Paths from file names and glob patterns, in order, without duplicates."""
+    """Paths from file names, glob patterns and folders (their ``*.parquet`` files), in order,
+    without duplicates."""
     paths: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern))) or []
-        if not matches:
-            raise SpectraError(f"no run files match {pattern}")
+        if Path(pattern).is_dir():
+            matches = sorted(str(p) for p in Path(pattern).glob(f"*{PARQUET}"))
+            if not matches:
+                raise SpectraError(f"{pattern} holds no run files (*{PARQUET})")
+        else:
+            matches = sorted(glob.glob(str(pattern)))
+            if not matches:
+                raise SpectraError(f"no run files match {pattern}")
         paths += [Path(m) for m in matches if Path(m) not in paths]
     return paths
-
-
-def read_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
-    """All rows of many runs (file names or globs) in one frame, in the order given.
-
-    Runs are named by their run name; runs that share a name (two seeds in ``a/lora`` and
-    ``b/lora``) by the name prefixed with their folders (see :func:`run_labels`).
-    ``frame.attrs["runs"]`` maps each of these names to the run's metadata (which includes
-    ``run_dir``, the run directory holding ``train_log.parquet``).
-    """
-    paths = expand(patterns)
-    runs = [read_run(path) for path in paths]
-    names = run_labels(paths, [meta["run"] for _, meta in runs])
-    frames = [rows.assign(run=name) for (rows, _), name in zip(runs, names, strict=True)]
-    frame = pd.concat(frames, ignore_index=True)
-    frame.attrs["runs"] = {name: meta for (_, meta), name in zip(runs, names, strict=True)}
-    return frame
 
 
 def run_labels(paths: list[Path], names: list[str]) -> list[str]:
@@ -241,42 +222,117 @@ def run_labels(paths: list[Path], names: list[str]) -> list[str]:
     return labels
 
 
-def load_runs(patterns: Iterable[str | Path]) -> pd.DataFrame:
-    """Rows of the runs named by files or globs; SpectraError when a run has no rows."""
-    frame = read_runs(patterns)
-    empty = [name for name in frame.attrs["runs"] if not (frame["run"] == name).any()]
+@dataclass(frozen=True)
+class Runs:
+    """The rows of several runs in one frame, and the metadata of each run, by run name.
+
+    Runs are named by their run name; runs that share a name (two seeds in ``a/lora`` and
+    ``b/lora``) by the name prefixed with their folders (see :func:`run_labels`). A run's
+    metadata is its Parquet metadata (the manifest, the engine settings and ``run_dir``, the
+    run directory holding ``train_log.parquet``).
+    """
+
+    rows: pd.DataFrame
+    meta: dict[str, dict]
+
+    @property
+    def names(self) -> list[str]:
+        """The run names by method (FT, LoRA, …, SORSA w/o reg, SORSA), then by name."""
+        return sorted(self.meta, key=lambda run: (order(self.method(run)), run))
+
+    def method(self, run: str) -> str:
+        """The method of a run."""
+        return self.meta[run]["method"]
+
+    def title(self, run: str) -> str:
+        """ "LoRA" for a run named after its method, else "LoRA — <run>"."""
+        method = self.method(run)
+        return label(method) if run == method else f"{label(method)} — {run}"
+
+    def short(self, run: str) -> str:
+        """ "LoRA" for a run named after its method, else the run's name."""
+        return label(self.method(run)) if run == self.method(run) else run
+
+    def ordinal(self, run: str) -> bool:
+        """Whether a run's steps only order checkpoints of unknown step (1, 2, …, imported
+        without step numbers; a model imported alone is a final model)."""
+        return bool(self.meta[run].get("manifest", {}).get("ordinal_steps", False))
+
+    def step_label(self, run: str, step: int) -> str:
+        """A step as a reader should see it: "step 40", or "its final model" / "checkpoint 2
+        of 3" for checkpoints of unknown step."""
+        if not self.ordinal(run) or step == 0:
+            return f"step {step}"
+        last = int(self.of(run)["step"].max())
+        return "its final model" if step == last else f"checkpoint {step} of {last}"
+
+    def of(self, run: str) -> pd.DataFrame:
+        """The rows of one run."""
+        return self.rows[self.rows["run"] == run]
+
+    def with_rows(self, rows: pd.DataFrame) -> Runs:
+        """The same runs with only ``rows`` (a selection of layers)."""
+        return Runs(rows, self.meta)
+
+
+def read_runs(patterns: Iterable[str | Path]) -> Runs:
+    """All rows of many runs (file names or globs), in the order given."""
+    paths = expand(patterns)
+    runs = [read_run(path) for path in paths]
+    names = run_labels(paths, [meta["run"] for _, meta in runs])
+    frames = [rows.assign(run=name) for (rows, _), name in zip(runs, names, strict=True)]
+    meta = {name: meta for (_, meta), name in zip(runs, names, strict=True)}
+    return Runs(pd.concat(frames, ignore_index=True), meta)
+
+
+def load_runs(patterns: Iterable[str | Path]) -> Runs:
+    """The runs named by files or globs; SpectraError when a run has no rows."""
+    runs = read_runs(patterns)
+    empty = [name for name in runs.meta if not (runs.rows["run"] == name).any()]
     if empty:
         raise SpectraError(f"run {empty[0]} has no rows: compute its metrics first")
-    return frame
+    return runs
 
 
-def label(method: str) -> str:
-    """The display name of a method."""
-    return METHOD_LABELS.get(method, method)
+def parse_step(text: str) -> str | int:
+    """A ``--step`` option: ``last``, ``common`` or a step number."""
+    text = text.strip().lower()
+    if text in STEP_POLICIES:
+        return text
+    if not text.isdigit() or len(text) > 18:
+        raise SpectraError(f"--step {text!r}: use last, common or a step number")
+    return int(text)
 
 
-def ordered_runs(frame: pd.DataFrame) -> list[str]:
-    """Run names ordered by method (FT, LoRA, …, SORSA w/o reg, SORSA), then by name."""
-    methods = frame.groupby("run", sort=False)["method"].first()
-
-    def key(run: str) -> tuple[int, str]:
-        method = methods[run]
-        rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-        return rank, run
-
-    return sorted(methods.index, key=key)
-
-
-def comparison_step(frame: pd.DataFrame) -> int:
-    """The last step after 0 present in every run; SpectraError when there is none."""
-    steps = [set(g["step"]) - {0} for _, g in frame.groupby("run", sort=False)]
-    common = set.intersection(*steps)
-    if not common:
-        spans = ", ".join(
-            f"{run} {g['step'].min()}..{g['step'].max()}" for run, g in frame.groupby("run")
+def comparison_steps(runs: Runs, policy: str | int = "last") -> dict[str, int]:
+    """The step each run is compared at: its last step (``last``), the last step after 0 that
+    every run has (``common``), or a given step number; SpectraError when there is none."""
+    present = {run: set(runs.of(run)["step"]) for run in runs.names}
+    if policy == "last":
+        return {run: max(steps) for run, steps in present.items()}
+    if policy == "common":
+        common = set.intersection(*present.values()) - {0}
+        if not common:
+            spans = ", ".join(f"{run} {min(s)}..{max(s)}" for run, s in present.items())
+            raise SpectraError(f"the runs share no step after step 0 ({spans})")
+        return dict.fromkeys(present, max(common))
+    lacking = [run for run, steps in present.items() if policy not in steps]
+    if lacking:
+        raise SpectraError(
+            f"step {policy} is not in {', '.join(lacking)}; use --step last or common"
         )
-        raise SpectraError(f"the runs share no step after step 0 ({spans})")
-    return max(common)
+    return dict.fromkeys(present, policy)
+
+
+def steps_text(runs: Runs, steps: dict[str, int], policy: str | int = "last") -> str:
+    """Where runs are compared, in words: "step 40, the last step every run has", "each run's
+    last step (ft step 60, final-ft its final model)"."""
+    if len(set(steps.values())) == 1 and not any(runs.ordinal(run) for run in steps):
+        step = next(iter(steps.values()))
+        why = {"last": "the last step of every run", "common": "the last step every run has"}
+        return f"step {step}" + (f", {why[policy]}" if policy in why else "")
+    where = ", ".join(f"{run} {runs.step_label(run, step)}" for run, step in steps.items())
+    return f"each run's {'last step' if policy == 'last' else 'step'} ({where})"
 
 
 def delta_d_column(matched: bool) -> str:

@@ -18,11 +18,11 @@ from spectra.errors import SpectraError
 NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-def describe(tp) -> str:
+def in_words(tp) -> str:
     """What a value of annotation ``tp`` looks like, in words."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else describe(a) for a in args)
+        return " or ".join("null" if a is type(None) else in_words(a) for a in args)
     if origin is list or (origin is tuple and args[-1:] == (Ellipsis,)):
         return f"a list of {_plural(args[0])}"
     if origin is tuple:
@@ -34,7 +34,7 @@ def describe(tp) -> str:
 
 def _plural(tp) -> str:
     return {bool: "booleans", int: "integers", float: "numbers", str: "strings"}.get(
-        tp, "[" + describe(tp) + "]"
+        tp, "[" + in_words(tp) + "]"
     )
 
 
@@ -54,7 +54,7 @@ def _or_fail(value, tp, where: str, shown):
     if converted is _WRONG:
         got = json.dumps(value, ensure_ascii=True)
         got = got if len(got) <= 40 else got[:37] + "..."
-        raise SpectraError(at(where, f"expected {describe(shown)}, got {got}"))
+        raise SpectraError(at(where, f"expected {in_words(shown)}, got {got}"))
     return converted
 
 

@@ -1,8 +1,8 @@
 """Hand-made spectra runs with known properties, for the figure, report and notebook tests.
 
 ``python tests/runmaker.py OUT`` writes large synthetic runs (32 blocks × 2 modules × 50
-steps per method, and an MoE run of 32 blocks × 2 × 8 experts) for looking at the figures at
-real size.
+steps: FT, LoRA, DoRA, SORSA w/o reg and SORSA, and an MoE run of 32 blocks × 2 × 8 experts)
+for looking at the figures at real size.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spectra.store import write_run
+from spectra.store import write_rows
 
 Column = Callable[[int, int], float]  # (layer index, step) -> value
 BLOCKS, MODULES = 4, ("q_proj", "v_proj")
@@ -152,7 +152,7 @@ def make_run(
         }
         pd.DataFrame(log_rows).to_parquet(run_dir / "train_log.parquet")
     path = root / f"{name}.parquet"
-    write_run(path, pd.DataFrame(rows), {"run": name, "method": method, "run_dir": name})
+    write_rows(path, pd.DataFrame(rows), {"run": name, "method": method, "run_dir": name})
     return path
 
 
@@ -251,8 +251,19 @@ def large_moe(root: Path, experts: int = 8) -> Path:
     return make_run(root, "moe-ft", "ft", columns, LONG, 32, experts=experts)
 
 
+def gallery(root: Path) -> list[Path]:
+    """:func:`large`'s runs and a SORSA pair of the same size, for looking at every figure."""
+    steps = tuple(range(0, 500, 10))
+    few: dict[str, Column] = {"intruders": lambda i, s: min(10, s // 245 + i % 2)}
+    sorsa = {
+        "sorsa-noreg": parallel(0.01, 3.0) | few,
+        "sorsa": scattered(0.002) | few | {"cond_p": lambda i, s: 10.0 - 0.05 * s * 40 / 490},
+    }
+    return large(root) + [make_run(root, m, m, cols, steps, 32) for m, cols in sorsa.items()]
+
+
 if __name__ == "__main__":
     import sys
 
-    for path in [*large(Path(sys.argv[1])), large_moe(Path(sys.argv[1]))]:
+    for path in [*gallery(Path(sys.argv[1])), large_moe(Path(sys.argv[1]))]:
         print(path)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from baichuan import BaichuanConfig, BaichuanForCausalLM
+from helpers import relative_error
 from peft import IA3Config, LoraConfig, get_peft_model
 from tiny_models import (
     ARCHS,
@@ -53,11 +54,6 @@ FUSED_CASES = [(arch, method) for arch, method in CASES if arch in FUSED]
 METHOD_CASES = [("gpt2", m) for m in ("pissa", "dora", "adalora")] + [
     ("phi3", m) for m in ("pissa", "dora", "adalora", "sorsa")
 ]
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
 
 
 def adapted(arch: str) -> list[str]:
@@ -113,6 +109,7 @@ def reference_slice(tracked, what: str, step: int, layer: str) -> torch.Tensor:
     return torch.cat([whole[a:b] for a, b in target.rows])
 
 
+@pytest.mark.slow
 def test_default_targets_are_query_and_value(tracked):
     names = {layer.rsplit(".", 1)[-1] for layer in tracked.run.layers}
     blocks = {split_slice(layer)[0] for layer in tracked.run.layers}
@@ -133,6 +130,7 @@ def test_captured_weights_equal_float64_merge(tracked):
             assert relative_error(tracked.run.weight(step, layer), want) <= 1e-12, (step, layer)
 
 
+@pytest.mark.slow
 def test_rows_equal_spectra_drift_on_the_slices(tracked):
     assert len(tracked.rows) == 2 * len(tracked.run.layers)
     for row in tracked.rows.to_dict("records"):
@@ -155,6 +153,7 @@ def test_rows_equal_spectra_drift_on_the_slices(tracked):
             assert pd.isna(row["ortho_err"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tracked", METHOD_CASES, indirect=True, ids=ids(METHOD_CASES))
 def test_every_method_on_a_fused_module(tracked):
     """PiSSA, DoRA, AdaLoRA (and SORSA on Linear): slices of the effective weight and of W_p."""
@@ -320,6 +319,7 @@ def test_peft_layers_spectra_does_not_capture_hide_their_insides(tmp_path):
         assert internal not in message.split("targets:")[-1]
 
 
+@pytest.mark.slow
 def test_readme_callback_on_a_fused_architecture(tmp_path):
     """``SpectraCallback("runs/x")`` with no targets on a Trainer: Phi-3 with LoRA on qkv_proj
     is tracked as its q, k, v slices, which the live summary and `spectra analyze` name."""

@@ -15,12 +15,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import adamw
+from helpers import train as run_steps
 from rich.console import Console
 from test_metrics import reference_update
 from tiny_models import (
     RandomTokens,
     base_model,
-    batch,
     reference_principal,
     reference_weights,
     with_method,
@@ -29,13 +30,14 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import spectra
 import spectra.follow
-from spectra.callback import trainer_log
 from spectra.callback.worker import InlineWorker
 from spectra.engine import FT_RANK, Engine, compute_run
 from spectra.errors import SpectraError
 from spectra.follow import follow
 from spectra.metrics import drift
-from spectra.snapshots import TRAIN_LOG, open_run
+from spectra.run_files import TRAIN_LOG
+from spectra.snapshots import open_run
+from spectra.train_log import from_trainer as trainer_log
 
 TARGETS = ("q_proj", "v_proj")
 METRIC_TOL = 1e-9
@@ -44,17 +46,13 @@ UPDATE = ("delta_m", "delta_dir", "amplification")  # exact to 1e-10 on every me
 
 def train(model, tracker, steps: range, every: int, method: str, refs: dict | None = None):
     """A plain AdamW loop on random tokens; ``refs[step]`` collects float64 references."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-2)
-    for step in steps:
-        x = batch(step)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        tracker.step(step, loss=loss.detach(), grad_norm=torch.tensor(1.5), custom=step * 2)
+
+    def record(step: int) -> None:
+        tracker.log(step, custom=step * 2)
         if refs is not None and step % every == 0:
             refs[step] = references(model, method, tracker.layers)
+
+    run_steps(model, adamw(model), tracker, steps, on_step=record, grad_norm=torch.tensor(1.5))
 
 
 def references(model, method: str, layers) -> dict:
@@ -113,6 +111,7 @@ def read_rows(path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ft", "lora", "pissa", "dora", "adalora", "sorsa"])
 def test_deferred_rows_equal_independent_float64_metrics(tmp_path, method):
     model = with_method(base_model("llama"), method, TARGETS)
@@ -143,6 +142,7 @@ def wait_for_rows(path, step: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"no rows for step {step} in {path} after {timeout} s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker", ["process", "thread"])
 def test_inline_parquet_grows_during_training(tmp_path, worker):
     method = "lora" if worker == "process" else "sorsa"
@@ -162,12 +162,13 @@ def test_inline_parquet_grows_during_training(tmp_path, worker):
     assert len(rows) == 4 * 4
 
 
+@pytest.mark.slow
 def test_worker_process_imports_this_spectra_without_pythonpath(tmp_path, monkeypatch):
     """The worker's PYTHONPATH starts with the folder that holds this ``spectra`` package."""
     seen = {}
     with monkeypatch.context() as patch:
         patch.delenv("PYTHONPATH", raising=False)
-        patch.setattr(subprocess, "Popen", lambda cmd, env: seen.update(cmd=cmd, env=env))
+        patch.setattr(subprocess, "Popen", lambda cmd, env, **_: seen.update(cmd=cmd, env=env))
         InlineWorker(tmp_path, 0.1, "process")
     assert seen["cmd"][1:3] == ["-m", "spectra.follow"]
     found = subprocess.run(
@@ -205,7 +206,7 @@ def test_bad_targets_and_unwritable_output_fail_before_training(tmp_path):
     blocker.write_text("")
     with pytest.raises(SpectraError, match="cannot create run directory"):
         spectra.Tracker(model, blocker / "run", TARGETS, mode="deferred")
-    with pytest.raises(SpectraError, match="already holds a run"):
+    with pytest.raises(SpectraError, match="already holds a run; pass overwrite=True"):
         spectra.Tracker(model, tmp_path / "again", TARGETS, mode="deferred").close()
         spectra.Tracker(model, tmp_path / "again", TARGETS, mode="deferred")
 
@@ -258,6 +259,7 @@ def trainer(tmp_path, callbacks, max_steps: int, save_steps: int | None = None) 
     return Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=callbacks)
 
 
+@pytest.mark.slow
 def test_callback_with_trainer(tmp_path):
     callback = spectra.SpectraCallback(tmp_path / "run", TARGETS, every=2, mode="deferred")
     trainer(tmp_path, [callback], max_steps=5).train()
@@ -279,6 +281,7 @@ def test_trainer_logs_become_log_columns(tmp_path):
     assert log == [{"step": 7, "loss": 2.0, "reg_loss": 0.1, "grad_norm": 1.0, "lr": 3e-4}]
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues_the_run(tmp_path):
     whole = tmp_path / "whole"
     trainer(whole, [spectra.SpectraCallback(whole / "run", TARGETS, every=2, mode="deferred")],

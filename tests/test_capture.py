@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import relative_error
 from peft import LoraConfig
 from tiny_models import ARCH_TARGETS, base_model, perturb, reference_weights, with_method
 
@@ -24,11 +25,6 @@ CASES = [("llama", m) for m in ("ft", "lora", "pissa", "dora", "adalora", "sorsa
     ("gpt2", "ft"), ("gpt2", "lora"), ("gpt2", "dora"), ("gpt2", "adalora"),
     ("bert", "lora"), ("bert", "pissa"), ("bert", "sorsa"),
 ]  # fmt: skip
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
 
 
 @pytest.mark.parametrize(("arch", "method"), CASES)

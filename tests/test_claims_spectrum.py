@@ -24,9 +24,8 @@ def runs(tmp_path, specs) -> list:
     return [make_run(tmp_path, name, method, parallel(0.01) | cols) for name, method, cols in specs]
 
 
-def claim(frame, paper):
-    _, claims = check_claims(frame, papers=[paper])
-    (found,) = claims
+def claim(runs, paper):
+    (found,) = check_claims(runs, papers=[paper])
     return found
 
 
@@ -65,7 +64,8 @@ def test_pissa_and_sorsa_drift_in_the_principal_decile_milora_in_the_minor(tmp_p
     found = claim(frame, "milora")
     assert found.verdict is True
     assert "checked: MiLoRA, PiSSA, SORSA" in found.claim
-    last = frame[(frame["run"] == "milora") & (frame["step"] == frame["step"].max())]
+    rows = frame.rows
+    last = rows[(rows["run"] == "milora") & (rows["step"] == rows["step"].max())]
     mean = np.mean(np.stack(last["profile_dvec"].to_numpy()), axis=0)
     assert f"milora: vector drift decile 1 {mean[0]:.3g}, decile 10 {mean[9]:.3g}" in found.evidence
     assert "largest in decile 10" in found.evidence and "largest in decile 1 (" in found.evidence

@@ -2,46 +2,30 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from ddp_train import STEPS, train
+from helpers import torchrun
 
 from spectra.engine import compute_run
-from spectra.snapshots import open_run
+from spectra.snapshots import Distributed, open_run
+
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 
 SCRIPT = Path(__file__).with_name("ddp_train.py")
 
 
-def launch(command: list[str], env: dict, timeout: float = 120) -> int:
-    """Run torchrun in its own process group; on timeout kill the group (no orphan ranks)."""
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    if proc.returncode:
-        print(err.decode()[-3000:])
-    return proc.returncode
-
-
 def test_ddp_rank0_writes_and_matches_single_process(tmp_path):
-    env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(SCRIPT), str(tmp_path / "ddp")]  # fmt: skip
-    assert launch(command, env) == 0
+    assert torchrun(str(SCRIPT), str(tmp_path / "ddp")) == 0
     train(tmp_path / "single")
 
     runs = [open_run(tmp_path / name) for name in ("ddp", "single")]
     assert runs[0].steps == runs[1].steps == [0, 2, STEPS]
     assert runs[0].manifest.finished
+    assert runs[0].manifest.distributed == Distributed("ddp", 2, "parameters")
+    assert runs[1].manifest.distributed is None
     rows = [pd.read_parquet(compute_run(run.path)) for run in runs]
     assert len(rows[0]) == len(rows[1]) == 3 * 4
     for name in ("delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "fro_norm"):

@@ -2,8 +2,6 @@
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,11 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 import spectra.engine as engine_module
+from spectra.columns import SCHEMA
 from spectra.engine import Engine, compute_run
 from spectra.errors import SpectraError
 from spectra.metrics import drift, factor_metrics
-from spectra.snapshots import Manifest, RunWriter, Target, open_run, step_file
-from spectra.store import SCHEMA, read_run
+from spectra.run_files import step_file
+from spectra.snapshots import Manifest, RunWriter, Target, open_run
+from spectra.store import read_run
 
 M, N, R = 24, 16, 3
 STEPS = (0, 5, 10)
@@ -145,9 +145,9 @@ def test_rerun_computes_only_missing_rows(tmp_path, monkeypatch):
     run_dir, _ = dense_run(tmp_path)
     out = compute_run(run_dir)
     rows, meta = read_run(out)
-    from spectra.store import write_run
+    from spectra.store import write_rows
 
-    write_run(out, rows[rows.step != 10], meta)  # as if interrupted before step 10
+    write_rows(out, rows[rows.step != 10], meta)  # as if interrupted before step 10
     calls = []
     real = engine_module.matrix_task
     monkeypatch.setattr(
@@ -173,6 +173,7 @@ def test_engine_follows_a_growing_run(tmp_path):
     assert sorted(read_run(engine.out)[0].step.unique()) == [0, 5, 9]
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_rows(tmp_path):
     run_dir, _ = dense_run(tmp_path)
     one = read_run(compute_run(run_dir, tmp_path / "one.parquet"))[0]
@@ -183,62 +184,47 @@ def test_two_workers_give_the_same_rows(tmp_path):
 # --- bad input ---------------------------------------------------------------------------
 
 
-def spectra_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "spectra", *map(str, args)], capture_output=True, text=True
-    )
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-
-
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_cli_writes_parquet(tmp_path):
+def test_cli_writes_parquet(tmp_path, cli):
     run_dir, _ = dense_run(tmp_path)
-    result = spectra_cli("compute", run_dir)
-    assert result.returncode == 0, result.stderr
+    result = cli(["compute", run_dir])
+    assert result.code == 0, result.err
     assert len(read_run(tmp_path / "ft.parquet")[0]) == 6
 
 
-def test_missing_and_empty_directories(tmp_path):
-    assert_one_line_error(spectra_cli("compute", tmp_path / "nope"), "not found")
+def test_missing_and_empty_directories(tmp_path, cli):
+    cli(["compute", tmp_path / "nope"]).error_line("not found")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(spectra_cli("compute", tmp_path / "empty"), "no manifest.json")
+    cli(["compute", tmp_path / "empty"]).error_line("no manifest.json")
 
 
-def test_corrupt_manifest(tmp_path):
+def test_corrupt_manifest(tmp_path, cli):
     run_dir, _ = dense_run(tmp_path)
     (run_dir / "manifest.json").write_text("{not json")
-    assert_one_line_error(spectra_cli("compute", run_dir), "not a valid spectra manifest")
+    cli(["compute", run_dir]).error_line("not a valid spectra manifest")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_snapshot_keeps_existing_parquet(tmp_path, damage):
+def test_corrupt_snapshot_keeps_existing_parquet(tmp_path, damage, cli):
     run_dir, _ = dense_run(tmp_path)
     out = compute_run(run_dir)
     before = digest(out)
     rows, meta = read_run(out)
-    from spectra.store import write_run
+    from spectra.store import write_rows
 
-    write_run(out, rows[rows.step != 10], meta)
+    write_rows(out, rows[rows.step != 10], meta)
     before = digest(out)
     snapshot = run_dir / step_file(10)
     data = snapshot.read_bytes()
     snapshot.write_bytes(b"\x00garbage" * 10 if damage == "garbage" else data[: len(data) // 2])
-    assert_one_line_error(spectra_cli("compute", run_dir), "corrupt or truncated", "step_00000010")
+    cli(["compute", run_dir]).error_line("corrupt or truncated", "step_00000010")
     assert digest(out) == before
 
 
-def test_shape_mismatch_between_steps(tmp_path):
+def test_shape_mismatch_between_steps(tmp_path, cli):
     run_dir, _ = dense_run(tmp_path)
     layer = "model.layers.1.self_attn.q_proj"
     others = open_run(run_dir).parts(5, "model.layers.0.self_attn.q_proj")
@@ -249,28 +235,28 @@ def test_shape_mismatch_between_steps(tmp_path):
         },
         str(run_dir / step_file(5)),
     )
-    assert_one_line_error(spectra_cli("compute", run_dir), "shape (24, 17)", layer)
+    cli(["compute", run_dir]).error_line("shape (24, 17)", layer)
 
 
-def test_nan_weight_is_reported_and_good_rows_are_kept(tmp_path):
+def test_nan_weight_is_reported_and_good_rows_are_kept(tmp_path, cli):
     run_dir, _ = dense_run(tmp_path)
     layer = "model.layers.1.self_attn.q_proj"
     parts = {k: open_run(run_dir).parts(10, k)["weight"] for k in open_run(run_dir).layers}
     parts[layer] = parts[layer].clone()
     parts[layer][3, 4] = float("nan")
     save_file({f"{k}/weight": v for k, v in parts.items()}, str(run_dir / step_file(10)))
-    assert_one_line_error(spectra_cli("compute", run_dir), "NaN or Inf", f"step 10 {layer}")
+    cli(["compute", run_dir]).error_line("NaN or Inf", f"step 10 {layer}")
     rows, _ = read_run(tmp_path / "ft.parquet")
     assert len(rows) == 5 and not ((rows.step == 10) & (rows.layer == layer)).any()
     assert np.isfinite(rows[["delta_sigma", "delta_d"]].to_numpy()).all()
 
 
-def test_nan_in_step_zero(tmp_path):
+def test_nan_in_step_zero(tmp_path, cli):
     run_dir, _ = dense_run(tmp_path, steps=(0, 5))
     parts = {k: open_run(run_dir).parts(0, k)["weight"] for k in open_run(run_dir).layers}
     next(iter(parts.values()))[0, 0] = float("inf")
     save_file({f"{k}/weight": v for k, v in parts.items()}, str(run_dir / step_file(0)))
-    assert_one_line_error(spectra_cli("compute", run_dir), "step-0 weight has NaN or Inf")
+    cli(["compute", run_dir]).error_line("step-0 weight has NaN or Inf")
 
 
 def test_zero_singular_values_are_infinite_condition_not_a_crash(tmp_path):
@@ -282,15 +268,15 @@ def test_zero_singular_values_are_infinite_condition_not_a_crash(tmp_path):
     assert rows.cond_w.tolist() == [1.0, float("inf")]
 
 
-def test_refuses_to_overwrite_a_foreign_parquet(tmp_path):
+def test_refuses_to_overwrite_a_foreign_parquet(tmp_path, cli):
     run_dir, _ = dense_run(tmp_path)
     foreign = tmp_path / "ft.parquet"
     pd.DataFrame({"x": [1, 2]}).to_parquet(foreign)
     before = digest(foreign)
-    assert_one_line_error(spectra_cli("compute", run_dir), "not a spectra run file")
+    cli(["compute", run_dir]).error_line("not a spectra run file")
     assert digest(foreign) == before
     other, _ = dense_run(tmp_path, name="other")
-    assert_one_line_error(spectra_cli("compute", other, "--out", foreign), "refusing")
+    cli(["compute", other, "--out", foreign]).error_line("refusing")
 
 
 def test_missing_step_zero(tmp_path):

@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 import transformers as tf
+from helpers import relative_error
 from peft import LoraConfig, get_peft_model
 from tiny_models import perturb
 
@@ -86,10 +87,6 @@ def captured(model, targets=PARAMS) -> dict[str, torch.Tensor]:
 def experts_of(model):
     """The first transformers experts module of a model."""
     return next(m for m in model.modules() if hasattr(m, "is_transposed"))
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
 
 
 @pytest.mark.parametrize("method", ["ft", "lora"])

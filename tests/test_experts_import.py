@@ -8,8 +8,9 @@ import json
 
 import pytest
 import torch
+from helpers import relative_error
 from peft import LoraConfig, get_peft_model
-from test_experts import MOE, PARAMS, expert_weights, moe_model, relative_error
+from test_experts import MOE, PARAMS, expert_weights, moe_model
 from tiny_models import perturb
 
 from spectra.callback import Tracker

@@ -12,9 +12,11 @@ from test_engine import dense_run
 
 from spectra import figures
 from spectra.engine import compute_run
-from spectra.errors import SpectraError
-from spectra.figures import panels, writer
+from spectra.engine.subspace import subspaces
+from spectra.errors import NotApplicable, SpectraError
+from spectra.figures import export, panels
 from spectra.metrics import subspace_similarity
+from spectra.plotting import draw, parse_list
 from spectra.store import load_runs
 
 
@@ -69,10 +71,11 @@ def test_figure2_points_are_the_parquet_values(frame, runs):
         np.testing.assert_array_equal(trace.y, rows["delta_d"])
         np.testing.assert_array_equal(trace.marker.color, rows["step"])
         assert trace.text is None  # no label on every point: hover carries them
+        steps = [f"step {step}" for step in rows["step"]]
         assert [tuple(c) for c in trace.customdata] == list(
-            zip(rows["run"], rows["layer"], rows["step"], strict=True)
+            zip(rows["run"], rows["layer"], steps, strict=True)
         )
-        assert "layer" in trace.hovertemplate and "step" in trace.hovertemplate
+        assert "layer" in trace.hovertemplate and "%{customdata[2]}" in trace.hovertemplate
     ends = traces[3]
     last = raw[raw["step"] == 40].set_index("delta_sigma")
     assert 0 < len(ends.x) <= 8
@@ -139,7 +142,7 @@ def test_readable_keeps_labels_apart():
 def test_titles_wrap_to_the_figure_instead_of_being_cut(tmp_path, name):
     long = "lora-rank-64-seed-1234-cosine-schedule-warmup-0.03"
     path = make_run(tmp_path, long, "lora", parallel(0.1))  # one panel, a long run name
-    fig = figures.build(load_runs([path]), name)[1]
+    fig = draw(load_runs([path]), name)[1]
     width = fig.layout.width
     for line in title_lines(fig.layout.title.text):
         assert len(line) * panels.CHAR_WIDTH * panels.TITLE_FONT <= width - 40, line
@@ -161,8 +164,8 @@ def test_one_tick_format_per_axis_kind(frame):
 
 def test_layer_and_module_filters(frame):
     some = panels.select_layers(frame, "0-1,3", "v_proj")
-    assert set(some["block"]) == {0, 1, 3} and set(some["module"]) == {"v_proj"}
-    assert some.attrs == frame.attrs
+    assert set(some.rows["block"]) == {0, 1, 3} and set(some.rows["module"]) == {"v_proj"}
+    assert some.meta == frame.meta
     fig = figures.drift_figure(some)
     assert [t.name for t in panel_traces(fig, 1)][1] == "v_proj"
     assert panels.parse_blocks("2, 5-7") == [2, 5, 6, 7]
@@ -224,7 +227,7 @@ def test_subspace_figure_is_phi_of_the_top_directions(seeds, tmp_path):
     from spectra.snapshots import open_run
 
     frame = load_runs(seeds)
-    fig = figures.subspace_figure(frame)
+    fig = figures.subspace_figure(frame, subspaces(frame))
     titles = [a.text for a in fig.layout.annotations]
     assert titles == ["a vs its W₀: q_proj", "b vs a: q_proj", "b vs its W₀: q_proj"]
     assert "block 1, step 10" in fig.layout.title.text  # middle block, last common step
@@ -246,8 +249,8 @@ def test_subspace_figure_says_which_run_directory_is_missing(seeds, tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "b")
-    with pytest.raises(figures.NotApplicable, match=r"missing or without manifest.json: b \("):
-        figures.subspace_figure(load_runs(seeds))
+    with pytest.raises(NotApplicable, match=r"missing or without manifest.json: b \("):
+        subspaces(load_runs(seeds))
 
 
 def test_intruders_figure_shows_best_cosines_and_counts(frame, runs):
@@ -272,13 +275,13 @@ def test_intruders_figure_shows_best_cosines_and_counts(frame, runs):
 
 def test_figure3_needs_train_logs(tmp_path):
     path = make_run(tmp_path, "a", "ft", parallel(0.1), log=False)
-    with pytest.raises(figures.NotApplicable, match="needs train logs"):
-        figures.training_figure(load_runs([path]))
+    with pytest.raises(NotApplicable, match="needs train logs"):
+        draw(load_runs([path]), "3")
 
 
 def test_cond_figure_needs_sorsa_runs(tmp_path):
     path = make_run(tmp_path, "a", "lora", parallel(0.1))
-    with pytest.raises(figures.NotApplicable, match="needs SORSA runs"):
+    with pytest.raises(NotApplicable, match="needs SORSA runs"):
         figures.condition_figure(load_runs([path]))
 
 
@@ -300,7 +303,7 @@ def test_figure_all_draws_what_applies_and_says_what_it_skipped(runs, monkeypatc
 
 
 def test_figure3_overlays_loss_and_grad_norm_of_every_run(frame, runs):
-    fig = figures.training_figure(frame)
+    fig = draw(frame, "3")[1]
     assert [a.text for a in fig.layout.annotations] == ["training loss", "gradient norm"]
     assert len(fig.data) == 2 * len(runs)
     assert fig.layout.yaxis.title.text == "training loss"
@@ -340,7 +343,7 @@ def test_heatmap_is_log10_delta_d_per_layer_and_step(frame, runs):
 
 def test_html_shares_one_plotly_js_beside_the_figures(frame, tmp_path):
     built = {"figure2": figures.drift_figure(frame), "dora": figures.dora_figure(frame)}
-    written = figures.write_figures(built, tmp_path / "out", ["html"])
+    written = figures.export_figures(built, tmp_path / "out", ["html"])
     assert written == [tmp_path / "out" / "figure2.html", tmp_path / "out" / "dora.html"]
     assert (tmp_path / "out" / "plotly.min.js").stat().st_size > 1_000_000
     for path in written:
@@ -351,38 +354,39 @@ def test_html_shares_one_plotly_js_beside_the_figures(frame, tmp_path):
 
 def test_html_inline_or_cdn_on_request(frame, tmp_path):
     fig = {"figure2": figures.drift_figure(frame)}
-    inline = figures.write_figures(fig, tmp_path / "inline", ["html"], "inline")[0].read_text()
+    inline = figures.export_figures(fig, tmp_path / "inline", ["html"], "inline")[0].read_text()
     tags = re.findall(r"<script\b[^>]*>", inline)
     assert tags and all("src=" not in tag for tag in tags) and len(inline) > 1_000_000
-    cdn = figures.write_figures(fig, tmp_path / "cdn", ["html"], "cdn")[0].read_text()
+    cdn = figures.export_figures(fig, tmp_path / "cdn", ["html"], "cdn")[0].read_text()
     assert re.search(r'<script [^>]*src="https://cdn.plot.ly/plotly-[\d.]+\.min\.js"', cdn)
     assert not (tmp_path / "inline" / "plotly.min.js").exists()
     with pytest.raises(SpectraError, match="unknown --plotlyjs"):
-        figures.write_figures(fig, tmp_path, ["html"], "web")
+        figures.export_figures(fig, tmp_path, ["html"], "web")
 
 
 def test_images_without_a_browser_say_how_to_get_one(frame, tmp_path, monkeypatch):
-    monkeypatch.setattr(writer, "browser", lambda: None)
+    monkeypatch.setattr(export, "browser", lambda: None)
     with pytest.raises(SpectraError, match="apt-get install -y chromium"):
-        figures.write_figures({"figure2": figures.drift_figure(frame)}, tmp_path, ["html", "png"])
+        figures.export_figures({"figure2": figures.drift_figure(frame)}, tmp_path, ["html", "png"])
     assert (tmp_path / "figure2.html").is_file()
     assert not (tmp_path / "figure2.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(figures.browser() is None, reason="no Chrome/Chromium for kaleido")
 def test_png_and_svg_are_rendered(frame, tmp_path):
-    fig = figures.training_figure(frame)
-    written = figures.write_figures({"figure3": fig}, tmp_path, ["png", "svg"])
+    fig = draw(frame, "3")[1]
+    written = figures.export_figures({"figure3": fig}, tmp_path, ["png", "svg"])
     assert [p.suffix for p in written] == [".html", ".png", ".svg"]
     assert (tmp_path / "figure3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (tmp_path / "figure3.svg").read_text()[:500]
 
 
 def test_options_are_parsed(frame):
-    assert figures.parse_list(" PNG, svg,png", ("html", "png", "svg"), "format") == ["png", "svg"]
+    assert parse_list(" PNG, svg,png", ("html", "png", "svg"), "format") == ["png", "svg"]
     with pytest.raises(SpectraError, match="unknown figure"):
-        figures.parse_list("2,4", figures.FIGURES, "figure")
-    assert figures.build(frame, "2", matched=True)[0] == "figure2-matched"
+        parse_list("2,4", figures.FIGURES, "figure")
+    assert draw(frame, "2", matched=True)[0] == "figure2-matched"
 
 
 def test_plot_command_defaults_to_runs_glob_and_figures_dir(runs, monkeypatch, cli):
@@ -408,6 +412,4 @@ def test_plot_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, cli):
         ([good, "--plotlyjs", "web"], "unknown --plotlyjs"),
     ]
     for args, message in cases:
-        code, _, err = cli(["plot", *args])
-        assert code == 2, args
-        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+        cli(["plot", *args]).error_line(message)

@@ -8,12 +8,13 @@ import pytest
 from runmaker import large, large_moe, make_run, paper_like, parallel, routed
 
 from spectra import figures
-from spectra.figures import NotApplicable
+from spectra.errors import NotApplicable
+from spectra.plotting import draw
 from spectra.store import load_runs
 
 
 @pytest.fixture
-def frame(tmp_path):
+def runs(tmp_path):
     return load_runs([str(p) for p in paper_like(tmp_path / "runs")])
 
 
@@ -21,8 +22,8 @@ def traces_of(fig, name: str) -> list:
     return [t for t in fig.data if t.name == name]
 
 
-def test_rank_figure_draws_every_layer_its_mean_r_and_k(frame):
-    fig = figures.rank_figure(frame)
+def test_rank_figure_draws_every_layer_its_mean_r_and_k(runs):
+    fig, frame = figures.rank_figure(runs), runs.rows
     assert [a.text for a in fig.layout.annotations][:4] == ["FT", "LoRA", "SORSA w/o reg", "SORSA"]
     lora = frame[(frame["run"] == "lora") & (frame["step"] > 0)]
     layer = lora[lora["layer"] == lora["layer"].iloc[0]].sort_values("step")
@@ -41,8 +42,8 @@ def test_rank_figure_draws_every_layer_its_mean_r_and_k(frame):
     assert fig.layout.yaxis.type == "log"
 
 
-def test_profile_figure_is_the_decile_means_per_step(frame):
-    fig = figures.profile_figure(frame)
+def test_profile_figure_is_the_decile_means_per_step(runs):
+    fig, frame = figures.profile_figure(runs), runs.rows
     sorsa = frame[(frame["run"] == "sorsa") & (frame["step"] > 0)]
     heat = [t for t in fig.data if t.name == "sorsa"]
     assert len(heat) == 2
@@ -55,8 +56,8 @@ def test_profile_figure_is_the_decile_means_per_step(frame):
     assert {t.coloraxis for t in fig.data} == {"coloraxis", "coloraxis2"}
 
 
-def test_principal_figure_plots_energy_and_angle_means(frame):
-    fig = figures.principal_figure(frame)
+def test_principal_figure_plots_energy_and_angle_means(runs):
+    fig, frame = figures.principal_figure(runs), runs.rows
     for axis, column in (("x", "principal_energy"), ("x2", "principal_angle")):
         (mean,) = [t for t in traces_of(fig, "FT") if t.xaxis == axis]
         want = frame[(frame["run"] == "ft") & (frame["step"] > 0)].groupby("step")[column].mean()
@@ -67,30 +68,29 @@ def test_principal_figure_plots_energy_and_angle_means(frame):
 def test_runs_without_the_columns_are_not_applicable(tmp_path):
     empty = {c: (lambda i, s: None) for c in ("dw_rank90", "principal_energy", "profile_dvec",
                                               "profile_dsigma")}  # fmt: skip
-    frame = load_runs([make_run(tmp_path, "old", "ft", parallel(0.01) | empty)])
-    for build, name in ((figures.rank_figure, "rank"), (figures.profile_figure, "profile"),
-                        (figures.principal_figure, "principal")):  # fmt: skip
+    old = load_runs([make_run(tmp_path, "old", "ft", parallel(0.01) | empty)])
+    for name in ("rank", "profile", "principal"):
         with pytest.raises(NotApplicable, match=f"figure {name} needs"):
-            build(frame)
+            draw(old, name)
 
 
 @pytest.mark.skipif(figures.browser() is None, reason="no Chrome/Chromium for kaleido")
 def test_pngs_at_32_blocks(tmp_path):
-    frame = load_runs([str(p) for p in large(tmp_path / "large")])
-    assert frame["layer"].nunique() == 64 and frame["step"].nunique() == 50
-    built = dict(figures.build(frame, name) for name in ("rank", "profile", "principal"))
+    runs = load_runs([str(p) for p in large(tmp_path / "large")])
+    assert runs.rows["layer"].nunique() == 64 and runs.rows["step"].nunique() == 50
+    built = dict(draw(runs, name) for name in ("rank", "profile", "principal"))
     moe = load_runs([large_moe(tmp_path / "moe")])
-    assert moe["layer"].nunique() == 32 * 2 * 8 and moe["step"].nunique() == 50
-    built |= dict([figures.build(moe, "experts")])
-    written = figures.write_figures(built, tmp_path / "figs", ["png"])
+    assert moe.rows["layer"].nunique() == 32 * 2 * 8 and moe.rows["step"].nunique() == 50
+    built |= dict([draw(moe, "experts")])
+    written = figures.export_figures(built, tmp_path / "figs", ["png"])
     pngs = [p for p in written if p.suffix == ".png"]
     assert [p.stem for p in pngs] == ["rank", "profile", "principal", "experts"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
 def test_experts_figure_is_delta_d_and_sigma_per_block_and_expert(tmp_path):
-    frame = load_runs([make_run(tmp_path, "moe", "ft", routed(4), experts=4)])
-    fig = figures.experts_figure(frame)
+    runs = load_runs([make_run(tmp_path, "moe", "ft", routed(4), experts=4)])
+    fig, frame = figures.experts_figure(runs), runs.rows
     last = frame[frame["step"] == frame["step"].max()]
     titles = [a.text for a in fig.layout.annotations]
     assert titles[:4] == ["FT — moe — down_proj: ΔD", "FT — moe — down_proj: ΔΣ",
@@ -105,6 +105,6 @@ def test_experts_figure_is_delta_d_and_sigma_per_block_and_expert(tmp_path):
                 drawn = np.asarray(trace.z)[b, e]
                 assert np.isnan(drawn) if value == 0 else drawn == pytest.approx(np.log10(value))
     assert np.isnan(np.asarray(fig.data[0].z)).sum() == 4  # one expert per block never routed
-    assert "-matched" in figures.build(frame, "experts", matched=True)[0]
+    assert "-matched" in draw(runs, "experts", matched=True)[0]
     with pytest.raises(NotApplicable, match="figure experts needs MoE expert layers"):
         figures.experts_figure(load_runs([make_run(tmp_path / "q", "q", "ft", parallel(0.01))]))

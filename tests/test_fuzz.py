@@ -18,14 +18,16 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from runmaker import damage_tensors, make_run, make_run_dir, parallel
 
+from spectra.columns import SCHEMA
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
-from spectra.figures import plot_runs
 from spectra.follow import compute_until_finished
+from spectra.plotting import plot_runs
 from spectra.report import render
-from spectra.snapshots import FROZEN, MANIFEST, step_file
-from spectra.store import SCHEMA, load_runs
+from spectra.run_files import FROZEN, MANIFEST, step_file
+from spectra.store import load_runs
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )

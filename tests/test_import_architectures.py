@@ -19,6 +19,8 @@ from spectra.engine import compute_run
 from spectra.importer import import_run
 from spectra.snapshots import open_run
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
+
 METRICS = ["delta_sigma", "delta_d", "delta_d_matched", "cond_w", "cond_p", "delta_m",
            "delta_dir", "amplification", "intruders", "rank"]  # fmt: skip
 

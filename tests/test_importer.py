@@ -34,14 +34,17 @@ from transformers import (
 import spectra
 import spectra.importer.tensors as tensors_module
 from spectra.capture import layout
+from spectra.columns import KEY, METRICS
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
 from spectra.importer import import_run
 from spectra.importer.align import align
 from spectra.importer.layer import adapted_layer
 from spectra.metrics import drift
-from spectra.snapshots import FROZEN, open_run, step_file
-from spectra.store import KEY, METRICS
+from spectra.run_files import FROZEN, step_file
+from spectra.snapshots import open_run
+
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 
 TARGETS = ("q_proj", "v_proj")
 SAVE = 2

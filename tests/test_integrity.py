@@ -15,21 +15,24 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
+from helpers import adamw, train
 from runmaker import make_run_dir, paper_like
 from safetensors.torch import load_file
-from tiny_models import RandomTokens, base_model, batch, with_method
+from tiny_models import RandomTokens, base_model, with_method
 from transformers import Trainer, TrainingArguments
 
 import spectra
 import spectra.engine as engine_module
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
-from spectra.figures import plot_runs
 from spectra.follow import follow
-from spectra.snapshots import MANIFEST, RunWriter, open_run, read_train_log, step_file
+from spectra.plotting import plot_runs
+from spectra.run_files import MANIFEST, step_file
+from spectra.snapshots import RunWriter, open_run
 from spectra.store import read_run
+from spectra.train_log import read_train_log
 
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 TARGETS = ("q_proj", "v_proj")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,20 +74,6 @@ def test_a_run_without_identity_keeps_its_rows(tmp_path, monkeypatch):
 
 def lora_model():
     return with_method(base_model("llama", seed=0), "lora", TARGETS)
-
-
-def train(model, opt, tracker, steps, data_seed: int = 0) -> None:
-    for step in steps:
-        x = batch(step + data_seed)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        tracker.step(step, loss=loss.detach())
-
-
-def adamw(model):
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
@@ -232,7 +221,7 @@ def test_follow_stops_when_the_training_process_is_killed(tmp_path, signal_name)
 
 
 def test_a_live_or_foreign_writer_is_waited_for(tmp_path):
-    from spectra.snapshots import Writer
+    from spectra.snapshots import WritingProcess as Writer
 
     here = Writer.this_process()
     assert not here.gone()  # this very process

@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from helpers import relative_error
 from peft import LoraConfig, get_peft_model
 from tiny_models import base_model, perturb
 from transformers import BitsAndBytesConfig, LlamaForCausalLM
@@ -18,7 +19,8 @@ import spectra
 from spectra.capture import find_targets, layout
 from spectra.engine import compute_run
 from spectra.factors import effective_weight
-from spectra.snapshots import FROZEN, open_run, step_file
+from spectra.run_files import FROZEN, step_file
+from spectra.snapshots import open_run
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -44,11 +46,6 @@ FP4 = [s * v / 12 for s in (1, -1) for v in (0, 0.0625, 8, 12, 4, 6, 2, 3)]
 # A training forward multiplies x by the dequantized float32 weight (the 8-bit one by
 # CB · SCB/127, MatMul8bitFp on a CPU): float32 precision.
 FORWARD_TOL = 1e-6
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
 
 
 def dequantized(layer) -> torch.Tensor:
@@ -164,6 +161,7 @@ def test_tracked_run_keeps_factors_only(quantized, tmp_path, monkeypatch):
         assert row["rank"] == R
 
 
+@pytest.mark.slow
 def test_importing_spectra_keeps_bitsandbytes_quiet():
     """bitsandbytes logs a warning about an optional CPU kernel package when imported; spectra
     loads peft (which imports bitsandbytes) with its extractors."""

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from spectra import cli, recipes
+from spectra import recipes
 from spectra.errors import SpectraError
+from spectra.methods import NAMES as METHODS
+from spectra.methods import get
 from spectra.recipes import (
     DEFAULT_DATA,
     DEFAULT_MODEL,
-    METHODS,
     PROMPT,
     load_examples,
     load_tokenizer,
     plan,
 )
+
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 
 STEPS, EVERY = 4, 2
 DEFAULT = recipes.PRESETS["default"]
@@ -169,7 +171,7 @@ def _bad_inputs(tmp_path):
     return {
         "unknown method": ({"methods": ("ft", "qlora")}, "unknown method 'qlora'"),
         "unknown preset": ({"preset": "fast"}, "unknown preset 'fast'"),
-        "missing model": ({"model": tmp_path / "nope"}, "not a transformers model"),
+        "missing model": ({"model": tmp_path / "nope"}, "nope: no such model folder"),
         "empty model dir": ({"model": tmp_path}, "not a transformers model"),
         "not a causal LM": ({"model": not_causal}, "not a causal LM"),
         "missing data": ({"data": tmp_path / "none.jsonl"}, "no such data file"),
@@ -206,28 +208,20 @@ def test_existing_run_needs_overwrite(tmp_path) -> None:
     assert plan(("lora",), out=tmp_path / "runs", device="cpu", overwrite=True).overwrite
 
 
-def test_cli_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(sys, "argv", ["spectra", "track", "--method", "ft,bogus",
-                                      "--out", str(tmp_path / "runs")])  # fmt: skip
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown method 'bogus'") and "\n" not in err
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, cli) -> None:
+    result = cli(["track", "--method", "ft,bogus", "--out", tmp_path / "runs"])
+    assert result.error_line().startswith("error: unknown method 'bogus'")
     assert not (tmp_path / "runs").exists()
 
 
-def test_cli_track_passes_options(tmp_path, monkeypatch) -> None:
+def test_cli_track_passes_options(tmp_path, monkeypatch, cli) -> None:
     seen = {}
     monkeypatch.setattr(recipes, "run", lambda job: seen.setdefault("job", job))
-    monkeypatch.setattr(sys, "argv", [
-        "spectra", "track", "--method", "lora", "--method", "sorsa", "--targets", "q_proj",
-        "--rank", "4", "--steps", "3", "--every", "1", "--device", "cpu",
-        "--out", str(tmp_path / "r"),
+    result = cli([
+        "track", "--method", "lora", "--method", "sorsa", "--targets", "q_proj",
+        "--rank", "4", "--steps", "3", "--every", "1", "--device", "cpu", "--out", tmp_path / "r",
     ])  # fmt: skip
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code in (0, None)
+    assert result.code in (0, None)
     job = seen["job"]
     assert job.methods == ("lora", "sorsa") and job.targets == ("q_proj",)
     assert (job.preset.rank, job.preset.steps, job.preset.every) == (4, 3, 1)
@@ -250,7 +244,7 @@ def test_targets_are_resolved_once_and_every_method_gets_that_list(method: str) 
         assert trainable == [f"{path}.weight" for path in job.layers]
 
 
-def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatch) -> None:
+def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatch, cli) -> None:
     """On GPT-2 the default targets are the q and v slices of c_attn; peft receives the module
     once; SORSA refuses a Conv1D before training; --fused reaches the plan."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -262,19 +256,17 @@ def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatc
     load_tokenizer(str(DEFAULT_MODEL)).save_pretrained(tmp_path / "gpt2")  # plan checks for one
     job = plan(("lora",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
     assert job.layers == tuple(f"transformer.h.{b}.attn.c_attn[{p}]" for b in (0, 1) for p in "qv")
-    config = recipes.methods._peft_config("lora", module_paths(job.layers), 4, 10)
+    config = recipes.setup._peft_config(get("lora"), module_paths(job.layers), 4, 10)
     assert sorted(config.target_modules) == [f"transformer.h.{b}.attn.c_attn" for b in (0, 1)]
     with pytest.raises(SpectraError, match=r"c_attn is a Conv1D; .* nn.Linear layers \(SORSA\)"):
         plan(("sorsa",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
 
     seen = {}
     monkeypatch.setattr(recipes, "run", lambda job: seen.setdefault("job", job))
-    monkeypatch.setattr(sys, "argv", [
-        "spectra", "track", "--method", "ft", "--model", str(tmp_path / "gpt2"),
-        "--targets", "c_proj[v]", "--fused", "attn.c_proj=16,8,8", "--out", str(NOWHERE),
+    cli([
+        "track", "--method", "ft", "--model", tmp_path / "gpt2",
+        "--targets", "c_proj[v]", "--fused", "attn.c_proj=16,8,8", "--out", NOWHERE,
     ])  # fmt: skip
-    with pytest.raises(SystemExit):
-        cli.main()
     assert seen["job"].layers == (
         "transformer.h.0.attn.c_proj[v]",
         "transformer.h.1.attn.c_proj[v]",

@@ -14,7 +14,9 @@ from tiny_models import RandomTokens, base_model, with_method
 from transformers import Trainer, TrainingArguments
 
 import spectra
-from spectra.reporting import REPORTED, Reporter, WandB, module_means
+from spectra.columns import REPORTED
+from spectra.integrations.reporter import Reporter, module_means
+from spectra.integrations.wandb import WandB
 
 
 def train(tmp_path, report_to: list[str], method: str = "lora", max_steps: int = 5) -> Trainer:

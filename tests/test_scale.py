@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from spectra.engine import Engine, compute_run
+from spectra.engine import Engine, Settings, compute_run
 from spectra.errors import SpectraError
 from spectra.snapshots import Manifest, RunWriter, Target
 from spectra.store import read_run
+
+pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 
 distributed = pytest.importorskip("distributed")
 
@@ -79,9 +81,9 @@ def test_interrupted_run_continues_where_it_stopped(tmp_path, cluster):
     out = tmp_path / "dask.parquet"
     Engine(run_dir, out, executor=client.get_executor()).update()
     rows, meta = read_run(out)
-    from spectra.store import write_run
+    from spectra.store import write_rows
 
-    write_run(out, rows.iloc[: len(rows) // 3], meta)  # what survived a crash
+    write_rows(out, rows.iloc[: len(rows) // 3], meta)  # what survived a crash
     engine = Engine(run_dir, out, executor=client.get_executor())
     assert engine.update() == len(rows) - len(rows) // 3
     pd.testing.assert_frame_equal(read_run(out)[0], rows)
@@ -92,6 +94,6 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
         pytest.skip("a GPU is present")
     run_dir = many_matrices(tmp_path, layers=1, steps=2, size=8)
     with pytest.raises(SpectraError, match="no CUDA GPU"):
-        Engine(run_dir, device="cuda")
+        Engine(run_dir, settings=Settings(device="cuda"))
     with pytest.raises(SpectraError, match="unknown device"):
-        Engine(run_dir, device="tpu")
+        Engine(run_dir, settings=Settings(device="tpu"))

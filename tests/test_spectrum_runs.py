@@ -14,7 +14,7 @@ from test_spectrum import assert_spectrum, reference_spectrum
 from tiny_models import base_model, perturb, reference_weights, with_method
 
 from spectra.callback import Tracker
-from spectra.engine import Engine, compute_run, update_columns
+from spectra.engine import Engine, Settings, compute_run, update_columns
 from spectra.errors import SpectraError
 from spectra.store import read_run
 
@@ -58,7 +58,7 @@ def test_rows_match_numpy(tmp_path, method, monkeypatch):
         lambda *a: (found := real(*a), paths.append(found.truncated))[0],
     )
     run_dir, truth = tracked_run(tmp_path, method)
-    rows, meta = read_run(compute_run(run_dir, ft_rank=FT_RANK))
+    rows, meta = read_run(compute_run(run_dir, settings=Settings(ft_rank=FT_RANK)))
     assert (True in paths) == (method in ("ft", "dora"))  # both paths meet the same numbers
     assert meta["engine"]["principal_frac"] == 0.1 and meta["engine"]["sparsity_atol"] == 1e-5
     assert sorted(set(zip(rows["rows"], rows["cols"], strict=True))) == [(32, 64), (64, 64)]
@@ -93,7 +93,7 @@ def test_settings_are_recorded_and_a_change_recomputes(tmp_path, cli):
         share = ((u0[:, :p].T @ delta @ vh0[:p, :].T) ** 2).sum() / (delta**2).sum()
         assert row.principal_energy == pytest.approx(share, abs=1e-10)
         assert row.update_sparsity == pytest.approx((np.abs(delta) <= 0.01).mean(), abs=0)
-    assert Engine(run_dir, principal_frac=0.25, sparsity_atol=0.01).update() == 0
+    assert Engine(run_dir, settings=Settings(principal_frac=0.25, sparsity_atol=0.01)).update() == 0
     assert Engine(run_dir).update() == len(rows)  # the defaults again: every row recomputed
 
 
@@ -107,4 +107,4 @@ def test_bad_settings_are_one_line(tmp_path, cli, option, value, message):
     code, _, err = cli(["compute", run_dir, option, value])
     assert code == 2 and message in err and "Traceback" not in err
     with pytest.raises(SpectraError, match=message):
-        Engine(run_dir, **{message: float(value)})
+        Settings(**{message: float(value)})

@@ -10,10 +10,11 @@ import torch
 from test_engine import dense_run, sorsa_run
 from test_metrics import reference_update
 
-from spectra.engine import FT_RANK, Engine, compute_run
+from spectra.columns import SCHEMA
+from spectra.engine import FT_RANK, Engine, Settings, compute_run
 from spectra.errors import SpectraError
 from spectra.snapshots import Manifest, RunWriter, Target
-from spectra.store import METADATA_KEY, SCHEMA, read_run
+from spectra.store import METADATA_KEY, read_run
 
 TOL = 1e-10
 UPDATE = ("delta_m", "delta_dir", "amplification")
@@ -39,7 +40,9 @@ def assert_update_rows(rows, truth, rank):
 def test_dense_rows_use_the_ft_rank(tmp_path):
     run_dir, truth = dense_run(tmp_path)
     assert_update_rows(read_run(compute_run(run_dir))[0], truth, FT_RANK)
-    rows, meta = read_run(compute_run(run_dir, tmp_path / "r4.parquet", ft_rank=4))
+    rows, meta = read_run(
+        compute_run(run_dir, tmp_path / "r4.parquet", settings=Settings(ft_rank=4))
+    )
     assert meta["engine"]["ft_rank"] == 4
     assert_update_rows(rows, truth, 4)
 
@@ -106,7 +109,7 @@ def test_files_of_an_older_schema_are_recomputed(tmp_path):
 def test_ft_rank_must_be_positive(tmp_path):
     run_dir, _ = dense_run(tmp_path)
     with pytest.raises(SpectraError, match="ft_rank must be a positive rank"):
-        Engine(run_dir, ft_rank=0)
+        Engine(run_dir, settings=Settings(ft_rank=0))
 
 
 def test_compute_takes_the_ft_rank(tmp_path, cli):

@@ -78,11 +78,11 @@ def settings(config) -> dict:
     raw = dict(config or {})
     from transformers import CONFIG_MAPPING
 
-    kind = raw.get("model_type")
-    if kind not in CONFIG_MAPPING:
+    name = raw.get("model_type")
+    if name not in CONFIG_MAPPING:
         return raw
     try:
-        full = CONFIG_MAPPING[kind](**{k: v for k, v in raw.items() if k != "model_type"})
+        full = CONFIG_MAPPING[name](**{k: v for k, v in raw.items() if k != "model_type"})
     except (TypeError, ValueError, KeyError, AttributeError):
         return raw
     return full.to_dict() | raw
@@ -90,11 +90,11 @@ def settings(config) -> dict:
 
 def default_targets(config) -> tuple[str, ...] | None:
     """The query and value targets of the config's architecture; None when not registered."""
-    kind = model_type(config)
-    if kind in FUSED:
-        module = FUSED[kind].module
+    name = model_type(config)
+    if name in FUSED:
+        module = FUSED[name].module
         return (f"{module}[q]", f"{module}[v]")
-    return QUERY_VALUE.get(kind)
+    return QUERY_VALUE.get(name)
 
 
 def _layout_rows(layout: Fused, config, out_features: int) -> dict[str, Rows]:

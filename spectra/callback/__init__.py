@@ -13,16 +13,17 @@ A training that raises marks its run failed, with the error, so followers stop w
 uncaught exception (``sys.excepthook``) and an exit before ``close()`` (``atexit``) all do.
 
 One module per job: :mod:`.tracker` (the :class:`Tracker`), :mod:`.trainer` (the
-:class:`SpectraCallback` for ``Trainer``), :mod:`.writer` (the background snapshot writer
-thread), :mod:`.worker` (the inline metrics worker) and :mod:`.failures` (the trackers not yet
-closed, which an uncaught exception or an exit before ``close()`` marks failed).
+:class:`SpectraCallback` for ``Trainer``), :mod:`.snapshot_thread` (the background thread that
+writes the snapshots), :mod:`.worker` (the inline metrics worker) and :mod:`.failures` (the
+trackers not yet closed, which an uncaught exception or an exit before ``close()`` marks
+failed).
 """
 
-from spectra.callback.failures import describe
+from spectra.callback.failures import error_text
+from spectra.callback.snapshot_thread import QUEUE_DEPTH
 from spectra.callback.tracker import MODES, Tracker
-from spectra.callback.trainer import SpectraCallback, trainer_log
+from spectra.callback.trainer import SpectraCallback
 from spectra.callback.worker import WORKERS
-from spectra.callback.writer import QUEUE_DEPTH
 
 __all__ = [
     "MODES",
@@ -30,6 +31,5 @@ __all__ = [
     "WORKERS",
     "SpectraCallback",
     "Tracker",
-    "describe",
-    "trainer_log",
+    "error_text",
 ]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from spectra.callback.tracker import Tracker
 
 
-def describe(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     """An exception as the run records it: ``RuntimeError: message``."""
     return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
 
@@ -45,7 +45,7 @@ class OpenTrackers:
             tracker.close(error=error)
 
     def excepthook(self, exc_type, exc, tb) -> None:
-        self.fail(describe(exc))
+        self.fail(error_text(exc))
         self.previous_hook(exc_type, exc, tb)
 
 

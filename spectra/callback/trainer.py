@@ -11,14 +11,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from spectra.callback.failures import describe
+from spectra.callback.failures import error_text
 from spectra.callback.tracker import Tracker
-from spectra.reporting import Reporter
-
-
-def trainer_log(logs: dict) -> dict[str, float]:
-    """A Trainer log dict as training-log values: learning_rate → lr, the rest as is."""
-    return {("lr" if k == "learning_rate" else k): v for k, v in (logs or {}).items()}
+from spectra.integrations.reporter import Reporter
+from spectra.train_log import from_trainer
 
 
 class SpectraCallback(TrainerCallback):
@@ -29,7 +25,9 @@ class SpectraCallback(TrainerCallback):
     checkpoint continues the same run directory from the checkpoint's step. When
     ``trainer.train()`` raises, the run is marked failed with the error. In inline mode the
     per-module means of the latest metrics also go to TensorBoard and W&B when ``report_to``
-    names them, at the step each snapshot was taken (see :mod:`spectra.reporting`).
+    names them, at the step each snapshot was taken (see :mod:`spectra.integrations.reporter`).
+    Under DDP, FSDP or DeepSpeed the Trainer runs it on every rank, which gathers sharded
+    targets; the world process zero writes.
     """
 
     def __init__(self, out: str | Path, targets=None, every: int = 10, **options):
@@ -49,7 +47,7 @@ class SpectraCallback(TrainerCallback):
                 return train(*args, **kwargs)
             except BaseException as exc:
                 if self.tracker is not None:
-                    self.tracker.close(error=describe(exc))
+                    self.tracker.close(error=error_text(exc))
                 raise
 
         return guarded
@@ -71,7 +69,7 @@ class SpectraCallback(TrainerCallback):
             self.reporter.poll()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self.tracker.log(state.global_step, **trainer_log(logs))
+        self.tracker.log(state.global_step, **from_trainer(logs))
 
     def on_save(self, args, state, control, **kwargs):
         self.tracker.save_log()  # the log on disk then covers every step of the checkpoint

@@ -1,14 +1,16 @@
 """What a module's effective weight is made of, per fine-tuning method, and which modules a
 target selects.
 
-Each method is one *extractor* (one file here: ``sorsa``, ``adalora``, ``lora``, ``full``): a
-function that takes a module and returns its :class:`~spectra.factors.Layout` (the method's
-name, the :mod:`spectra.factors` kind, the frozen tensors and the tensors that change during
-training), or None when the module is not of that method. The extractors are tried in the
-order of :data:`~spectra.capture.methods.EXTRACTORS`; adding a method is one file and one
-entry there. Tensors are returned as references in torch layout (out × in), not copies; a
-quantized base (bitsandbytes 4-bit or 8-bit, :mod:`~spectra.capture.quant`) is dequantized
-once, when :func:`layout` is asked for the frozen tensors, never by :func:`step_tensors`.
+Each method's layers are read by one *extractor* (one file here: ``sorsa``, ``adalora``,
+``lora``, ``full``, named by the method's entry in :mod:`spectra.methods`): a function that
+takes a module and returns its :class:`~spectra.factors.Layout` (the method's name, the
+:mod:`spectra.factors` kind, the frozen tensors and the tensors that change during training),
+or None when the module is not of that method. The extractors are tried in the order of
+:data:`~spectra.capture.layouts.EXTRACTORS`; adding a method is its file here (when no
+extractor reads its layers yet) and one entry in :mod:`spectra.methods`. Tensors are
+returned as references in torch layout (out × in), not copies; a quantized base (bitsandbytes
+4-bit or 8-bit, :mod:`~spectra.capture.quant`) is dequantized once, when :func:`layout` is
+asked for the frozen tensors, never by :func:`step_tensors`.
 
 Targets select modules by name, by the one rule of this package (:func:`resolve`, in
 :mod:`~spectra.capture.names`, which loads without peft). A target
@@ -45,9 +47,9 @@ from importlib import import_module
 # Public names by the module that holds them. Only ``names`` (the target rule on names) loads
 # without peft; the others import ``quant`` first, which imports peft and bitsandbytes quietly.
 _EXPORTS = {
-    "names": ("PEFT_PREFIX", "as_targets", "expert_name", "matches", "resolve", "slice_name",
-              "split_expert", "split_slice"),
-    "methods": ("EXTRACTORS", "adapter_rank", "detect_method", "layout", "recognise",
+    "names": ("PEFT_PREFIX", "as_targets", "expert_name", "layer_path", "matches", "resolve",
+              "slice_name", "split_expert", "split_slice"),
+    "layouts": ("EXTRACTORS", "adapter_rank", "detect_method", "layout", "recognise",
                 "step_tensors", "weight_shape"),
     "targets": ("Layer", "candidates", "default_layers", "find_layers", "find_targets",
                 "module_paths"),

@@ -13,10 +13,10 @@ from torch import nn
 from spectra import architectures
 from spectra.architectures import COMMON, fused_rows, spec_rows
 from spectra.capture.experts import ExpertStack, expert_stacks
-from spectra.capture.methods import recognise, weight_shape
+from spectra.capture.layouts import recognise, weight_shape
 from spectra.capture.names import (
-    PEFT_PREFIX,
     expert_name,
+    layer_path,
     matches,
     resolve,
     selects,
@@ -59,7 +59,8 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
     """(name, layer) of every capturable module, a fused projection once per slice.
 
     Never the insides of a peft tuner layer (its ``base_layer``, ``lora_A``, ``default``, …),
-    whether spectra captures that layer or not, nor of a ``modules_to_save`` copy.
+    whether spectra captures that layer or not, nor of a ``modules_to_save`` copy. Names carry
+    no wrapper components (see :func:`~spectra.capture.names.layer_path`).
     """
     config, fused = model_config(model), dict(fused or {})
     inside: str | None = None
@@ -70,7 +71,7 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
         if stacks:  # 3-D expert parameters, each E layers
             inside = f"{path}."
             for stack in stacks:
-                source = f"{path.removeprefix(PEFT_PREFIX)}.{stack.name}"
+                source = f"{layer_path(path)}.{stack.name}"
                 for expert in range(stack.count):
                     yield expert_name(source, expert), Layer(source, stack, None, expert)
             continue
@@ -80,7 +81,7 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
         inside = f"{path}." if adapter else None
         if found is None:
             continue
-        path = path.removeprefix(PEFT_PREFIX)
+        path = layer_path(path)
         rows = _slices(path, weight_shape(found)[0], config, fused)
         if rows is None:
             yield path, Layer(path, module)
@@ -108,9 +109,9 @@ def default_layers(model: nn.Module, found: Mapping[str, Layer]) -> tuple[str, .
     for pair in COMMON:
         if all(any(matches(t, name) for name in found) for t in pair):
             return pair
-    kind = architectures.model_type(config)
+    name = architectures.model_type(config)
     raise SpectraError(
-        f"no targets given and {f'a {kind!r} model' if kind else 'this model'} has no known "
+        f"no targets given and {f'a {name!r} model' if name else 'this model'} has no known "
         f"query/value projections; name them with targets=…; module names that can be "
         f"targets: {target_names(found)}"
     )

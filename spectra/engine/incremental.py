@@ -12,22 +12,22 @@ import json
 import os
 import time
 from concurrent.futures import Executor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress
 
 from spectra import __version__
-from spectra.engine.row_metrics import FT_RANK, matrix_task
+from spectra.columns import KEY
+from spectra.engine.row_metrics import matrix_task
+from spectra.engine.settings import DEFAULTS, Settings
 from spectra.engine.svd_cache import base_task, default_cache_dir
 from spectra.engine.workers import check_device, check_workers, local_pool, run_tasks
 from spectra.errors import SpectraError
-from spectra.metrics import INTRUDER_EPS, TOP_K
+from spectra.progress import progress_bar
+from spectra.run_files import parquet_path
 from spectra.snapshots import Manifest, open_run
-from spectra.spectrum import PRINCIPAL_FRAC, SPARSITY_ATOL, check_spectrum_settings
-from spectra.store import KEY, SCHEMA_VERSION, read_run, run_file, write_run
+from spectra.store import read_own_rows, write_rows
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
 
@@ -47,52 +47,30 @@ class Engine:
         *,
         workers: int = 1,
         cache_dir: str | Path | None = None,
-        top_k: int = TOP_K,
-        intruder_eps: float = INTRUDER_EPS,
-        ft_rank: int = FT_RANK,
-        principal_frac: float = PRINCIPAL_FRAC,
-        sparsity_atol: float = SPARSITY_ATOL,
-        device: str = "cpu",
+        settings: Settings = DEFAULTS,
         executor: Executor | None = None,
         progress: bool = False,
         write_every: float = WRITE_EVERY_S,
     ):
-        check_device(device)
+        check_device(settings.device)
         check_workers(workers)
         self.run = open_run(run_dir)
         self.run_dir = str(self.run.path.resolve())
-        self.out = Path(out) if out else run_file(self.run.path)
+        self.out = Path(out) if out else parquet_path(self.run.path)
         self.workers, self.executor, self.progress = workers, executor, progress
-        self.device, self.write_every = device, write_every
+        self.settings, self.write_every = settings, write_every
         self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
-        if ft_rank < 1:
-            raise SpectraError(f"ft_rank must be a positive rank, got {ft_rank}")
-        check_spectrum_settings(principal_frac, sparsity_atol)
-        self.settings = {
-            "top_k": top_k, "intruder_eps": intruder_eps, "ft_rank": ft_rank, "dtype": "float64",
-            "principal_frac": principal_frac, "sparsity_atol": sparsity_atol,
-            "schema": SCHEMA_VERSION,
-        }  # fmt: skip
         self.stale = False  # rows were dropped that the Parquet file still holds
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
         self._bases: dict[str, str] = {}
 
     def _existing_rows(self) -> pd.DataFrame:
-        if not self.out.exists():
+        found = read_own_rows(self.out, self.run.name)
+        if found is None:
             return pd.DataFrame()
-        try:
-            rows, meta = read_run(self.out)
-        except SpectraError:
-            raise SpectraError(
-                f"{self.out} exists and is not a spectra run file; refusing to overwrite it"
-            ) from None
-        if meta["run"] != self.run.name:
-            raise SpectraError(
-                f"{self.out} holds run {meta['run']!r}, not {self.run.name!r}; "
-                "refusing to overwrite it"
-            )
-        if meta.get("engine") != self.settings:
+        rows, meta = found
+        if meta.get("engine") != self.settings.recorded():
             return pd.DataFrame()
         return self._backed(rows, meta.get("run_id"), meta.get("resumed", []), self.run.manifest)
 
@@ -122,7 +100,7 @@ class Engine:
             "method": self.run.manifest.method,
             "run_dir": os.path.relpath(self.run_dir, self.out.parent.resolve()),
             "manifest": json.loads(self.run.manifest.to_json()),
-            "engine": self.settings,
+            "engine": self.settings.recorded(),
             "spectra_version": __version__,
         }
 
@@ -155,14 +133,8 @@ class Engine:
             fresh = pd.DataFrame(new)
             self.rows = fresh if self.rows.empty else pd.concat([self.rows, fresh])
             self.rows = self.rows.drop_duplicates(KEY, keep="last")
-        write_run(self.out, self.rows, self.metadata())
+        write_rows(self.out, self.rows, self.metadata())
         self.stale = False
-
-    def drop_stale(self) -> None:
-        """Rewrite the Parquet file without the rows the run directory no longer backs."""
-        self._reopen()
-        if self.stale:
-            self._write([])
 
     def update(self) -> int:
         """Compute and write every pending row; return how many rows were added."""
@@ -173,45 +145,39 @@ class Engine:
             return 0
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
-        with self._executor() as executor, self._progress(len(tasks)) as advance:
-            options = [self.settings[k] for k in ("top_k", "intruder_eps")]
+        with (
+            self._executor() as executor,
+            progress_bar(self.run.name, len(tasks), self.progress) as advance,
+        ):
             layers = [layer for layer in self.run.layers if layer not in self._bases]
-            base_args = [(self.run_dir, layer, self.cache_dir, self.device) for layer in layers]
+            base_args = [(self.run_dir, layer, self.cache_dir, self.settings) for layer in layers]
             for (_, layer, *_), path in run_tasks(executor, base_task, base_args):
                 self._bases[layer] = path
-            options += [self.device] + [
-                self.settings[k] for k in ("ft_rank", "principal_frac", "sparsity_atol")
+            args = [
+                (self.run_dir, step, layer, self._bases[layer], self.settings)
+                for step, layer in tasks
             ]
-            args = [(self.run_dir, s, layer, self._bases[layer], *options) for s, layer in tasks]
             new, added, last_write = [], 0, time.monotonic()
-            for _, row in run_tasks(executor, matrix_task, args):
-                advance()
-                if row.pop("nonfinite", False):
-                    self.nonfinite.add((row["step"], row["layer"]))
-                    continue
-                new.append(row)
-                added += 1
-                if time.monotonic() - last_write >= self.write_every:
+            try:
+                for _, row in run_tasks(executor, matrix_task, args):
+                    advance()
+                    if row.pop("nonfinite", False):
+                        self.nonfinite.add((row["step"], row["layer"]))
+                        continue
+                    new.append(row)
+                    added += 1
+                    if time.monotonic() - last_write >= self.write_every:
+                        self._write(new)
+                        new, last_write = [], time.monotonic()
+            except BaseException:  # an error or a Ctrl-C: the rows computed so far are kept
+                if new:
                     self._write(new)
-                    new, last_write = [], time.monotonic()
+                raise
             self._write(new)
         return added
 
     def _executor(self):
         return nullcontext(self.executor) if self.executor else local_pool(self.workers)
-
-    @contextmanager
-    def _progress(self, total: int):
-        if not self.progress:
-            yield lambda: None
-            return
-        columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-        console = Console(stderr=True)  # on a terminal only, and gone when done or on an error
-        with Progress(
-            *columns, console=console, transient=True, disable=not console.is_terminal
-        ) as bar:
-            task = bar.add_task(f"{self.run.name}", total=total)
-            yield lambda: bar.advance(task)
 
 
 def compute_run(

@@ -14,23 +14,19 @@ import math
 
 import torch
 
+from spectra.engine.settings import DEFAULTS, Settings
 from spectra.engine.svd_cache import load_base
 from spectra.engine.update_columns import STEP0, update_columns
 from spectra.factors import Principal, live, principal, update_factors
 from spectra.metrics import (
-    INTRUDER_EPS,
     SVD,
-    TOP_K,
     drift_from_svd,
     factor_metrics,
     factored_svd,
     svd,
 )
 from spectra.snapshots import Run, open_run
-from spectra.spectrum import PRINCIPAL_FRAC, SPARSITY_ATOL
 from spectra.store import layer_position
-
-FT_RANK = 16  # default r of ΔW's top-r subspace (amplification) for layers without an adapter rank
 
 
 def update_svd(
@@ -56,38 +52,25 @@ def update_metrics(
     factors: Principal | None,
     base: SVD,
     cur: SVD,
-    ft_rank: int = FT_RANK,
-    device: str = "cpu",
-    principal_frac: float = PRINCIPAL_FRAC,
-    sparsity_atol: float = SPARSITY_ATOL,
+    settings: Settings = DEFAULTS,
     certified: bool = True,
 ) -> dict:
     """The update columns of ``layer`` at ``step`` (:mod:`~spectra.engine.update_columns`), W_t
-    and W_0 with SVDs ``cur`` and ``base``: r is the target's adapter rank, else ``ft_rank``.
-    At step 0 delta_m = delta_dir = 0 and the others are None; ``certified=False`` takes the
-    full SVD of a dense ΔW (the check and benchmark baseline of the truncated path)."""
+    and W_0 with SVDs ``cur`` and ``base``: r is the target's adapter rank, else the settings'
+    ``ft_rank``. At step 0 delta_m = delta_dir = 0 and the others are None; ``certified=False``
+    takes the full SVD of a dense ΔW (the check and benchmark baseline of the truncated path)."""
     if step == 0:
         return dict(STEP0)
     target = run.manifest.targets[layer]
     w0, factors0 = run.weight_and_principal(0, layer)
-    rank = target.rank or ft_rank
+    rank = target.rank or settings.ft_rank
     return update_columns(
-        target.kind, base, cur, w0, w, factors0, factors, rank, principal_frac=principal_frac,
-        sparsity_atol=sparsity_atol, device=device, certified=certified,
-    )  # fmt: skip
+        target.kind, base, cur, w0, w, factors0, factors, rank, settings, certified=certified
+    )
 
 
 def matrix_task(
-    run_dir: str,
-    step: int,
-    layer: str,
-    base_file: str,
-    top_k: int = TOP_K,
-    intruder_eps: float = INTRUDER_EPS,
-    device: str = "cpu",
-    ft_rank: int = FT_RANK,
-    principal_frac: float = PRINCIPAL_FRAC,
-    sparsity_atol: float = SPARSITY_ATOL,
+    run_dir: str, step: int, layer: str, base_file: str, settings: Settings = DEFAULTS
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
@@ -98,11 +81,11 @@ def matrix_task(
     if not torch.isfinite(w).all():
         return row | {"nonfinite": True}
     base = load_base(base_file)
-    cur = base if step == 0 else svd(w, device)
-    row |= drift_from_svd(base, w, cur, top_k=top_k, intruder_eps=intruder_eps, profile=True)
-    row |= update_metrics(
-        run, step, layer, w, factors, base, cur, ft_rank, device, principal_frac, sparsity_atol
+    cur = base if step == 0 else svd(w, settings.device)
+    row |= drift_from_svd(
+        base, w, cur, top_k=settings.top_k, intruder_eps=settings.intruder_eps, profile=True
     )
+    row |= update_metrics(run, step, layer, w, factors, base, cur, settings)
     if factors is None:
         return row | {"cond_p": None, "ortho_err": None, "rank": None}
     return row | principal_metrics(run, step, layer, factors)

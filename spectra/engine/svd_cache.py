@@ -4,7 +4,8 @@ An entry is one safetensors file (``u``, ``s``, ``vh``) under ``<cache dir>/svd/
 a content address of W_0 (its shape and a hash of its float64 bytes), so later steps and
 every other run that shares the base weights reuse it. :func:`base_task` computes or finds
 the entry of one layer (a module-level function of paths, run by the engine's workers); an
-entry that cannot be read back whole is computed again. :func:`base_svd` loads it.
+entry that cannot be read back whole is computed again. :func:`cached_svd` reads an entry
+without ever writing one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load
 
+from spectra.engine.settings import DEFAULTS, Settings
 from spectra.errors import SpectraError
 from spectra.metrics import SVD, svd
 from spectra.snapshots import open_run, save_tensors
@@ -44,7 +46,7 @@ def load_base(path: str) -> SVD:
     return SVD(t["u"], t["s"], t["vh"])
 
 
-def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> str:
+def base_task(run_dir: str, layer: str, cache_dir: str, settings: Settings = DEFAULTS) -> str:
     """Compute (or find) the SVD of ``layer``'s step-0 weight in the cache; return its path.
 
     A cache entry that cannot be read back whole (truncated, corrupt) is computed again.
@@ -58,7 +60,7 @@ def base_task(run_dir: str, layer: str, cache_dir: str, device: str = "cpu") -> 
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpectraError(f"cannot use the SVD cache {cache_dir}: {exc.strerror}") from None
-        base = svd(w0, device)
+        base = svd(w0, settings.device)
         save_tensors(path, {"u": base.u, "s": base.s, "vh": base.vh})
         load_base.cache_clear()
     return str(path)
@@ -81,6 +83,8 @@ def _cached(path: Path, shape: tuple[int, int]) -> bool:
         return False
 
 
-def base_svd(run_dir: str | Path, layer: str, cache_dir: str | Path | None = None) -> SVD:
-    """The SVD of ``layer``'s step-0 weight, from the cache (computed and cached if missing)."""
-    return load_base(base_task(str(run_dir), layer, str(cache_dir or default_cache_dir())))
+def cached_svd(w0: torch.Tensor, cache_dir: str | Path | None = None) -> SVD:
+    """The SVD of a step-0 weight: from the cache when it holds it, else computed here (and
+    not written: readers such as figures leave the cache as it is)."""
+    path = base_path(Path(cache_dir or default_cache_dir()), weight_key(w0))
+    return load_base(str(path)) if _cached(path, tuple(w0.shape)) else svd(w0)

@@ -15,6 +15,7 @@ import math
 import torch
 
 from spectra.certified import certified_amplification
+from spectra.engine.settings import DEFAULTS, Settings
 from spectra.factors import Principal, update_factors
 from spectra.metrics import (
     SVD,
@@ -57,10 +58,7 @@ def update_columns(
     factors0: Principal | None,
     factors: Principal | None,
     rank: int,
-    *,
-    principal_frac: float,
-    sparsity_atol: float,
-    device: str = "cpu",
+    settings: Settings = DEFAULTS,
     certified: bool = True,
 ) -> dict:
     """Every update column of W_t (SVD ``cur``) against W_0 (SVD ``base``) after step 0.
@@ -68,10 +66,10 @@ def update_columns(
     r = ``rank`` (the adapter rank, else ``ft_rank``); p = ⌈principal_frac · k⌉.
     """
     delta = w - w0
-    p = principal_count(base.s.numel(), principal_frac)
+    p = principal_count(base.s.numel(), settings.principal_frac)
     row = magnitude_direction(w0, w) | {
         "principal_angle": principal_angle(base, cur, p),
-        "update_sparsity": update_sparsity(delta, sparsity_atol),
+        "update_sparsity": update_sparsity(delta, settings.sparsity_atol),
     }
     if torch.equal(w, w0):
         zero = {"dw_rank90": 0.0, "dw_eff_rank": math.nan, "principal_energy": math.nan}
@@ -80,7 +78,7 @@ def update_columns(
         thin = factored_svd(*update_factors(factors0, factors))
         s, amplification, energy = thin.s, amplification_from_svd(w0, thin, rank), thin
     else:
-        s, amplification = dense_update(w0, delta, rank, device, certified)
+        s, amplification = dense_update(w0, delta, rank, settings.device, certified)
         energy = delta
     return (
         row

@@ -1,134 +1,99 @@
-"""Plotly figures of runs (``spectra plot``), one module per figure family.
+"""Plotly figures of runs, one module per figure family; they only draw.
 
-Every builder takes the frame of :func:`spectra.store.load_runs` and returns a
-``plotly.graph_objects.Figure``: Figure 2 (:mod:`.drift`), Figure 3 (:mod:`.training`),
-κ(W_p) (:mod:`.condition`), the ΔD heatmap (:mod:`.heatmap`), DoRA's magnitude and direction
-(:mod:`.dora`), the LoRA paper's subspace similarity (:mod:`.subspace`) and intruder
-dimensions (:mod:`.intruders`), the rank of ΔW (:mod:`.rank`), drift per decile of the
-spectrum (:mod:`.profile`), the principal subspace (:mod:`.principal`) and MoE experts
-(:mod:`.experts`). :mod:`.panels`
-holds what they share, :mod:`.writer` writes them. A builder raises
-:class:`~.panels.NotApplicable` when the runs lack what it draws.
+Every figure takes the runs (:class:`spectra.store.Runs`) and a :class:`View`: how to draw,
+and what else it draws, computed elsewhere (the train logs for Figure 3, the φ matrices of
+:mod:`spectra.engine.subspace` for the subspace figure). :data:`FIGURES` is the registry of
+what ``spectra plot --figure NAME`` draws: adding a figure is its module, with a
+``draw(runs, view)`` function, plus one entry. A figure raises
+:class:`~spectra.errors.NotApplicable` when the runs lack what it draws. :mod:`.panels` holds
+what the figures share, :mod:`.export` writes them (HTML, PNG, SVG). Plotly loads with the
+first figure drawn, not with this registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import plotly.graph_objects as go
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
-from spectra.errors import SpectraError
-from spectra.figures.condition import condition_figure
-from spectra.figures.dora import dora_figure
-from spectra.figures.drift import drift_figure
-from spectra.figures.experts import experts_figure
-from spectra.figures.heatmap import heatmap_figure
-from spectra.figures.intruders import intruders_figure
-from spectra.figures.panels import NotApplicable, select_layers
-from spectra.figures.principal import principal_figure
-from spectra.figures.profile import profile_figure
-from spectra.figures.rank import rank_figure
-from spectra.figures.subspace import subspace_figure
-from spectra.figures.training import training_figure
-from spectra.figures.writer import (
-    IMAGE_FORMATS,
-    PLOTLYJS,
-    browser,
-    include_plotlyjs,
-    write_figures,
-)
-from spectra.store import load_runs
-
-__all__ = [
-    "FIGURES", "IMAGE_FORMATS", "PLOTLYJS", "NotApplicable", "Plotted", "browser", "build",
-    "condition_figure", "dora_figure", "drift_figure", "experts_figure", "heatmap_figure",
-    "intruders_figure",
-    "parse_list", "plot_runs", "principal_figure", "profile_figure", "rank_figure",
-    "subspace_figure", "training_figure", "write_figures",
-]  # fmt: skip
-
-FIGURES = ("2", "3", "cond", "heatmap", "dora", "subspace", "intruders", "rank", "profile",
-           "principal", "experts")  # fmt: skip
-STEMS = {"2": "figure2", "3": "figure3"}  # file stem of a figure, when not its name
-MATCHED = ("2", "heatmap", "experts")  # figures that draw ΔD, index-matched or matched
+    from spectra.engine.subspace import Subspaces
+    from spectra.store import Runs
 
 
-def build(
-    frame: pd.DataFrame, figure: str, matched: bool = False, shared: bool = False
-) -> tuple[str, go.Figure]:
-    """(file stem, figure) for one of FIGURES; ``shared``: the same axes in every panel."""
-    builders: dict[str, Callable[[], go.Figure]] = {
-        "2": lambda: drift_figure(frame, matched, shared),
-        "3": lambda: training_figure(frame),
-        "cond": lambda: condition_figure(frame),
-        "heatmap": lambda: heatmap_figure(frame, matched),
-        "dora": lambda: dora_figure(frame, shared),
-        "subspace": lambda: subspace_figure(frame),
-        "intruders": lambda: intruders_figure(frame),
-        "rank": lambda: rank_figure(frame),
-        "profile": lambda: profile_figure(frame),
-        "principal": lambda: principal_figure(frame),
-        "experts": lambda: experts_figure(frame, matched),
-    }
-    if figure not in builders:
-        raise SpectraError(f"unknown figure {figure!r} (expected one of {', '.join(FIGURES)})")
-    suffix = "-matched" if matched and figure in MATCHED else ""
-    return STEMS.get(figure, figure) + suffix, builders[figure]()
+@dataclass(frozen=True)
+class View:
+    """How to draw, and the inputs computed from run directories that some figures draw."""
+
+    matched: bool = False  # ΔD: sign-invariant matched instead of the paper's index-matched
+    shared: bool = False  # the same x and y ranges in every panel (figures 2 and dora)
+    logs: dict[str, pd.DataFrame] | None = None  # train logs by run (figure 3)
+    subspaces: Subspaces | None = None  # φ matrices (figure subspace)
+    step: str | int = "last"  # the step policy of figures that take each run at one step
 
 
-def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
-    """The items of a comma-separated option; SpectraError on an unknown one."""
-    allowed = list(allowed)
-    items = [item.strip().lower() for item in text.split(",") if item.strip()]
-    unknown = [item for item in items if item not in allowed]
-    if unknown or not items:
-        raise SpectraError(f"unknown {what} {text!r} (expected one of {', '.join(allowed)})")
-    return list(dict.fromkeys(items))
+@dataclass(frozen=True)
+class Figure:
+    """A figure of ``spectra plot``: its file stem, its module here, what it shows, which
+    input of :class:`View` it needs (``"logs"``, ``"subspaces"``), whether it draws ΔD."""
+
+    stem: str
+    module: str
+    what: str
+    needs: str | None = None
+    delta_d: bool = False  # ΔD index-matched, or matched with --matched (a "-matched" stem)
+
+    def draw(self, runs: Runs, view: View) -> go.Figure:
+        """The figure of ``runs``."""
+        return import_module(f"spectra.figures.{self.module}").draw(runs, view)
+
+    def file_stem(self, matched: bool) -> str:
+        """The file name without suffix ("figure2", "heatmap-matched")."""
+        return self.stem + ("-matched" if matched and self.delta_d else "")
 
 
-@dataclass
-class Plotted:
-    """What ``plot_runs`` did: the files written and, for ``all``, the figures it skipped."""
+FIGURES = {
+    "2": Figure("figure2", "drift", "the SORSA paper's Figure 2: ΔD against ΔΣ per layer and "
+                "step, one panel per run", delta_d=True),
+    "3": Figure("figure3", "training", "the SORSA paper's Figure 3: training loss and gradient "
+                "norm (needs the train logs)", needs="logs"),
+    "cond": Figure("cond", "condition", "κ(W_p) and the orthonormality error over training "
+                   "(SORSA runs)"),
+    "heatmap": Figure("heatmap", "heatmap", "log₁₀ ΔD per layer and step", delta_d=True),
+    "dora": Figure("dora", "dora", "DoRA's Figure 2: ΔD_dir against ΔM per layer and step, "
+                   "each run's least-squares slope and Pearson r"),
+    "subspace": Figure("subspace", "subspace", "the LoRA paper's Figure 3: φ between the top "
+                       "right singular vectors of ΔW of each run and the first run, and of its "
+                       "own W₀, for the middle block at the last common step (reads the run "
+                       "directories)", needs="subspaces"),
+    "intruders": Figure("intruders", "intruders", "intruder dimensions: each top-10 vector's "
+                        "best |cos| with W₀'s over steps, the ε line, counts per layer"),
+    "rank": Figure("rank", "rank", "Biderman et al.: dw_rank90 per layer over steps, each run's "
+                   "adapter rank r and each module's k = min(m, n) marked"),
+    "profile": Figure("profile", "profile", "per run, decile × step heatmaps of profile_dvec "
+                      "and profile_dsigma (where in W₀'s spectrum the drift happens)"),
+    "principal": Figure("principal", "principal", "principal_energy and principal_angle over "
+                        "steps, per run (W₀'s principal subspace)"),
+    "experts": Figure("experts", "experts", "MoE experts: log₁₀ ΔD and ΔΣ per block and expert, "
+                      "per run and expert parameter, each run at its step", delta_d=True),
+}  # fmt: skip
 
-    written: list[Path] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # figure → why
+_BUILDERS = {  # the figure functions, for notebooks: name → module
+    "drift_figure": "drift", "training_figure": "training", "condition_figure": "condition",
+    "heatmap_figure": "heatmap", "dora_figure": "dora", "subspace_figure": "subspace",
+    "intruders_figure": "intruders", "rank_figure": "rank", "profile_figure": "profile",
+    "principal_figure": "principal", "experts_figure": "experts", "select_layers": "panels",
+    "export_figures": "export",
+    "IMAGE_FORMATS": "export", "PLOTLYJS": "export", "browser": "export",
+}  # fmt: skip
+__all__ = ["FIGURES", "Figure", "View", *_BUILDERS]
 
 
-def plot_runs(
-    patterns: Iterable[str | Path],
-    figures: str = "2",
-    out: Path = Path("figures"),
-    formats: str = "html",
-    matched: bool = False,
-    *,
-    layers: str | None = None,
-    modules: str | None = None,
-    shared: bool = False,
-    plotlyjs: str = "directory",
-) -> Plotted:
-    """Build the comma-separated ``figures`` of runs and write them.
-
-    ``all`` draws every figure that applies and skips, saying why, those that do not; a figure
-    named explicitly that does not apply is an error. ``layers`` ("0-3,31") and ``modules``
-    ("q_proj") select the layers drawn.
-    """
-    every = figures.strip().lower() == "all"
-    names = list(FIGURES) if every else parse_list(figures, FIGURES, "figure")
-    kinds = parse_list(formats, ("html", *IMAGE_FORMATS), "format")
-    include_plotlyjs(plotlyjs)  # a bad option fails before anything is built
-    frame = select_layers(load_runs(patterns), layers, modules)
-    plotted, built = Plotted(), {}
-    for name in names:
-        try:
-            stem, fig = build(frame, name, matched, shared)
-        except NotApplicable as exc:
-            if not every:
-                raise
-            plotted.skipped[name] = str(exc)
-            continue
-        built[stem] = fig
-    plotted.written = write_figures(built, Path(out), kinds, plotlyjs)
-    return plotted
+def __getattr__(name: str):
+    """Load a figure function's module (and plotly) on first use."""
+    if name not in _BUILDERS:
+        raise AttributeError(f"module 'spectra.figures' has no attribute {name!r}")
+    return getattr(import_module(f"spectra.figures.{_BUILDERS[name]}"), name)

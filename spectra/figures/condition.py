@@ -5,8 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from spectra.figures.panels import NotApplicable, color, grid, layer_paths, run_title, style_axis
-from spectra.store import ordered_runs
+from spectra.errors import NotApplicable
+from spectra.figures import View
+from spectra.figures.panels import grid, layer_paths, run_colors, style_axis
+from spectra.methods import METHODS
+from spectra.store import Runs
 
 
 def mean_and_layers(
@@ -33,20 +36,27 @@ def mean_and_layers(
     )  # fmt: skip
 
 
-def condition_figure(frame: pd.DataFrame) -> go.Figure:
+def condition_figure(runs: Runs) -> go.Figure:
     """κ(W_p) and the orthonormality error over steps for SORSA with and without regularizer."""
-    runs = [r for r in ordered_runs(frame) if frame.attrs["runs"][r]["method"].startswith("sorsa")]
-    if not runs:
+    methods = {method.name for method in METHODS if method.capture == "sorsa"}
+    sorsa = [run for run in runs.names if runs.method(run) in methods]
+    if not sorsa:
         raise NotApplicable("figure cond needs SORSA runs (method sorsa or sorsa-noreg)")
     panels = (("cond_p", "κ(W_p) (Theorem 5.5)"), ("ortho_err", "orthonormality error (eq. 4)"))
     g = grid(
         "κ(W_p) and ‖UᵀU − I‖ + ‖VᵀV − I‖ over training (thick: mean of layers)",
         [t for _, t in panels], cols=2, panel_w=480, panel_h=340,
     )  # fmt: skip
-    for i, run in enumerate(runs):
+    colors = run_colors(runs)
+    for run in sorsa:
         for col, (column, title) in enumerate(panels):
-            data, name = frame[frame["run"] == run], run_title(frame, run)
-            mean_and_layers(g.fig, data, column, name, color(i), g.at(col), col == 0)
+            data, name = runs.of(run), runs.title(run)
+            mean_and_layers(g.fig, data, column, name, colors[run], g.at(col), col == 0)
             style_axis(g.fig, "y", "log", title, **g.at(col))
     style_axis(g.fig, "x", "step", "step")
     return g.fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return condition_figure(runs)

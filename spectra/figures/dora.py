@@ -6,38 +6,36 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 
-from spectra.figures.drift import layer_points, step_colors
-from spectra.figures.panels import grid, run_title, style_axis
-from spectra.report.dora import Fit, fit
-from spectra.store import ordered_runs
+from spectra.figures import View
+from spectra.figures.panels import Legend, grid, layer_points, step_colors, style_axis
+from spectra.fits import Fit, fit
+from spectra.store import Runs
 
 
-def fit_title(frame: pd.DataFrame, run: str, line: Fit) -> str:
+def fit_title(runs: Runs, run: str, line: Fit) -> str:
     """ "LoRA: slope 0.52, r = 0.81" (the fit of ΔD on ΔM over the panel's points)."""
     numbers = "no fit" if math.isnan(line.slope) else f"slope {line.slope:.3g}, r = {line.r:.2f}"
-    return f"{run_title(frame, run)}: {numbers}"
+    return f"{runs.title(run)}: {numbers}"
 
 
-def dora_figure(frame: pd.DataFrame, shared: bool = False) -> go.Figure:
+def dora_figure(runs: Runs, shared: bool = False) -> go.Figure:
     """ΔD (delta_dir) against ΔM (delta_m), one panel per run, with each run's fitted line."""
-    runs = ordered_runs(frame)
-    fits = {run: fit(frame[frame["run"] == run]) for run in runs}
+    fits = {run: fit(runs.of(run)) for run in runs.names}
     g = grid(
         "DoRA's Figure 2 — direction change ΔD_dir (mean 1 − cos of output rows) against magnitude "
         "change ΔM (mean |Δ‖row‖|) per layer and step; dashed: least-squares line, r: Pearson "
         "correlation",
-        [fit_title(frame, run, fits[run]) for run in runs],
+        [fit_title(runs, run, fits[run]) for run in runs.names],
         shared=shared,
     )
-    fig = g.fig
-    for i, run in enumerate(runs):
-        where, first = g.at(i), i == 0
-        data = frame[frame["run"] == run]
+    fig, legend = g.fig, Legend()
+    for i, run in enumerate(runs.names):
+        where = g.at(i)
+        data = runs.of(run)
         names, size = ("ΔM", "ΔD_dir"), (g.panel_w, g.panel_h)
-        layer_points(fig, data, "delta_m", "delta_dir", names, where, first, size)
+        layer_points(fig, runs, data, "delta_m", "delta_dir", names, where, legend, size)
         line = fits[run]
         if math.isnan(line.slope):
             continue
@@ -46,7 +44,8 @@ def dora_figure(frame: pd.DataFrame, shared: bool = False) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=xs, y=line.intercept + line.slope * xs, mode="lines", name="least-squares fit",
-                legendgroup="fit", showlegend=first, line={"color": "black", "dash": "dash"},
+                legendgroup="fit", showlegend=legend.first("fit"),
+                line={"color": "black", "dash": "dash"},
                 hovertemplate=f"slope {line.slope:.4g}<br>r {line.r:.3f}<br>{line.n} points"
                 "<extra></extra>",
             ),
@@ -54,5 +53,10 @@ def dora_figure(frame: pd.DataFrame, shared: bool = False) -> go.Figure:
         )  # fmt: skip
     style_axis(fig, "x", "value", "ΔM (magnitude)")
     style_axis(fig, "y", "value", "ΔD_dir (direction)")
-    fig.update_layout(coloraxis=step_colors(frame))
+    fig.update_layout(coloraxis=step_colors(runs))
     return fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return dora_figure(runs, view.shared)

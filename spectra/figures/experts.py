@@ -1,45 +1,47 @@
-"""MoE experts: ΔD and ΔΣ of every expert of every block, at the last step every run has; one
-row of two heatmaps per run and expert parameter (``gate_up_proj``, ``down_proj``)."""
+"""MoE experts: ΔD and ΔΣ of every expert of every block, each run at its comparison step (its
+last by default, ``--step``); one row of two heatmaps per run and expert parameter
+(``gate_up_proj``, ``down_proj``)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 
-from spectra.figures.panels import NotApplicable, grid, run_title, style_axis
-from spectra.store import comparison_step, delta_d_column, delta_d_name, ordered_runs
+from spectra.errors import NotApplicable
+from spectra.figures import View
+from spectra.figures.panels import grid, style_axis
+from spectra.store import Runs, comparison_steps, delta_d_column, delta_d_name, steps_text
 
 EXPERT = r"\[(\d+)\]$"  # the expert index at the end of a layer name
 
 
-def expert_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of MoE expert layers, with their ``expert`` index; NotApplicable without any."""
-    index = frame["layer"].str.extract(EXPERT, expand=False)
-    rows = frame[index.notna()].assign(expert=index.dropna().astype(int))
+def expert_rows(runs: Runs) -> Runs:
+    """The runs' MoE expert rows, with their ``expert`` index; NotApplicable without any."""
+    index = runs.rows["layer"].str.extract(EXPERT, expand=False)
+    rows = runs.rows[index.notna()].assign(expert=index.dropna().astype(int))
     if rows.empty:
         raise NotApplicable("figure experts needs MoE expert layers (…experts.down_proj[e])")
-    rows.attrs = frame.attrs
-    return rows
+    return Runs(rows, {run: runs.meta[run] for run in rows["run"].unique()})
 
 
-def experts_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
-    """log10 ΔD and log10 ΔΣ per block (down) and expert (across), per run and parameter."""
-    rows = expert_rows(frame)
-    step = comparison_step(rows)
+def experts_figure(runs: Runs, matched: bool = False, policy: str | int = "last") -> go.Figure:
+    """log10 ΔD and log10 ΔΣ per block (down) and expert (across), per run and parameter, each
+    run at the step the ``policy`` gives it."""
+    experts = expert_rows(runs)
+    rows, steps = experts.rows, comparison_steps(experts, policy)
     column = delta_d_column(matched)
-    panels = [(run, module) for run in ordered_runs(rows)
-              for module in sorted(rows.loc[rows["run"] == run, "module"].unique())]  # fmt: skip
-    titles = [f"{run_title(frame, run)} — {module}: {what}" for run, module in panels
+    panels = [(run, module) for run in experts.names
+              for module in sorted(experts.of(run)["module"].unique())]  # fmt: skip
+    titles = [f"{experts.title(run)} — {module}: {what}" for run, module in panels
               for what in ("ΔD", "ΔΣ")]  # fmt: skip
     blocks = int(rows["block"].nunique())
     g = grid(
-        f"MoE experts at step {step}, the last step every run has: ΔD ({delta_d_name(matched)}, "
+        f"MoE experts at {steps_text(experts, steps, policy)}: ΔD ({delta_d_name(matched)}, "
         "left) and ΔΣ (right) of every expert (across) in every block (down), log10 colour "
         "scales; blank: an expert that did not move at all.",
         titles, cols=2, panel_w=420, panel_h=max(220, 14 * blocks), hgap=170, legend=False,
     )  # fmt: skip
-    at = rows[rows["step"] == step]
+    at = rows[rows["step"] == rows["run"].map(steps)]
     for i, (run, module) in enumerate(panels):
         part = at[(at["run"] == run) & (at["module"] == module)]
         for j, (value, axis) in enumerate(((column, "coloraxis"), ("delta_sigma", "coloraxis2"))):
@@ -64,3 +66,8 @@ def experts_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
                     "len": 0.9}},
     )  # fmt: skip
     return g.fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return experts_figure(runs, view.matched, view.step)

@@ -3,33 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 
-from spectra.figures.panels import (
-    grid,
-    layer_axis,
-    layer_height,
-    layer_labels,
-    run_title,
-    style_axis,
-)
-from spectra.store import delta_d_column, delta_d_name, ordered_runs
+from spectra.figures import View
+from spectra.figures.panels import grid, layer_axis, layer_height, layer_labels, style_axis
+from spectra.store import Runs, delta_d_column, delta_d_name
 
 FLOOR = 1e-12  # smallest ΔD drawn on the log scale
 
 
-def heatmap_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
+def heatmap_figure(runs: Runs, matched: bool = False) -> go.Figure:
     """log10 ΔD per layer × step, one panel per run, on one shared colour scale."""
     column = delta_d_column(matched)
-    runs = ordered_runs(frame)
-    layers = layer_labels(frame)
+    layers = layer_labels(runs.rows)
     g = grid(
-        f"ΔD ({delta_d_name(matched)}) per layer and step", [run_title(frame, r) for r in runs],
+        f"ΔD ({delta_d_name(matched)}) per layer and step", [runs.title(r) for r in runs.names],
         panel_w=440, panel_h=layer_height(len(layers), 260), shared_yaxes=True, legend=False,
     )  # fmt: skip
-    for i, run in enumerate(runs):
-        data = frame[(frame["run"] == run) & (frame["step"] > 0)]
+    for i, run in enumerate(runs.names):
+        data = runs.of(run)
+        data = data[data["step"] > 0]
         cells = data.pivot_table(index="layer", columns="step", values=column)
         cells = cells.reindex(layers.index)
         g.fig.add_trace(
@@ -47,3 +40,8 @@ def heatmap_figure(frame: pd.DataFrame, matched: bool = False) -> go.Figure:
         coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": "log10 ΔD"}}}
     )
     return g.fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return heatmap_figure(runs, view.matched)

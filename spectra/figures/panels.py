@@ -17,7 +17,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from spectra.errors import SpectraError
-from spectra.store import label
+from spectra.store import Runs
 
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x")
 COLORS = qualitative.Plotly
@@ -35,10 +35,6 @@ AXES = {  # one tick format per kind of axis
 }
 
 
-class NotApplicable(SpectraError):
-    """The figure does not apply to these runs (``--figure all`` skips it and says why)."""
-
-
 def wrap(text: str, width_px: float, font_px: float) -> str:
     """``text`` broken into lines (``<br>``) that fit ``width_px`` at ``font_px``."""
     per_line = max(12, int(width_px / (CHAR_WIDTH * font_px)))
@@ -50,10 +46,10 @@ def lines(text: str) -> int:
     return text.count("<br>") + 1
 
 
-def style_axis(fig: go.Figure, axis: str, kind: str, title: str | None = None, **where) -> None:
-    """Ticks of ``kind`` (AXES) and an optional title on the x or y axes selected by ``where``."""
+def style_axis(fig: go.Figure, axis: str, ticks: str, title: str | None = None, **where) -> None:
+    """Ticks of ``ticks`` (AXES) and an optional title on the x or y axes selected by ``where``."""
     update = fig.update_xaxes if axis == "x" else fig.update_yaxes
-    options = {**AXES[kind], "title_font_size": FONT}
+    options = {**AXES[ticks], "title_font_size": FONT}
     update(**options, **({"title_text": title} if title is not None else {}), **where)
 
 
@@ -146,15 +142,10 @@ def grid(
     return Grid(fig, rows, cols, panel_w, panel_h)
 
 
-def run_title(frame: pd.DataFrame, run: str) -> str:
-    """ "LoRA" for a run named after its method, else "LoRA — <run>"."""
-    method = frame.attrs["runs"][run]["method"]
-    return label(method) if run == method else f"{label(method)} — {run}"
-
-
 def hover(*fields: str) -> str:
-    """A hover template: run, layer and step from customdata, then the named x/y/z values."""
-    head = "run %{customdata[0]}<br>layer %{customdata[1]}<br>step %{customdata[2]}"
+    """A hover template: run, layer and step (as the reader sees it: "step 40", "its final
+    model") from customdata, then the named x/y/z values."""
+    head = "run %{customdata[0]}<br>layer %{customdata[1]}<br>%{customdata[2]}"
     return head + "".join(f"<br>{f}" for f in fields) + "<extra></extra>"
 
 
@@ -232,11 +223,10 @@ def parse_blocks(text: str) -> list[int]:
     return blocks
 
 
-def select_layers(
-    frame: pd.DataFrame, layers: str | None = None, modules: str | None = None
-) -> pd.DataFrame:
-    """The rows of the blocks in ``layers`` ("0-3,31") and the ``modules`` ("q_proj,v_proj")."""
-    chosen = frame
+def select_layers(runs: Runs, layers: str | None = None, modules: str | None = None) -> Runs:
+    """The runs with the rows of the blocks in ``layers`` ("0-3,31") and the ``modules``
+    ("q_proj,v_proj") only."""
+    frame = chosen = runs.rows
     if layers:
         chosen = chosen[chosen["block"].isin(parse_blocks(layers))]
     if modules:
@@ -249,11 +239,101 @@ def select_layers(
             f"--layers {layers or 'all'} --modules {modules or 'all'} select no layer "
             f"(blocks {spans}; modules {', '.join(sorted(frame['module'].unique()))})"
         )
-    selected = chosen.copy()
-    selected.attrs = frame.attrs
-    return selected
+    return runs.with_rows(chosen.copy())
 
 
 def color(i: int) -> str:
     """The i-th colour of the qualitative palette."""
     return COLORS[i % len(COLORS)]
+
+
+TRAJECTORIES = "rgba(120,120,120,0.3)"
+
+
+def known_top(runs: Runs) -> int:
+    """The last step of the runs whose steps are real ones (of every run when none are)."""
+    known = [run for run in runs.names if not runs.ordinal(run)] or runs.names
+    return max(int(runs.of(run)["step"].max()) for run in known)
+
+
+def with_shade(runs: Runs, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with ``shade``, the colour value of their step (the step; for a run of ordinal
+    steps its position scaled to :func:`known_top`, so that a final model is an end point),
+    and ``when``, the step as a reader should see it (``step 40``, ``its final model``)."""
+    top, shade, when = known_top(runs), [], []
+    for run, group in rows.groupby("run", sort=False):
+        last = int(runs.of(run)["step"].max()) or 1
+        scale = top / last if runs.ordinal(run) else 1.0
+        shade.append(group["step"] * scale)
+        when.append(group["step"].map(lambda step, run=run: runs.step_label(run, int(step))))
+    if not shade:
+        return rows.assign(shade=rows["step"], when=rows["step"].astype(str))
+    return rows.assign(shade=pd.concat(shade), when=pd.concat(when))
+
+
+def step_colors(runs: Runs) -> dict:
+    """The shared step colour axis (Viridis, 0 to the last step)."""
+    return {"colorscale": "Viridis", "colorbar": {"title": {"text": "step"}, "tickformat": "d"},
+            "cmin": 0, "cmax": known_top(runs)}  # fmt: skip
+
+
+class Legend:
+    """Which legend entries a figure has shown: each group once, wherever it first appears."""
+
+    def __init__(self):
+        self.shown: set[str] = set()
+
+    def first(self, group: str) -> bool:
+        """True the first time ``group`` is asked for (show it in the legend then)."""
+        new = group not in self.shown
+        self.shown.add(group)
+        return new
+
+
+def module_symbols(rows: pd.DataFrame) -> dict[str, str]:
+    """One marker symbol per module, the same in every panel of a figure."""
+    modules = sorted(rows["module"].unique())
+    return {module: SYMBOLS[i % len(SYMBOLS)] for i, module in enumerate(modules)}
+
+
+def run_colors(runs: Runs) -> dict[str, str]:
+    """One colour per run, by run order: the same run has the same colour in every figure."""
+    return {run: color(i) for i, run in enumerate(runs.names)}
+
+
+def layer_points(
+    fig: go.Figure, runs: Runs, data: pd.DataFrame, x: str, y: str, names: tuple[str, str],
+    where: dict, legend: Legend, panel: tuple[int, int], avoid: pd.DataFrame | None = None,
+) -> None:  # fmt: skip
+    """Each layer at each step after 0 as a marker (one trace per module, coloured by step,
+    one symbol per module across ``runs``), the block number above the end points where it
+    can be read (clear of the markers of ``avoid``, columns x and y), every value in the
+    hover."""
+    moved = with_shade(runs, data[data["step"] > 0])
+    symbols = module_symbols(runs.rows)
+    template = hover(f"{names[0]} %{{x:.4g}}", f"{names[1]} %{{y:.4g}}")
+    for module in sorted(moved["module"].unique()):
+        points = moved[moved["module"] == module]
+        fig.add_trace(
+            go.Scatter(
+                x=points[x], y=points[y], mode="markers", name=module, legendgroup=module,
+                showlegend=legend.first(module), hovertemplate=template,
+                marker={"color": points["shade"], "coloraxis": "coloraxis", "size": 6,
+                        "symbol": symbols[module], "line": {"width": 0}},
+                customdata=points[["run", "layer", "when"]].to_numpy(),
+            ),
+            **where,
+        )  # fmt: skip
+    ends = moved.sort_values("step").groupby("layer").tail(1)
+    text = block_text(ends).to_numpy()
+    bounds = pd.concat([moved[[x, y]], pd.DataFrame({x: [0.0], y: [0.0]})])
+    obstacles = None if avoid is None else avoid.set_axis([x, y], axis=1)
+    keep = readable(ends[[x, y]], text, panel, bounds, obstacles)
+    fig.add_trace(
+        go.Scatter(
+            x=ends[x][keep], y=ends[y][keep], text=text[keep], mode="text", name="block (end)",
+            textposition="top center", textfont={"size": 10}, hoverinfo="skip",
+            legendgroup="ends", showlegend=False,
+        ),
+        **where,
+    )  # fmt: skip

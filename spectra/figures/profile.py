@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from spectra.figures.panels import NotApplicable, grid, run_title, style_axis
-from spectra.store import ordered_runs
+from spectra.errors import NotApplicable
+from spectra.figures import View
+from spectra.figures.panels import grid, style_axis
+from spectra.store import Runs
 
 FLOOR = 1e-12  # smallest value drawn on the log colour scales
 PANELS = (
@@ -28,21 +30,22 @@ def decile_steps(rows: pd.DataFrame, column: str) -> pd.DataFrame:
     return wide.T.sort_index(axis=1)
 
 
-def profile_figure(frame: pd.DataFrame) -> go.Figure:
+def profile_figure(runs: Runs) -> go.Figure:
     """Two heatmaps per run (rows): log10 of profile_dvec and of profile_dsigma, decile × step."""
+    frame = runs.rows
     has = frame["profile_dvec"].notna() | frame["profile_dsigma"].notna()
-    runs = ordered_runs(frame[has]) if has.any() else []
-    if not runs:
+    drawn = [run for run in runs.names if run in set(frame.loc[has, "run"])]
+    if not drawn:
         raise NotApplicable("figure profile needs profile_dvec and profile_dsigma (spectra ≥ 0.2)")
-    titles = [f"{run_title(frame, run)} — {title}" for run in runs for _, title, _ in PANELS]
+    titles = [f"{runs.title(run)} — {title}" for run in drawn for _, title, _ in PANELS]
     g = grid(
         "Drift per decile of W₀'s spectrum (decile 1: the largest singular values, 10: the "
         "smallest), mean over layers, per step: singular-vector drift (left, matched as ΔD "
         "matched is) and relative singular-value change (right), log10 colour scales.",
         titles, cols=2, panel_w=440, panel_h=260, hgap=170, legend=False,
     )  # fmt: skip
-    for i, run in enumerate(runs):
-        rows = frame[frame["run"] == run]
+    for i, run in enumerate(drawn):
+        rows = runs.of(run)
         for j, (column, _, axis) in enumerate(PANELS):
             cells = decile_steps(rows, column)
             g.fig.add_trace(
@@ -67,3 +70,8 @@ def profile_figure(frame: pd.DataFrame) -> go.Figure:
                     "len": 0.9}},
     )  # fmt: skip
     return g.fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return profile_figure(runs)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from spectra.figures.panels import NotApplicable, color, grid, hover, run_title, style_axis
+from spectra.errors import NotApplicable
+from spectra.figures import View
+from spectra.figures.panels import color, grid, hover, style_axis
 from spectra.report.biderman import adapter_rank
-from spectra.store import ordered_runs
+from spectra.store import Runs
 
 
 def module_ks(data: pd.DataFrame) -> dict[str, int]:
@@ -27,22 +29,23 @@ def level_line(span: list, level: float, text: str, tint: str, dash: str) -> go.
     )  # fmt: skip
 
 
-def rank_figure(frame: pd.DataFrame) -> go.Figure:
+def rank_figure(runs: Runs) -> go.Figure:
     """dw_rank90 (the rank that holds 90% of ‖ΔW‖²_F) per layer over steps, log axis; dashed:
     the run's adapter rank r, dotted: k of each module."""
+    frame = runs.rows
     data = frame[(frame["step"] > 0) & frame["dw_rank90"].notna()]
     if data.empty:
         raise NotApplicable("figure rank needs dw_rank90 (compute the runs with spectra ≥ 0.2)")
-    runs = ordered_runs(data)
+    drawn = [run for run in runs.names if run in set(data["run"])]
     g = grid(
         "The rank of the update: dw_rank90, the fewest singular directions of ΔW = W_t − W₀ that "
         "hold 90% of ‖ΔW‖²_F, per layer (thin) and its module mean (thick) over steps. Dashed: "
         "the run's adapter rank r; dotted: k = min(m, n) of the module, the most it can be.",
-        [run_title(frame, r) for r in runs], shared=True,
+        [runs.title(r) for r in drawn], shared=True,
     )  # fmt: skip
     modules = sorted(data["module"].unique())
     tints = {module: color(i) for i, module in enumerate(modules)}
-    for i, run in enumerate(runs):
+    for i, run in enumerate(drawn):
         rows, where = data[data["run"] == run], g.at(i)
         for module, part in rows.groupby("module", sort=True):
             for _, path in part.groupby("layer", sort=True):
@@ -73,7 +76,7 @@ def rank_figure(frame: pd.DataFrame) -> go.Figure:
             by_k.setdefault(k, []).append(module)
         marks = [(f"k = {k} ({', '.join(names)})", k, tints[names[0]] if len(names) == 1
                   else "gray", "dot") for k, names in by_k.items()]  # fmt: skip
-        r = adapter_rank(frame, run)
+        r = adapter_rank(runs, run)
         if r is not None:
             marks.append((f"adapter rank r = {r}", r, "black", "dash"))
         for text, level, tint, dash in marks:
@@ -84,3 +87,8 @@ def rank_figure(frame: pd.DataFrame) -> go.Figure:
     ticks = [2**e for e in range(top.bit_length() + 1)]
     g.fig.update_yaxes(tickvals=ticks, ticktext=[str(v) for v in ticks], tickfont_size=10)
     return g.fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return rank_figure(runs)

@@ -5,41 +5,33 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from spectra.figures.panels import NotApplicable, color, grid, run_title, style_axis
-from spectra.snapshots import read_train_log
-from spectra.store import ordered_runs
+from spectra.errors import NotApplicable
+from spectra.figures import View
+from spectra.figures.panels import grid, run_colors, style_axis
+from spectra.store import Runs
 
 
-def train_logs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The train logs (step, loss, grad_norm, …) of the runs, with a ``run`` column."""
-    logs = []
-    for run in ordered_runs(frame):
-        run_dir = frame.attrs["runs"][run].get("run_dir")
-        log = read_train_log(run_dir) if run_dir else None
-        if log is not None:
-            logs.append(log.assign(run=run))
+def training_figure(runs: Runs, logs: dict[str, pd.DataFrame]) -> go.Figure:
+    """Figure 3: training loss and gradient norm against step, all runs overlaid; ``logs``
+    are the train logs of the runs that have one (:func:`spectra.train_log.train_logs`)."""
     if not logs:
         raise NotApplicable(
             "figure 3 needs train logs (runs/<run>/train_log.parquet); none of the runs has one"
         )
-    return pd.concat(logs, ignore_index=True)
-
-
-def training_figure(frame: pd.DataFrame) -> go.Figure:
-    """Figure 3: training loss and gradient norm against step, all runs overlaid."""
-    logs = train_logs(frame)
     panels = (("loss", "training loss"), ("grad_norm", "gradient norm"))
     g = grid(
         "Figure 3 — training loss and gradient norm", [t for _, t in panels], cols=2,
         panel_w=480, panel_h=340,
     )  # fmt: skip
-    for i, (run, log) in enumerate(logs.groupby("run", sort=False)):
+    colors = run_colors(runs)
+    for run in (r for r in runs.names if r in logs):
+        log = logs[run]
         for col, (column, title) in enumerate(panels):
             values = log.reindex(columns=["step", column]).dropna()  # steps it was logged at
             g.fig.add_trace(
                 go.Scatter(
-                    x=values["step"], y=values[column], mode="lines", name=run_title(frame, run),
-                    legendgroup=run, showlegend=col == 0, line={"color": color(i)},
+                    x=values["step"], y=values[column], mode="lines", name=runs.title(run),
+                    legendgroup=run, showlegend=col == 0, line={"color": colors[run]},
                     hovertemplate=f"{run}<br>step %{{x}}<br>{title} %{{y:.4g}}<extra></extra>",
                 ),
                 **g.at(col),
@@ -47,3 +39,8 @@ def training_figure(frame: pd.DataFrame) -> go.Figure:
             style_axis(g.fig, "y", "value", title, **g.at(col))
     style_axis(g.fig, "x", "step", "step")
     return g.fig
+
+
+def draw(runs: Runs, view: View) -> go.Figure:
+    """The figure as ``spectra plot`` draws it."""
+    return training_figure(runs, view.logs or {})

@@ -25,6 +25,7 @@ from spectra.capture import PEFT_PREFIX
 from spectra.errors import SpectraError
 from spectra.importer.model import read_config
 from spectra.importer.tensors import Tensors
+from spectra.methods import of_adapter
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -47,16 +48,6 @@ SAME_CONFIG = (
 def is_adapter(folder: Path) -> bool:
     """Whether ``folder`` holds a peft adapter."""
     return (folder / ADAPTER_CONFIG).is_file()
-
-
-def method_of(config: dict) -> str:
-    """The spectra method of an adapter config: lora, pissa, dora or adalora."""
-    if config.get("peft_type") == "ADALORA":
-        return "adalora"
-    if config.get("use_dora"):
-        return "dora"
-    init = config.get("init_lora_weights", True)
-    return "pissa" if isinstance(init, str) and init.lower().startswith("pissa") else "lora"
 
 
 def approximate_init(config: dict) -> bool:
@@ -91,7 +82,7 @@ class Adapter:
 
     @property
     def method(self) -> str:
-        return method_of(self.raw)
+        return of_adapter(self.raw)
 
     def files_read(self) -> list[Path]:
         """Every file whose contents went into the import."""

@@ -22,7 +22,7 @@ from spectra.capture.names import PEFT_PREFIX, expert_name, resolve, split_exper
 from spectra.errors import SpectraError
 from spectra.importer.experts import find_stacks, stacked
 from spectra.importer.plan import Import
-from spectra.importer.writer import Layers
+from spectra.importer.staging import Layers
 from spectra.snapshots import Target
 
 SEED = 0  # LoRA's random A at step 0 (it does not change W_0)

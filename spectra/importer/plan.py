@@ -26,7 +26,8 @@ from spectra.importer.align import align
 from spectra.importer.experts import ExpertLayers
 from spectra.importer.model import Model
 from spectra.importer.sources import Checkpoint
-from spectra.importer.writer import Layers
+from spectra.importer.staging import Layers
+from spectra.methods import get
 from spectra.snapshots import Manifest, Target
 
 
@@ -263,13 +264,11 @@ def plan_import(checkpoints: list[Checkpoint], base: Model, targets, method: str
             f"{full[0].path} holds full weights but {adapter.path} an adapter; "
             "one import takes one method"
         )
-    from spectra.store import METHOD_ORDER  # the method names (store loads pandas: only here)
-
-    if method is not None and method not in METHOD_ORDER:
-        raise SpectraError(f"unknown method {method!r} (expected one of {', '.join(METHOD_ORDER)})")
-    kind = FullImport if full else AdapterImport
+    if method is not None:
+        get(method)  # a known method
+    importer = FullImport if full else AdapterImport
     if not full and checkpoints[0].reader.raw.get("target_parameters"):
         from spectra.importer.expert_adapter import ExpertAdapterImport  # LoRA on MoE experts
 
-        kind = ExpertAdapterImport
-    return kind(checkpoints, base, targets, method)
+        importer = ExpertAdapterImport
+    return importer(checkpoints, base, targets, method)

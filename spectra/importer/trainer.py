@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from spectra.errors import SpectraError
+from spectra.train_log import from_trainer
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 TRAINER_STATE = "trainer_state.json"
@@ -41,15 +42,13 @@ def trainer_state(checkpoint: Path) -> Path | None:
 
 def train_log(path: Path) -> dict[int, dict[str, float]]:
     """{step: values} of the training log in a trainer_state.json."""
-    from spectra.callback import trainer_log  # imports transformers' Trainer: only when needed
-
     try:
         history = json.loads(path.read_text())["log_history"]
         rows: dict[int, dict[str, float]] = {}
         for entry in history:
             values = {
                 k: float(v)
-                for k, v in trainer_log(entry).items()
+                for k, v in from_trainer(entry).items()
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             rows.setdefault(int(entry["step"]), {}).update(values)

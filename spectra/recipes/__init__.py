@@ -11,7 +11,7 @@ SpectraError before anything trains; ``run()`` then trains the runs one after an
 
 One module per job: :mod:`.presets` (the training hyperparameters), :mod:`.inputs` (the
 checked :class:`Plan` and its defaults), :mod:`.sft_data` (examples, prompt, tokenization),
-:mod:`.methods` (each method's model set-up, AdaLoRA's allocation, SORSA's trainer) and
+:mod:`.setup` (each method's model set-up, AdaLoRA's allocation, SORSA's trainer) and
 :mod:`.training` (the training loop and its progress).
 """
 
@@ -20,12 +20,10 @@ from __future__ import annotations
 from spectra.recipes.inputs import (
     CAUSAL_HEADS,
     CONFIG_ERRORS,
-    DATA_DIR,
     DEFAULT_DATA,
     DEFAULT_MODEL,
     DEVICES,
     FIGURE2,
-    METHODS,
     MODEL_ERRORS,
     WEIGHT_FILES,
     Plan,
@@ -33,14 +31,14 @@ from spectra.recipes.inputs import (
     parse_list,
     plan,
 )
-from spectra.recipes.methods import AdaLoraAllocation, SORSATrainer, prepare
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
+from spectra.recipes.setup import AdaLoraAllocation, SORSATrainer, prepare
 from spectra.recipes.sft_data import IGNORE, PROMPT, SFTDataset, load_examples, load_tokenizer
 from spectra.recipes.training import RichSteps, run, total_steps, train_one, training_args
 
 __all__ = [
-    "ADALORA_INIT", "CAUSAL_HEADS", "CONFIG_ERRORS", "DATA_DIR", "DEFAULT_DATA",
-    "DEFAULT_MODEL", "DEVICES", "FIGURE2", "IGNORE", "METHODS", "MODEL_ERRORS", "PRESETS",
+    "ADALORA_INIT", "CAUSAL_HEADS", "CONFIG_ERRORS", "DEFAULT_DATA", "DEFAULT_MODEL", "DEVICES",
+    "FIGURE2", "IGNORE", "MODEL_ERRORS", "PRESETS",
     "PROMPT", "WEIGHT_FILES", "AdaLoraAllocation", "Plan", "Preset", "RichSteps",
     "SFTDataset", "SORSATrainer", "adalora_ranks", "load_examples", "load_tokenizer",
     "parse_fused", "parse_list", "plan", "prepare", "run", "total_steps", "train_one",

@@ -3,7 +3,7 @@ methods, preset, model folder (a causal LM whose weights are there and whole), d
 (resolved on a weightless meta model, the rank checked to fit each), device and output folder,
 and raises SpectraError on the first problem, before anything trains; :func:`parse_list` and
 :func:`parse_fused` read the CLI's option values. Without a model or data it takes the embedded
-default in the repository's ``data/`` folder."""
+default that ships inside the package (:mod:`spectra.default`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -23,12 +24,14 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
+from spectra import default
 from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
+from spectra.methods import NAMES, get
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
-from spectra.store import run_file
+from spectra.run_files import parquet_path
 
 try:  # configs check their field types (huggingface_hub's strict dataclasses)
     from huggingface_hub.errors import StrictDataclassError
@@ -38,12 +41,9 @@ except ImportError:  # pragma: no cover - an older huggingface_hub
 CONFIG_ERRORS = (ValueError, KeyError, TypeError, ArithmeticError, StrictDataclassError)
 MODEL_ERRORS = (*CONFIG_ERRORS, RuntimeError, AssertionError)  # building a model from it
 
-METHODS = ("ft", "lora", "pissa", "dora", "adalora", "sorsa", "sorsa-noreg")
 FIGURE2 = ("ft", "lora", "sorsa-noreg", "sorsa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder
-DEFAULT_MODEL = DATA_DIR / "tiny-llama"
-DEFAULT_DATA = DATA_DIR / "math_qa.jsonl"
+DEFAULT_MODEL, DEFAULT_DATA = default.MODEL, default.DATA
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 CAUSAL_HEADS = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
@@ -68,10 +68,14 @@ class Plan:
         return self.out / method
 
     def gamma(self, method: str) -> float | None:
-        return {"sorsa": self.preset.gamma, "sorsa-noreg": 0.0}.get(method)
+        """γ of SORSA's regularizer (0 without it); None for methods without SORSA's factors."""
+        found = get(method)
+        if found.capture != "sorsa":
+            return None
+        return self.preset.gamma if found.regularized else 0.0
 
     def lr(self, method: str) -> float:
-        return self.preset.sorsa_lr if method == "sorsa" else self.preset.lr
+        return self.preset.sorsa_lr if get(method).regularized else self.preset.lr
 
 
 def parse_list(values: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -92,6 +96,8 @@ def parse_fused(values: list[str] | None) -> dict[str, str]:
 
 def _causal_lm_config(model: str):
     """The model's config, or SpectraError when it is not a causal LM transformers can load."""
+    if not Path(model).exists() and not _hub_id(model):
+        raise SpectraError(f"{model}: no such model folder")
     try:
         config = AutoConfig.from_pretrained(model)
     except (OSError, *CONFIG_ERRORS) as exc:
@@ -104,6 +110,15 @@ def _causal_lm_config(model: str):
     if Path(model).is_dir():
         _check_weights(Path(model))
     return config
+
+
+def _hub_id(name: str) -> bool:
+    """Whether ``name`` could name a model on the Hugging Face Hub (``./missing`` cannot)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _check_weights(folder: Path) -> None:
@@ -130,12 +145,12 @@ def _resolve_targets(
     except MODEL_ERRORS as exc:
         raise SpectraError(f"{model}: its config.json does not make a model ({exc})") from None
     layers = find_layers(skeleton, targets or None, fused)
-    largest = max(adalora_ranks(rank)[0] if m == "adalora" else rank for m in methods)
-    sorsa = any(m.startswith("sorsa") for m in methods)
-    kinds = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
+    largest = max(adalora_ranks(rank)[0] if get(m).allocates_rank else rank for m in methods)
+    sorsa = any(get(m).capture == "sorsa" for m in methods)
+    adaptable = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
     for path in module_paths(layers):
         module = skeleton.get_submodule(path)
-        if not isinstance(module, kinds):
+        if not isinstance(module, adaptable):
             raise SpectraError(
                 f"{path} is a {type(module).__name__}; the recipes adapt "
                 f"{'nn.Linear layers (SORSA)' if sorsa else 'nn.Linear and Conv1D layers'}"
@@ -180,9 +195,10 @@ def plan(
 ) -> Plan:
     """Check every input of a track job; SpectraError (one line) on the first problem."""
     methods = methods or FIGURE2
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SpectraError(f"unknown method {unknown[0]!r} (expected one of {', '.join(METHODS)})")
+    for method in methods:
+        if get(method).label_only:  # SpectraError naming the known methods when unknown
+            raise SpectraError(f"spectra does not train {method}: it is a label for runs made "
+                               f"elsewhere (expected one of {', '.join(NAMES)})")  # fmt: skip
     if preset not in PRESETS:
         raise SpectraError(f"unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
     if worker not in WORKERS:
@@ -225,7 +241,7 @@ def _check_outputs(job: Plan) -> None:
     if job.out.exists() and not job.out.is_dir():
         raise SpectraError(f"--out {job.out} is a file; the runs go into a folder")
     for method in job.methods:
-        existing = [p for p in (job.run_dir(method), run_file(job.run_dir(method)))
+        existing = [p for p in (job.run_dir(method), parquet_path(job.run_dir(method)))
                     if p.exists()]  # fmt: skip
         if existing and not job.overwrite:
             raise SpectraError(

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from spectra.store import label
+from spectra.methods import label
+from spectra.store import Runs
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Claim:
         return {True: "true", False: "false", None: "not checkable"}[self.verdict]
 
 
-Checker = Callable[[pd.DataFrame, int, bool], list[Claim]]  # (frame, step, matched) → claims
+Checker = Callable[[Runs, dict[str, int], bool], list[Claim]]  # (runs, steps, matched)
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,19 @@ neither trains nor detects: a run counts as MiLoRA when its method is ``milora``
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
+from spectra.methods import label
 from spectra.report.biderman import runs_of
 from spectra.report.claims import Claim, Paper, fmt, judge
-from spectra.store import label
+from spectra.store import Runs
 
 ENDS = {"pissa": 0, "sorsa": 0, "sorsa-noreg": 0, "milora": 9}  # the decile each should peak in
 
 
-def decile_profile(frame: pd.DataFrame, run: str, step: int, column: str) -> np.ndarray:
+def decile_profile(runs: Runs, run: str, step: int, column: str) -> np.ndarray:
     """The layer mean of ``column`` per decile at ``step`` (NaN where no layer has a value)."""
-    rows = frame[(frame["run"] == run) & (frame["step"] == step) & frame[column].notna()]
+    rows = runs.of(run)
+    rows = rows[(rows["step"] == step) & rows[column].notna()]
     if rows.empty:
         return np.full(10, np.nan)
     return np.nanmean(np.stack(rows[column].to_numpy()), axis=0)
@@ -35,19 +36,20 @@ def peak(profile: np.ndarray) -> int | None:
     return None if np.isnan(profile).all() else int(np.nanargmax(profile))
 
 
-def claim_ends(frame: pd.DataFrame, step: int, matched: bool = False) -> list[Claim]:
-    """Each PiSSA/SORSA run drifts most in decile 1, each MiLoRA run in decile 10."""
-    runs = runs_of(frame, ENDS)
-    present = sorted({label(frame.attrs["runs"][r]["method"]) for r in runs})
+def claim_ends(runs: Runs, steps: dict[str, int], matched: bool = False) -> list[Claim]:
+    """Each PiSSA/SORSA run drifts most in decile 1, each MiLoRA run in decile 10, each at its
+    step."""
+    checked = runs_of(runs, ENDS)
+    present = sorted({label(runs.method(r)) for r in checked})
     text = ("SORSA/PiSSA drift concentrates in the principal decile, MiLoRA's in the minor "
             f"(checked: {', '.join(present) or 'none'})")  # fmt: skip
-    if not runs:
+    if not checked:
         return [Claim(text, None, "needs a PiSSA, SORSA or MiLoRA run")]
     checks, notes = [], []
-    for run in runs:
-        want = ENDS[frame.attrs["runs"][run]["method"]]
-        vectors = decile_profile(frame, run, step, "profile_dvec")
-        values = decile_profile(frame, run, step, "profile_dsigma")
+    for run in checked:
+        want = ENDS[runs.method(run)]
+        vectors = decile_profile(runs, run, steps[run], "profile_dvec")
+        values = decile_profile(runs, run, steps[run], "profile_dsigma")
         top, top_values = peak(vectors), peak(values)
         ok = None if top is None else top == want
         share = vectors[top] / np.nansum(vectors) if top is not None else np.nan

@@ -1,6 +1,7 @@
 """The SORSA paper's claims (Section 4.2 and Theorem 5.5) checked on runs.
 
-Drift claims compare runs at one step, the last step after 0 that every run has.
+Drift claims compare each run at its comparison step (by default its last step; see
+:func:`spectra.store.comparison_steps`).
 
 **Parallelism** of a run: the mean pairwise cosine similarity between its layers' trajectory
 displacement vectors. A layer's displacement vector is the concatenation of its step-to-step
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from spectra.report.claims import Check, Claim, Paper, all_of, fmt, judge, run_label
-from spectra.store import delta_d_column, ordered_runs
+from spectra.store import Runs, delta_d_column
 
 PARALLEL = 0.9  # parallelism at or above which a run's layers move in parallel
 LARGE = 2.0  # "a lot" of singular-vector drift: at least this many times SORSA's ΔD
@@ -56,16 +57,17 @@ def parallelism(rows: pd.DataFrame, step: int, column: str) -> float:
     return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
 
 
-def run_stats(frame: pd.DataFrame, step: int, column: str) -> pd.DataFrame:
-    """Per run: method, mean ΔΣ and ΔD at ``step``, and parallelism up to it."""
+def run_stats(runs: Runs, steps: dict[str, int], column: str) -> pd.DataFrame:
+    """Per run: method, mean ΔΣ and ΔD at its step (``steps``), and parallelism up to it."""
     stats = []
-    for run in ordered_runs(frame):
-        rows = frame[frame["run"] == run]
+    for run in runs.names:
+        rows = runs.of(run)
+        step = steps[run]
         at = rows[rows["step"] == step]
         stats.append(
             {
                 "run": run,
-                "method": rows["method"].iloc[0],
+                "method": runs.method(run),
                 "delta_sigma": at["delta_sigma"].mean(),
                 "delta_d": at[column].mean(),
                 "parallelism": parallelism(rows, step, column),
@@ -155,22 +157,22 @@ def claim_noreg(stats: pd.DataFrame) -> Claim:
     return judge(text, checks, evidence)
 
 
-def mean_cond(frame: pd.DataFrame, run: str) -> pd.Series:
+def mean_cond(runs: Runs, run: str) -> pd.Series:
     """κ(W_p) averaged over layers, per step, of one run."""
-    return frame[frame["run"] == run].groupby("step")["cond_p"].mean()
+    return runs.of(run).groupby("step")["cond_p"].mean()
 
 
-def claim_theorem(frame: pd.DataFrame) -> Claim:
+def claim_theorem(runs: Runs) -> Claim:
     """Theorem 5.5: after some step, κ(W_p) with the regularizer is below κ without."""
     text = "Theorem 5.5: after some step c, κ(W_p) with regularizer < without"
-    methods = frame.groupby("run")["method"].first()
-    reg, unreg = methods.index[methods == "sorsa"], methods.index[methods == "sorsa-noreg"]
-    if reg.empty or unreg.empty:
+    reg = [r for r in sorted(runs.meta) if runs.method(r) == "sorsa"]
+    unreg = [r for r in sorted(runs.meta) if runs.method(r) == "sorsa-noreg"]
+    if not reg or not unreg:
         return Claim(text, None, "needs a SORSA run and a SORSA w/o reg run")
     parts, notes = [], []
     for r in reg:
         for u in unreg:
-            both = pd.concat([mean_cond(frame, r), mean_cond(frame, u)], axis=1, join="inner")
+            both = pd.concat([mean_cond(runs, r), mean_cond(runs, u)], axis=1, join="inner")
             parts.append(_cond_below(both.dropna(), f"{r} vs {u}", notes))
     return Claim(text, all_of(parts), " | ".join(notes))
 
@@ -196,15 +198,15 @@ def _cond_below(both: pd.DataFrame, pair: str, notes: list[str]) -> bool | None:
     return holds
 
 
-def check(frame: pd.DataFrame, step: int, matched: bool) -> list[Claim]:
-    """Every SORSA claim's verdict on the runs, drift compared at ``step``."""
-    stats = run_stats(frame, step, delta_d_column(matched))
+def check(runs: Runs, steps: dict[str, int], matched: bool) -> list[Claim]:
+    """Every SORSA claim's verdict on the runs, each run's drift taken at its step."""
+    stats = run_stats(runs, steps, delta_d_column(matched))
     return [
         claim_ft_lora(stats),
         claim_sorsa_least(stats),
         claim_sorsa_distinct(stats),
         claim_noreg(stats),
-        claim_theorem(frame),
+        claim_theorem(runs),
     ]
 
 

@@ -17,6 +17,11 @@ from spectra.factors import KINDS, Rows, row_count
 from spectra.typedjson import at, read_dataclass
 
 FORMAT_VERSION = 1
+ENGINES = ("ddp", "fsdp1", "fsdp2", "zero3")
+# What a sharded run's snapshots hold: the parameters the optimizer updates (DDP, FSDP1 and
+# FSDP2, whose sharded parameters keep full precision under mixed precision), ZeRO-3's fp32
+# master copy of each trainable parameter, or ZeRO-3's working copy (no optimizer attached).
+WEIGHTS = ("parameters", "fp32_master", "working")
 
 
 @dataclass
@@ -35,7 +40,7 @@ class Target:
 
 
 @dataclass
-class Writer:
+class WritingProcess:
     """The process that writes a run: its host, process id and PID namespace (an inode number;
     two containers on one host can reuse each other's process ids)."""
 
@@ -44,13 +49,13 @@ class Writer:
     namespace: int | None = None
 
     @classmethod
-    def this_process(cls) -> Writer:
+    def this_process(cls) -> WritingProcess:
         return cls(socket.gethostname(), os.getpid(), _pid_namespace())
 
     def gone(self) -> bool:
         """Whether this process has certainly ended: it ran on this host, in this PID
         namespace, and no process has its id now (False whenever that cannot be known)."""
-        here = Writer.this_process()
+        here = WritingProcess.this_process()
         if (self.host, self.namespace) != (here.host, here.namespace):
             return False
         try:
@@ -60,6 +65,16 @@ class Writer:
         except PermissionError:  # it exists, as another user's process
             return False
         return False
+
+
+@dataclass
+class Distributed:
+    """How a multi-process training held its weights: the ``engine`` (one of :data:`ENGINES`),
+    the number of processes, and what the snapshots copy (one of :data:`WEIGHTS`)."""
+
+    engine: str
+    world_size: int
+    weights: str = "parameters"
 
 
 def _pid_namespace() -> int | None:
@@ -77,7 +92,8 @@ class Manifest:
     were discarded. ``extra["status"]`` is "completed" or "failed" once training ended (with
     the exception in ``extra["error"]``). ``writer`` is the process that last opened the run
     for writing: a follower stops waiting when it is gone before the run is finished (a
-    training killed by a signal or the OOM killer marks nothing).
+    training killed by a signal or the OOM killer marks nothing). ``distributed`` says how a
+    multi-process training held its weights (None for one process).
     """
 
     run: str
@@ -95,7 +111,9 @@ class Manifest:
     spectra_version: str = __version__
     run_id: str | None = None
     resumed: list[int] = field(default_factory=list)
-    writer: Writer | None = None
+    writer: WritingProcess | None = None
+    ordinal_steps: bool = False  # steps 1, 2, … only order checkpoints of unknown step
+    distributed: Distributed | None = None
 
     @property
     def failed(self) -> bool:
@@ -158,6 +176,8 @@ def _check(manifest: Manifest) -> None:
             raise SpectraError(f"{name}: steps are never negative")
     if manifest.writer is not None and manifest.writer.pid < 1:
         raise SpectraError(f"writer.pid: must be positive, got {manifest.writer.pid}")
+    if manifest.distributed is not None:
+        _check_distributed(manifest.distributed)
     for key in ("status", "error"):
         if not isinstance(manifest.extra.get(key, ""), str):
             raise SpectraError(f"extra.{key}: expected a string")
@@ -179,6 +199,15 @@ def _check(manifest: Manifest) -> None:
             _check_rows(target.rows, target.shape[0], f"{where}.rows")
         if target.expert is not None and (target.expert < 0 or target.source is None):
             raise SpectraError(f"{where}.expert: a non-negative index into a source parameter")
+
+
+def _check_distributed(record: Distributed) -> None:
+    checks = (("engine", record.engine, ENGINES), ("weights", record.weights, WEIGHTS))
+    for name, value, known in checks:
+        if value not in known:
+            raise SpectraError(f"distributed.{name}: {value!r} is not one of {', '.join(known)}")
+    if record.world_size < 1:
+        raise SpectraError(f"distributed.world_size: must be positive, got {record.world_size}")
 
 
 def _name(value: str, where: str) -> None:

@@ -5,11 +5,9 @@ shape; from them it makes the effective weight and the principal factors in floa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from spectra.errors import SpectraError
 from spectra.factors import (
@@ -22,8 +20,9 @@ from spectra.factors import (
     slice_rows,
     step_parts,
 )
-from spectra.snapshots.files import FROZEN, MANIFEST, step_file
+from spectra.run_files import FROZEN, MANIFEST, step_file
 from spectra.snapshots.manifest import Manifest
+from spectra.snapshots.tensor_files import read_tensors
 
 
 class Run:
@@ -54,21 +53,6 @@ class Run:
     def layers(self) -> list[str]:
         return list(self.manifest.targets)
 
-    def _read(
-        self, file: str, keys: Iterable[str], expert: int | None = None
-    ) -> dict[str, torch.Tensor]:
-        """The tensors ``keys`` of ``file`` that it has; of stacked experts ([E, …] parts) only
-        expert ``expert``, read alone."""
-        path = self.path / file
-        if not path.is_file():
-            raise SpectraError(f"snapshot file missing: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                present = set(f.keys())
-                return {k: _tensor(f, k, expert, path) for k in keys if k in present}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise SpectraError(f"corrupt or truncated snapshot {path}: {exc}") from None
-
     def parts(self, step: int, layer: str, sliced: bool = True) -> dict[str, torch.Tensor]:
         """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
         target's rows when it is a slice of a fused module (unless ``sliced`` is False),
@@ -76,10 +60,10 @@ class Run:
         target = self.manifest.targets[layer]
         module = target.source or layer
         keys = [f"{module}/{p}" for p in step_parts(target.kind)]
-        parts = self._read(step_file(step), keys, target.expert)
+        parts = read_tensors(self.path / step_file(step), keys, target.expert)
         if FROZEN_PARTS[target.kind]:
             keys = [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]]
-            parts |= self._read(FROZEN, keys, target.expert)
+            parts |= read_tensors(self.path / FROZEN, keys, target.expert)
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
         where = f"{self.path / step_file(step)}{frozen} layer {layer}"
@@ -108,20 +92,6 @@ class Run:
         kind = self.manifest.targets[layer].kind
         parts = self.parts(step, layer)
         return effective_weight(kind, parts), principal(kind, parts)
-
-
-def _tensor(f, key: str, expert: int | None, path: Path) -> torch.Tensor:
-    """Tensor ``key`` of an open safetensors file; of a 3-D stack of experts, expert ``expert``
-    (its bytes only). A 1-element part (``scale``) is shared by every expert."""
-    if expert is None:
-        return f.get_tensor(key)
-    stack = f.get_slice(key)
-    shape = stack.get_shape()
-    if len(shape) < 3:
-        return f.get_tensor(key)
-    if expert >= shape[0]:
-        raise SpectraError(f"{path}: {key} holds {shape[0]} experts, not expert {expert}")
-    return stack[expert : expert + 1][0]
 
 
 def open_run(path: str | Path) -> Run:

@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from spectra.atomic import atomic_path, atomic_write
 from spectra.errors import SpectraError
-from spectra.snapshots import atomic_path, atomic_write
 
 IMAGE_FORMATS = ("png", "svg")
 BUNDLE = "plotly.min.js"  # what plotly's "directory" mode links to, beside the HTML files
@@ -38,7 +38,7 @@ def include_plotlyjs(mode: str) -> str | bool:
     return PLOTLYJS[mode]
 
 
-def write_figures(
+def export_figures(
     figures: dict[str, go.Figure],
     out: Path,
     formats: Iterable[str],
@@ -70,8 +70,8 @@ def write_figures(
         sizes = {"width": [f.layout.width for f in figs], "height": [f.layout.height for f in figs]}
         with ExitStack() as stack:  # each image renamed into place once all are rendered
             tmps = [stack.enter_context(atomic_path(path)) for path in paths]
-            kinds = [path.suffix[1:] for path in paths]
-            pio.write_images(figs, tmps, format=kinds, scale=2, **sizes)
+            formats = [path.suffix[1:] for path in paths]
+            pio.write_images(figs, tmps, format=formats, scale=2, **sizes)
     return written + paths
 
 

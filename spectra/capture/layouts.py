@@ -1,22 +1,30 @@
-"""The method extractors, in the order they are tried, and what they find in a model."""
+"""A module's layout under the method extractors, and the method of a model's target layers.
+
+The extractors are those the methods registry names (:mod:`spectra.methods`: the function
+``<name>`` of ``spectra/capture/<name>.py``), tried in :func:`spectra.methods.capture_order`
+after :func:`~spectra.capture.experts.experts` (3-D MoE expert stacks): the first that
+recognises a module gives its layout.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 
 import torch
 from torch import nn
 
-from spectra.capture.adalora import adalora
 from spectra.capture.experts import experts
-from spectra.capture.full import full
-from spectra.capture.lora import lora
-from spectra.capture.sorsa import sorsa
 from spectra.factors import Layout
+from spectra.methods import capture_order, of_adapter
 
 Extractor = Callable[[nn.Module], "Layout | None"]
-# Tried in this order: the first that recognises a module gives its layout.
-EXTRACTORS: list[Extractor] = [experts, sorsa, adalora, lora, full]
+# Tried in this order, the first that recognises a module giving its layout: 3-D expert stacks
+# (FT or LoRA on them, not a method of their own), then the methods' extractors.
+EXTRACTORS: tuple[Extractor, ...] = (
+    experts,
+    *(getattr(import_module(f"spectra.capture.{name}"), name) for name in capture_order()),
+)
 
 
 def recognise(module: nn.Module) -> Layout | None:
@@ -52,19 +60,12 @@ def adapter_rank(found: Layout) -> int | None:
     return None if found.kind == "dense" else int(found.step["left"].shape[-1])
 
 
-def _pissa(model: nn.Module) -> bool:
-    """Whether the model's active peft LoRA config initialises with PiSSA."""
-    configs = getattr(model, "peft_config", None) or {}
-    return any(
-        isinstance(init := getattr(cfg, "init_lora_weights", None), str)
-        and init.lower().startswith("pissa")
-        for cfg in configs.values()
-    )
-
-
 def detect_method(model: nn.Module, layouts: dict[str, Layout]) -> str:
-    """ft, lora, pissa, dora, adalora or sorsa, from the target layouts ('+'-joined if mixed)."""
+    """The method of the target layouts ('+'-joined if mixed): the extractors' (ft, lora, dora,
+    adalora, sorsa), a LoRA layer's refined by the model's peft config (PiSSA)."""
     methods = {found.method for found in layouts.values()}
-    if "lora" in methods and _pissa(model):
-        methods = (methods - {"lora"}) | {"pissa"}
+    configs = (getattr(model, "peft_config", None) or {}).values()
+    peft = {of_adapter(config.to_dict()) for config in configs} - {None}
+    if "lora" in methods and len(peft) == 1 and peft != {"lora"}:
+        methods = (methods - {"lora"}) | peft
     return "+".join(sorted(methods))

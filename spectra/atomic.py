@@ -1,4 +1,4 @@
-"""Atomic file writing: every file of a run directory is written to a new temporary file
+"""Atomic file writing (no torch): every file spectra writes is written to a new temporary file
 beside its place (``.<name>.<random>.tmp``, created with the user's umask like any file) and
 renamed into place, so a crash leaves the old file or the new one, never half of one; a
 symlink in that place is written through (its target is replaced). The temporary files a
@@ -13,10 +13,6 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from spectra.errors import SpectraError
 
@@ -61,17 +57,6 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     with atomic_path(path) as tmp:
         write(tmp)
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write tensors to a safetensors file atomically; SpectraError when the disk refuses."""
-    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    try:
-        atomic_write(path, lambda tmp: save_file(plain, str(tmp)))
-    except SafetensorError as exc:
-        if "I/O error" not in str(exc):
-            raise
-        raise SpectraError(f"cannot write {path}: {exc}") from None
 
 
 def remove_temporary_files(directory: Path) -> None:

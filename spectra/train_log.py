@@ -1,6 +1,8 @@
-"""The training log, ``train_log.parquet``: one row per step with the standard columns
-(:data:`LOG_COLUMNS`: the integer step, then loss, reg_loss, grad_norm and lr as floats) and
-any extra float columns after them, sorted by name; written atomically, checked when read."""
+"""The training log of a run, ``train_log.parquet`` in its run directory (no torch): one row
+per step with the standard columns (:data:`LOG_COLUMNS`: the integer step, then loss,
+reg_loss, grad_norm and lr as floats) and any extra float columns after them, sorted by name;
+written atomically, checked when read. :func:`from_trainer` turns a transformers ``Trainer``
+log dict into its values."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
-from spectra.snapshots.atomic import atomic_write
-from spectra.snapshots.files import TRAIN_LOG
+from spectra.run_files import TRAIN_LOG
 
 if TYPE_CHECKING:  # pandas loads when a log is read, not with every run directory
     import pandas as pd
@@ -45,3 +47,14 @@ def read_train_log(run_dir: str | Path) -> pd.DataFrame | None:
     if "step" not in log or not pd.api.types.is_integer_dtype(log["step"]):
         raise SpectraError(f"{path} is not a spectra train log (no integer step column)")
     return log
+
+
+def from_trainer(logs: dict) -> dict[str, float]:
+    """A Trainer log dict as training-log values: learning_rate → lr, the rest as is."""
+    return {("lr" if k == "learning_rate" else k): v for k, v in (logs or {}).items()}
+
+
+def train_logs(run_dirs: dict[str, str | Path | None]) -> dict[str, pd.DataFrame]:
+    """{run: training log} of the runs (name → run directory) that have one."""
+    logs = {run: read_train_log(path) if path else None for run, path in run_dirs.items()}
+    return {run: log for run, log in logs.items() if log is not None}

@@ -21,7 +21,9 @@ import torch
 
 from spectra.errors import SpectraError
 from spectra.importer.tensors import SAFETENSORS, Tensors
-from spectra.snapshots import MANIFEST, Manifest, RunWriter, write_train_log
+from spectra.run_files import is_run_dir, parquet_path
+from spectra.snapshots import Manifest, RunWriter
+from spectra.train_log import write_train_log
 
 CHUNK = 1 << 20
 HEADER_LENGTH = 8  # a safetensors file starts with its header's length, a little-endian u64
@@ -42,8 +44,9 @@ def sha256(path: Path, size: int | None = None) -> str:
 
 def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
     """What of each file went into the import: of a safetensors file the SHA-256 of its header
-    (names, dtypes, shapes, offsets) and of each tensor read; of any other file (JSON, a
-    torch.save file, read whole) the SHA-256 of the file."""
+    (names, dtypes, shapes, offsets) and of each tensor read; of a file read in pieces (a DCP
+    shard, ZeRO-3 optimizer states) the SHA-256 of each piece; of any other file (JSON, a
+    torch.save file, DCP metadata, read whole) the SHA-256 of the file."""
     records = {}
     for path in files:
         try:
@@ -53,6 +56,8 @@ def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
                 records[str(path.resolve())] = {
                     "header_sha256": header, "tensors": tensors.digests.get(path, {}),
                 }  # fmt: skip
+            elif path in tensors.digests:  # read in pieces (DCP chunks, ZeRO-3 partitions)
+                records[str(path.resolve())] = {"pieces": tensors.digests[path]}
             else:
                 records[str(path.resolve())] = {"sha256": sha256(path)}
         except OSError as exc:
@@ -60,17 +65,12 @@ def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
     return records
 
 
-def parquet_of(run_dir: Path) -> Path:
-    """``runs/<run>.parquet`` of ``runs/<run>/``."""
-    return run_dir.parent / f"{run_dir.name}.parquet"
-
-
 def check_destination(run_dir: Path, overwrite: bool) -> None:
     """SpectraError unless ``run_dir`` is free, or ``overwrite`` and it holds a run."""
-    taken = [p for p in (run_dir, parquet_of(run_dir)) if p.exists()]
+    taken = [p for p in (run_dir, parquet_path(run_dir)) if p.exists()]
     if taken and not overwrite:
         raise SpectraError(f"{taken[0]} already exists; pass --overwrite to replace that run")
-    if run_dir.exists() and not (run_dir / MANIFEST).is_file():
+    if run_dir.exists() and not is_run_dir(run_dir):
         raise SpectraError(f"{run_dir} exists and is not a spectra run directory; not replacing it")
 
 
@@ -80,7 +80,7 @@ def _replace(new: Path, run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists():
         os.rename(run_dir, old)
     os.rename(new, run_dir)
-    parquet_of(run_dir).unlink(missing_ok=True)  # the replaced run's rows
+    parquet_path(run_dir).unlink(missing_ok=True)  # the replaced run's rows
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -101,7 +101,7 @@ def staged(run_dir: Path, overwrite: bool) -> Iterator[Path]:
         raise
 
 
-def write_run(
+def write_run_dir(
     path: Path,
     manifest: Manifest,
     frozen: Layers,

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from spectra.atomic import atomic_write, remove_temporary_files
 from spectra.errors import SpectraError
-from spectra.snapshots.atomic import atomic_write, remove_temporary_files, save_tensors
-from spectra.snapshots.files import FROZEN, MANIFEST, step_file
-from spectra.snapshots.manifest import Manifest, Writer
+from spectra.run_files import FROZEN, MANIFEST, is_run_dir, step_file, step_of
+from spectra.snapshots.manifest import Manifest, WritingProcess
 from spectra.snapshots.reader import open_run
+from spectra.snapshots.tensor_files import save_tensors
 
 
 def _flatten(layers: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -46,7 +47,7 @@ class RunWriter:
         else:
             manifest.run_id = manifest.run_id or uuid.uuid4().hex
         remove_temporary_files(self.path)
-        manifest.writer = Writer.this_process()
+        manifest.writer = WritingProcess.this_process()
         self.manifest = manifest
         self._write_manifest()  # fails here, before training, if the directory is not writable
 
@@ -61,8 +62,8 @@ class RunWriter:
         self.manifest.resumed = [*self.manifest.resumed, step]
         self._write_manifest()
         for path in self.path.glob("step_*.safetensors"):
-            number = path.name[len("step_") : -len(".safetensors")]
-            if number.isdigit() and int(number) > step:
+            number = step_of(path.name)
+            if number is not None and number > step:
                 path.unlink(missing_ok=True)
 
     def write_frozen(self, layers: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -87,7 +88,7 @@ class RunWriter:
 def remove_run(path: str | Path) -> None:
     """Delete the run directory ``path`` if it holds a run (never any other directory)."""
     path = Path(path)
-    if not (path / MANIFEST).is_file():
+    if not is_run_dir(path):
         return
     try:
         shutil.rmtree(path)

@@ -2,8 +2,9 @@
 
 In inline mode the metrics of step s land in ``runs/<run>.parquet`` some time after step s.
 :class:`Reporter` watches that file and, once every tracked layer of a step has its row, sends
-the per-module layer means of the ``REPORTED`` metrics under ``spectra/<metric>/<module>``
-(and ``spectra/<metric>/all``) to the trackers that transformers' ``report_to`` names:
+the per-module layer means of the reported columns (:data:`spectra.columns.REPORTED`) under
+``spectra/<metric>/<module>`` (and ``spectra/<metric>/all``) to the trackers that transformers'
+``report_to`` names:
 
 - TensorBoard: ``SummaryWriter.add_scalar(tag, value, global_step=s)`` takes any step, so
   the values sit at step s although the Trainer is already further. The events go to
@@ -24,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-PREFIX = "spectra"
-REPORTED = (
-    "delta_sigma", "delta_d", "delta_d_matched", "cond_p", "ortho_err", "delta_m", "delta_dir",
-)  # fmt: skip
-STEP = f"{PREFIX}/step"  # W&B's x-axis for the spectra metrics
+from spectra.columns import REPORTED
+from spectra.integrations import PREFIX
+from spectra.integrations.tensorboard import TensorBoard
+from spectra.integrations.wandb import WandB
+
 BACKENDS = ("tensorboard", "wandb")
 
 
@@ -43,47 +44,6 @@ def module_means(rows: pd.DataFrame) -> dict[str, float]:
             if not math.isnan(value):
                 scalars[f"{PREFIX}/{metric}/{module}"] = float(value)
     return scalars
-
-
-class TensorBoard:
-    """Scalars into TensorBoard event files at the steps they belong to."""
-
-    def __init__(self, log_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, global_step=step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class WandB:
-    """Scalars into the active W&B run against ``spectra/step``."""
-
-    def __init__(self):
-        self.defined: set[str] = set()
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        try:
-            import wandb
-        except ImportError:
-            return
-        if wandb.run is None:
-            return
-        if not self.defined:
-            wandb.define_metric(STEP)
-        for name in scalars.keys() - self.defined:
-            wandb.define_metric(name, step_metric=STEP)
-        self.defined |= {STEP, *scalars}
-        wandb.log({**scalars, STEP: step})
-
-    def close(self) -> None:
-        pass
 
 
 class Reporter:

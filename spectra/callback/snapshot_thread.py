@@ -12,12 +12,13 @@ import warnings
 import torch
 
 from spectra.errors import SpectraError
-from spectra.snapshots import RunWriter, write_train_log
+from spectra.snapshots import RunWriter
+from spectra.train_log import write_train_log
 
 QUEUE_DEPTH = 2  # snapshots held in memory before the training thread waits for the writer
 
 
-class SnapshotWriter:
+class SnapshotThread:
     """Writes queued snapshots and the training log on a background thread.
 
     NaN/Inf in a snapshot is recorded in the manifest with a warning; a write that fails is

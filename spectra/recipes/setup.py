@@ -1,8 +1,8 @@
-"""How each method sets up the model and trains: ``ft`` makes only the target projections
-trainable, ``sorsa`` and ``sorsa-noreg`` attach the SORSA adapter (:mod:`spectra.sorsa`), and
-``lora``, ``pissa``, ``dora`` and ``adalora`` get their peft config (scaling 1, no dropout;
-AdaLoRA after the paper's Table 4); AdaLoRA's rank allocation runs as a Trainer callback and
-SORSA's regularizer (eq. 6) in a Trainer subclass."""
+"""How each method sets up the model and trains, as its entry in :mod:`spectra.methods` says:
+full fine-tuning makes only the target projections trainable, SORSA methods attach the SORSA
+adapter (:mod:`spectra.sorsa`), and peft methods get the peft config their entry's fields make
+(scaling 1, no dropout; AdaLoRA after the paper's Table 4); AdaLoRA's rank allocation runs as a
+Trainer callback and SORSA's regularizer (eq. 6) in a Trainer subclass."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from spectra.capture import module_paths
+from spectra.methods import Method, get
 from spectra.recipes.inputs import Plan
 from spectra.recipes.presets import adalora_ranks
 from spectra.sorsa import apply_sorsa, regularizer_backward, sorsa_modules
 
 
-def _peft_config(method: str, modules: list[str], rank: int, total_steps: int):
-    """peft config of a LoRA-family method; scaling 1 (alpha = r), no dropout.
+def _peft_config(method: Method, modules: list[str], rank: int, total_steps: int):
+    """peft config of a peft method, from its registry fields; scaling 1 (alpha = r), no
+    dropout.
 
     AdaLoRA follows Table 4 (β1 = β2 = 0.85, t_init/t_final 100 and 600 of ~780 steps,
     scaled to the run) except for r_init. Table 4 sets r_init = r_target, and with that peft
@@ -31,29 +33,26 @@ def _peft_config(method: str, modules: list[str], rank: int, total_steps: int):
     """
     from peft import AdaLoraConfig, LoraConfig
 
+    fields = {k: v for k, v in method.peft.items() if k != "peft_type"}
     common = {"target_modules": modules, "task_type": "CAUSAL_LM"}
-    if method == "adalora":
+    if method.allocates_rank:
         init_r, target_r = adalora_ranks(rank)
         return AdaLoraConfig(
             init_r=init_r, target_r=target_r, beta1=0.85, beta2=0.85, total_step=total_steps,
             tinit=int(0.128 * total_steps), tfinal=int(0.768 * total_steps), **common,
         )  # fmt: skip
-    init = "pissa" if method == "pissa" else True
-    return LoraConfig(
-        r=rank, lora_alpha=rank, lora_dropout=0.0, init_lora_weights=init,
-        use_dora=method == "dora", **common,
-    )  # fmt: skip
+    return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, **fields, **common)
 
 
-def prepare(method: str, model: nn.Module, job: Plan, total_steps: int) -> nn.Module:
-    """The model set up for ``method``: which weights train, adapters attached."""
-    rank, modules = job.preset.rank, module_paths(job.layers)
-    if method == "ft":
+def prepare(name: str, model: nn.Module, job: Plan, total_steps: int) -> nn.Module:
+    """The model set up for method ``name``: which weights train, adapters attached."""
+    rank, modules, method = job.preset.rank, module_paths(job.layers), get(name)
+    if method.capture == "full":
         model.requires_grad_(False)
         for path in modules:
             model.get_submodule(path).weight.requires_grad_(True)
         return model
-    if method in ("sorsa", "sorsa-noreg"):
+    if method.capture == "sorsa":
         apply_sorsa(model, modules, rank)
         return model
     from peft import get_peft_model

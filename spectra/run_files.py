@@ -1,0 +1,47 @@
+"""The names of every file of a run, in one place.
+
+A run is a directory ``runs/<run>/`` and its Parquet file ``runs/<run>.parquet`` beside it::
+
+    runs/<run>/manifest.json              everything about the run that is not a tensor
+    runs/<run>/frozen.safetensors         frozen tensors of low-rank layers, written once
+    runs/<run>/step_00000010.safetensors  the trainable tensors of every target at step 10
+    runs/<run>/train_log.parquet          step, loss, reg_loss, grad_norm, lr, …
+    runs/<run>.parquet                    one row of metrics per (step, layer)
+
+Files are written under temporary names (``.<name>.<random>.tmp``, see :mod:`spectra.atomic`)
+and renamed into place; an import builds the run directory as ``.<run>.importing-<random>``
+beside it and renames it into place.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+FROZEN = "frozen.safetensors"
+TRAIN_LOG = "train_log.parquet"
+PARQUET = ".parquet"
+STEP_FILE = re.compile(r"step_(\d{8,})\.safetensors")
+
+
+def step_file(step: int) -> str:
+    """File name of the snapshot at ``step``."""
+    return f"step_{step:08d}.safetensors"
+
+
+def step_of(name: str) -> int | None:
+    """The step of a snapshot file name, or None when the name is not one."""
+    found = STEP_FILE.fullmatch(name)
+    return int(found[1]) if found else None
+
+
+def parquet_path(run_dir: str | Path) -> Path:
+    """The Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/``."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f"{run_dir.name}{PARQUET}"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory (it holds a manifest)."""
+    return (Path(path) / MANIFEST).is_file()

@@ -1,0 +1,55 @@
+"""Helpers the tests share: relative errors, a plain training loop, and torchrun launches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+from tiny_models import batch
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖_F / ‖b‖_F in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return float(torch.linalg.matrix_norm(a - b) / torch.linalg.matrix_norm(b))
+
+
+def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW (lr 1e-2) over the trainable parameters."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+
+
+def train(model, opt, tracker, steps, data_seed: int = 0, on_step=None, **logs) -> None:
+    """Optimizer steps on random tokens, each recorded by ``tracker.step`` with its loss and
+    ``logs``; ``on_step(step)`` after each."""
+    for step in steps:
+        x = batch(step + data_seed)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        tracker.step(step, loss=loss.detach(), **logs)
+        if on_step is not None:
+            on_step(step)
+
+
+def torchrun(script, *args, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> int:
+    """Run ``script`` under torchrun (gloo on the CPU) in its own process group, with ``env``
+    added to the environment; on timeout the group is killed (no orphan ranks). The ranks'
+    stderr is printed when they fail."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"} | (env or {})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(nproc), str(script), *map(str, args)]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if proc.returncode:
+        print(err.decode()[-3000:])
+    return proc.returncode
