@@ -18,20 +18,25 @@ also prints the error of the float32 path against float64 (max |Δ| of ΔΣ and 
 realistic fine-tuning perturbation, and the engine's ratio to the GEMM bound: 22·n³ flops
 at the DGEMM rate measured here.
 
-The last table gives the extra cost of the update columns (delta_m, delta_dir,
-amplification, intruder_overlap) over the engine as it was (SVD of W_t and every metric
-above, plus κ(W_p) for a low-rank layer), per matrix, for
+The last table gives the cost of the update columns (delta_m, delta_dir, amplification,
+dw_rank90, dw_eff_rank, principal_energy, principal_angle, update_sparsity) per matrix, at
+``--update-sizes`` (2048 and 4096), through the engine's own functions on a run directory
+written for the purpose: the row is ``matrix_task`` (reading the snapshot, SVD of W_t,
+every column), the update columns alone are ``update_metrics``, once as the engine computes
+them now and once with ``certified=False``, the full SVD of ΔW that the engine took before
+(its baseline). "rest" is the row without its update columns. Pairs:
 
-- ``lora``: W_t = W_0 + B A with r = 16 (LoRA-like; ΔW is decomposed through its factors);
-- ``ft``:   the realistic pair above (FT-like; ΔW is full-rank and takes a full SVD),
+- ``lora``: W_t = W_0 + B A with r = 16 (LoRA-like; ΔW through its factors);
+- ``ft``: the realistic pair above (FT-like: a rank-32 update whose top singular values are
+  packed together, σ_16 − σ_17 ≈ 1e-4·σ_1, plus dense noise);
+- ``ft-powerlaw``: W_0 as above, ΔW with singular values 0.1/i and random singular vectors
+  (an FT-like update with a decaying spectrum).
 
-and, for ``ft``, what the alternatives to that full SVD would cost and how far their
-amplification is from it: the top 2r eigenvectors of ΔWᵀΔW refined by one Rayleigh–Ritz
-step (``gram``), and PROPACK's Lanczos bidiagonalization (``propack``, scipy). Reading W_0
-from the run directory (the engine does, once per row) is not included.
+For the dense pairs it also reports whether the truncated SVD was certified and how long
+ΔW's singular values alone (``torch.linalg.svdvals``) take.
 Figures go to stdout and benchmarks/results/engine.json.
 
-    python benchmarks/engine.py [--sizes 1024 2048 4096] [--repeats 2]
+    python benchmarks/engine.py [--sizes 1024 2048 4096] [--update-sizes 2048 4096] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,20 +52,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from spectra.factors import Principal, product, update_factors
-from spectra.metrics import (
-    amplification_from_svd,
-    drift_from_svd,
-    factor_metrics,
-    factored_svd,
-    fixed_by_certificate,
-    magnitude_direction,
-    svd,
-    top_overlaps,
-    vector_drift,
-)
+from spectra.certified import certified_amplification
+from spectra.engine import Settings, base_task, matrix_task, update_metrics
+from spectra.engine.svd_cache import load_base
+from spectra.metrics import drift_from_svd, fixed_by_certificate, svd, vector_drift
+from spectra.snapshots import Manifest, RunWriter, Target, open_run
 
 RANK = 16  # adapter rank of the LoRA-like pair, r of the FT-like one (the engine's ft_rank)
+SETTINGS = Settings(ft_rank=RANK)  # the engine's own settings, r = RANK
 
 
 def best_time(fn, repeats: int) -> float:
@@ -173,106 +173,99 @@ def measure(n: int, repeats: int) -> dict:
     }
 
 
-def lora_pair(w0: torch.Tensor, r: int = RANK, seed: int = 1) -> tuple[Principal, Principal]:
-    """W_p at step 0 (B = 0, A random, as LoRA starts) and after training (both moved)."""
-    g = torch.Generator().manual_seed(seed)
-    n, m = w0.shape[1], w0.shape[0]
-    a0 = torch.randn(r, n, generator=g, dtype=torch.float64) / n**0.5
-    b = 0.05 * torch.randn(m, r, generator=g, dtype=torch.float64) / r**0.5
-    a = a0 + 0.01 * torch.randn(r, n, generator=g, dtype=torch.float64) / n**0.5
-    return Principal(torch.zeros(m, r, dtype=torch.float64), None, a0), Principal(b, None, a)
+def powerlaw_pair(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """W_0 of ``realistic_pair``; ΔW with singular values 0.1/i and random singular vectors."""
+    w0, _ = realistic_pair(n, seed=seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    u, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    s = 0.1 / torch.arange(1, n + 1, dtype=torch.float64)
+    return w0, w0 + (u * s) @ v.mT
 
 
-def gram_svd(delta: torch.Tensor, r: int):
-    """Top-r singular triplets of ΔW from the top 2r eigenvectors of ΔWᵀΔW and one
-    Rayleigh–Ritz step on ΔW itself (the alternative measured, not used)."""
-    import scipy.linalg
-
-    n = delta.shape[1]
-    q = min(2 * r, n)
-    _, v = scipy.linalg.eigh((delta.mT @ delta).numpy(), subset_by_index=[n - q, n - 1])
-    basis, _ = torch.linalg.qr(delta @ torch.from_numpy(v[:, ::-1].copy()))
-    x, s, vh = torch.linalg.svd(basis.mT @ delta, full_matrices=False)
-    return basis @ x, s, vh
-
-
-def propack_svd(delta: torch.Tensor, r: int):
-    """Top r + 1 singular triplets of ΔW by PROPACK (the alternative measured, not used)."""
-    from scipy.sparse.linalg import svds
-
-    u, s, vh = svds(delta.numpy(), k=r + 1, solver="propack", random_state=0)
-    order = s.argsort()[::-1].copy()
-    return (torch.from_numpy(x.copy()) for x in (u[:, order], s[order], vh[order]))
-
-
-def amplification_of(w0: torch.Tensor, delta: torch.Tensor, triplets, r: int) -> float:
-    """‖ΔW‖_F / ‖U_rᵀ W_0 V_r‖_F from (possibly partial) top singular triplets."""
-    u, _, vh = triplets
-    return float(
-        torch.linalg.matrix_norm(delta) / torch.linalg.matrix_norm(u[:, :r].mT @ w0 @ vh[:r].mT)
-    )
-
-
-def engine_before(base, wt, cur, principal: Principal | None) -> None:
-    """The row of the engine as it was: SVD of W_t, every metric, κ(W_p) of a low-rank layer."""
-    svd(wt)
-    drift_from_svd(base, wt, cur)
-    if principal is not None:
-        factor_metrics(principal.left, principal.right)
-
-
-def update_columns(w0, base, wt, cur, low_rank: tuple | None) -> None:
-    """What the update columns add: ΔW's SVD (through its factors when low-rank) and the rest."""
-    magnitude_direction(w0, wt)
-    top_overlaps(base, cur)
-    delta = factored_svd(*low_rank) if low_rank is not None else svd(wt - w0)
-    amplification_from_svd(w0, delta, RANK)
+def write_pairs(root: Path, n: int) -> Path:
+    """A run directory with one layer per pair: step 0 and step 1 of each."""
+    w0, ft = realistic_pair(n)
+    _, powerlaw = powerlaw_pair(n)
+    g = torch.Generator().manual_seed(1)
+    a0 = torch.randn(RANK, n, generator=g, dtype=torch.float64) / n**0.5
+    b = 0.05 * torch.randn(n, RANK, generator=g, dtype=torch.float64) / RANK**0.5
+    a = a0 + 0.01 * torch.randn(RANK, n, generator=g, dtype=torch.float64) / n**0.5
+    targets = {"ft": Target("dense", (n, n)), "ft-powerlaw": Target("dense", (n, n)),
+               "lora": Target("lowrank", (n, n), RANK)}  # fmt: skip
+    writer = RunWriter(root / "pairs", Manifest(run="pairs", method="mixed", targets=targets))
+    writer.write_frozen({"lora": {"base": w0}})
+    one = torch.ones(1, dtype=torch.float64)
+    lora = {0: {"left": torch.zeros(n, RANK, dtype=torch.float64), "right": a0, "scale": one},
+            1: {"left": b, "right": a, "scale": one}}  # fmt: skip
+    for step, (wt, wp) in enumerate(((w0, w0.clone()), (ft, powerlaw))):
+        writer.write_step(step, {"ft": {"weight": wt}, "ft-powerlaw": {"weight": wp},
+                                 "lora": lora[step]})  # fmt: skip
+    writer.finish()
+    return root / "pairs"
 
 
 def measure_update(n: int, repeats: int) -> dict:
-    """Seconds per matrix of the engine as it was and of the update columns on top of it."""
-    w0, ft = realistic_pair(n)
-    base = svd(w0)
-    p0, pt = lora_pair(w0)
-    lora = w0 + product(pt)
+    """Seconds per matrix of the engine's row and of its update columns, now and before."""
     out = {"n": n}
-    for kind, wt, principal in (("lora", lora, pt), ("ft", ft, None)):
-        cur = svd(wt)
-        low_rank = update_factors(p0, pt) if principal is not None else None
-        run = (
-            lambda wt=wt, cur=cur, principal=principal: engine_before(base, wt, cur, principal),
-            lambda wt=wt, cur=cur, low_rank=low_rank: update_columns(w0, base, wt, cur, low_rank),
-        )
-        times = {"before": best_time(run[0], repeats), "columns": best_time(run[1], repeats)}
-        out[kind] = times | {"extra": times["columns"] / times["before"]}
-    delta = ft - w0
-    exact = amplification_from_svd(w0, svd(delta), RANK)
-    for name, method in (("gram", gram_svd), ("propack", propack_svd)):
-        seconds = best_time(lambda m=method: m(delta, RANK), repeats)
-        error = abs(amplification_of(w0, delta, method(delta, RANK), RANK) - exact) / exact
-        out["ft"][name] = {"seconds": seconds, "relative_error": error}
-    out["ft"]["svd_delta"] = best_time(lambda: svd(delta), repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = str(write_pairs(Path(tmp), n))
+        run = open_run(run_dir)
+        for layer in ("lora", "ft", "ft-powerlaw"):
+            base_file = base_task(run_dir, layer, tmp)
+            base = load_base(base_file)
+            w, factors = run.weight_and_principal(1, layer)
+            cur = svd(w)
+
+            def columns(certified: bool, layer=layer, w=w, factors=factors, cur=cur, base=base):
+                return update_metrics(run, 1, layer, w, factors, base, cur, SETTINGS,
+                                      certified=certified)  # fmt: skip
+
+            times = {
+                "row": best_time(lambda layer=layer, f=base_file: matrix_task(
+                    run_dir, 1, layer, f, SETTINGS), repeats),
+                "now": best_time(lambda: columns(True), repeats),
+                "before": best_time(lambda: columns(False), repeats),
+            }  # fmt: skip
+            rest = times["row"] - times["now"]
+            entry = times | {"rest": rest, "extra_now": times["now"] / rest,
+                             "extra_before": times["before"] / rest}  # fmt: skip
+            if layer != "lora":
+                w0 = run.weight(0, layer)
+                delta = w - w0
+                entry["svdvals"] = best_time(lambda d=delta: torch.linalg.svdvals(d), repeats)
+                s = torch.linalg.svdvals(delta)
+                found = certified_amplification(w0, delta, s, RANK)
+                entry |= {"certified": found.truncated, "bound": found.bound,
+                          "gap": float((s[RANK - 1] - s[RANK]) / s[0])}  # fmt: skip
+                now, before = columns(True), columns(False)
+                entry["amplification_difference"] = (
+                    abs(now["amplification"] - before["amplification"]) / before["amplification"]
+                )
+            out[layer] = entry
     return out
 
 
 def update_report(results: list[dict]) -> Table:
-    table = Table(title=f"update columns per matrix, {torch.get_num_threads()} threads")
-    columns = ("n", "pair", "engine before s", "+ columns s", "extra",
-               "ΔW: full SVD s", "gram s (err)", "propack s (err)")  # fmt: skip
+    table = Table(
+        title=f"update columns per matrix (engine functions), {torch.get_num_threads()} threads"
+    )
+    columns = ("n", "pair", "row s", "rest s", "before: full SVD of ΔW", "now",
+               "ΔW svdvals s", "certified (bound, σ-gap/σ₁)", "|Δ amplification|")  # fmt: skip
     for col in columns:
         table.add_column(col, justify="right")
     for r in results:
-        for kind in ("lora", "ft"):
-            t = r[kind]
-            alternatives = ["", "", ""]
-            if kind == "ft":
-                alternatives = [f"{t['svd_delta']:.2f}"] + [
-                    f"{t[a]['seconds']:.2f} ({t[a]['relative_error']:.0e})"
-                    for a in ("gram", "propack")
-                ]
+        for pair in ("lora", "ft", "ft-powerlaw"):
+            t = r[pair]
+            dense = ["", "", ""]
+            if "svdvals" in t:
+                dense = [f"{t['svdvals']:.2f}",
+                         f"{'yes' if t['certified'] else 'no'} ({t['bound']:.0e}, {t['gap']:.0e})",
+                         f"{t['amplification_difference']:.0e}"]  # fmt: skip
             table.add_row(
-                str(r["n"]), kind, f"{t['before']:.2f}", f"{t['columns']:.3f}",
-                f"{100 * t['extra']:.1f}%", *alternatives,
+                str(r["n"]), pair, f"{t['row']:.2f}", f"{t['rest']:.2f}",
+                f"{t['before']:.2f} s (+{100 * t['extra_before']:.1f}%)",
+                f"{t['now']:.2f} s (+{100 * t['extra_now']:.1f}%)", *dense,
             )  # fmt: skip
     return table
 
@@ -321,7 +314,8 @@ def matched_report(results: list[dict]) -> Table:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048, 4096])
+    parser.add_argument("--update-sizes", type=int, nargs="*", default=[2048, 4096])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "engine.json"
@@ -332,10 +326,15 @@ def main() -> None:
     for n in args.sizes:
         console.log(f"n = {n}")
         results.append(measure(n, args.repeats))
+    for n in args.update_sizes:
+        console.log(f"update columns, n = {n}")
         updates.append(measure_update(n, args.repeats))
-    console.print(report(results))
-    console.print(matched_report(results))
-    console.print(update_report(updates))
+        console.print(update_report(updates[-1:]))  # each size as soon as it is measured
+    if results:
+        console.print(report(results))
+        console.print(matched_report(results))
+    if updates:
+        console.print(update_report(updates))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": platform.machine(),

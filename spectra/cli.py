@@ -85,6 +85,17 @@ def compute(
             "rank (FT) [16].",
         ),
     ] = None,
+    principal_frac: Annotated[
+        float | None,
+        typer.Option(
+            help="p = ⌈FRAC · k⌉ top singular vectors of W₀ for principal_energy and "
+            "principal_angle [0.1]."
+        ),
+    ] = None,
+    sparsity_atol: Annotated[
+        float | None,
+        typer.Option(help="|ΔW_ij| at or below this counts as unchanged (update_sparsity) [1e-5]."),
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", help="Compute as snapshots land, with a live summary.")
     ] = False,
@@ -92,7 +103,7 @@ def compute(
     """Compute the drift metrics of run directories into runs/<run>.parquet (resumable)."""
     from contextlib import nullcontext
 
-    from spectra.engine import FT_RANK, Settings, compute_run, dask_executor
+    from spectra.engine import Settings, compute_run, dask_executor
 
     if out is not None and len(runs) > 1:
         raise SpectraError("--out needs exactly one run directory")
@@ -103,7 +114,8 @@ def compute(
             raise SpectraError("--follow needs exactly one run directory")
         typer.echo(f"wrote {follow_run(runs[0])}")
         return
-    settings = Settings(ft_rank=ft_rank or FT_RANK, device=device)
+    chosen = {"ft_rank": ft_rank, "principal_frac": principal_frac, "sparsity_atol": sparsity_atol}
+    settings = Settings(device=device, **{k: v for k, v in chosen.items() if v is not None})
     with dask_executor(scheduler) if scheduler else nullcontext() as executor:
         for run in runs:
             options = {"cache_dir": cache_dir, "settings": settings, "executor": executor}
@@ -128,13 +140,14 @@ def analyze(
     claims: Annotated[
         str | None,
         typer.Option(
-            help="Whose claims: sorsa, dora (comma-separated), all or none "
+            help="Whose claims: sorsa, dora, biderman, milora (comma-separated), all or none "
             "[the papers whose methods the runs include]."
         ),
     ] = None,
 ) -> None:
     """Summarize runs and check published claims on them (SORSA Section 4.2 and Theorem 5.5,
-    DoRA Figure 2), by default each run at its last step."""
+    DoRA Figure 2, Biderman et al.'s ΔW rank, PiSSA/SORSA vs MiLoRA), by default each run at
+    its last step."""
     from spectra.report import render
     from spectra.store import load_runs, parse_step
 
@@ -181,7 +194,8 @@ def plot(
     ] = "last",
 ) -> None:
     """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), a ΔD heatmap, DoRA's
-    magnitude and direction, the LoRA paper's subspace similarity or intruder dimensions."""
+    magnitude and direction, the LoRA paper's subspace similarity, intruder dimensions, the
+    rank of ΔW, drift per decile of the spectrum, the principal subspace or MoE experts."""
     from spectra.plotting import plot_runs
     from spectra.store import parse_step
 

@@ -14,6 +14,8 @@ import pyarrow as pa
 F64 = pa.float64()
 TOP_K = 10  # intruders: how many leading left singular vectors of W_t are examined
 INTRUDER_EPS = 0.5  # intruders: a vector is new when no base vector has |cos| >= this
+PRINCIPAL_FRAC = 0.1  # p = ⌈0.1 k⌉: W_0's principal subspace, the top decile of its spectrum
+SPARSITY_ATOL = 1e-5  # |ΔW_ij| at or below this counts as untouched (Mukherjee et al.)
 
 
 @dataclass(frozen=True)
@@ -58,14 +60,23 @@ COLUMNS = (
     Column("delta_m", F64, "ΔM", unit="weight", summary=True, reported=True),
     Column("delta_dir", F64, "ΔD_dir", summary=True, reported=True),
     Column("amplification", F64, "amplification", summary=True),
+    # the spectrum of ΔW = W_t − W_0 and W_0's principal subspace (spectra.spectrum)
+    Column("dw_rank90", F64, "ΔW rank90", summary=True),
+    Column("dw_eff_rank", F64, "ΔW effective rank"),
+    Column("principal_energy", F64, "principal share", summary=True),
+    Column("principal_angle", F64, "principal angle°", unit="degrees", summary=True),
+    Column("update_sparsity", F64, "update sparsity"),
     # counts and lists
     Column("intruders", pa.int32(), "intruders", summary=True),
     Column("rank", pa.int32(), "rank"),
     Column("intruder_overlap", pa.list_(F64), "best |cos| of each top-k u_t^i"),
+    Column("profile_dsigma", pa.list_(F64), "|σ_t − σ₀| / σ₀ per decile of W₀'s spectrum"),
+    Column("profile_dvec", pa.list_(F64), "matched vector drift per decile of W₀'s spectrum"),
 )
 # raise when a column is added or a definition changes: older rows recompute
-# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap)
-SCHEMA_VERSION = 3
+# (2: rank; 3: delta_m, delta_dir, amplification, intruder_overlap; 4: dw_rank90, dw_eff_rank,
+# principal_energy, principal_angle, update_sparsity, profile_dsigma, profile_dvec)
+SCHEMA_VERSION = 4
 SCHEMA = pa.schema([(c.name, c.type) for c in COLUMNS])
 BY_NAME = {c.name: c for c in COLUMNS}
 KEY = ["step", "layer"]  # one row per (step, layer)

@@ -27,6 +27,7 @@ class Method:
     capture: str  # the extractor module in spectra/capture/ that reads its layers
     peft: Mapping[str, object] | None = None  # adapter config fields that make it (peft methods)
     regularized: bool = False  # SORSA's orthonormal regularizer (eq. 6) is on
+    label_only: bool = False  # a name and a plot place only: spectra neither trains nor detects it
 
     @property
     def low_rank(self) -> bool:
@@ -52,13 +53,14 @@ METHODS = (
     Method("ft", "FT", "full"),
     Method("lora", "LoRA", "lora", _peft(peft_type="LORA")),
     Method("pissa", "PiSSA", "lora", _peft(peft_type="LORA", init_lora_weights="pissa")),
+    Method("milora", "MiLoRA", "lora", label_only=True),  # runs labelled so by their user
     Method("dora", "DoRA", "lora", _peft(peft_type="LORA", use_dora=True)),
     Method("adalora", "AdaLoRA", "adalora", _peft(peft_type="ADALORA")),
     Method("sorsa-noreg", "SORSA w/o reg", "sorsa"),
     Method("sorsa", "SORSA", "sorsa", regularized=True),
 )
 BY_NAME = {method.name: method for method in METHODS}
-NAMES = tuple(BY_NAME)
+NAMES = tuple(method.name for method in METHODS if not method.label_only)  # track/import these
 
 
 def get(name: str) -> Method:
@@ -76,14 +78,15 @@ def label(name: str) -> str:
 
 def order(name: str) -> int:
     """The plot position of a method; unknown and mixed ones come after every known one."""
-    return NAMES.index(name) if name in BY_NAME else len(NAMES)
+    return tuple(BY_NAME).index(name) if name in BY_NAME else len(BY_NAME)
 
 
 def capture_order() -> tuple[str, ...]:
     """The extractors, in the order they are tried on a module: the most specialised (last
     registered) first, full weights last, since an extractor of a later method may recognise
     layers an earlier one would also take (an AdaLoRA layer is a LoRA layer too)."""
-    return tuple(dict.fromkeys(method.capture for method in reversed(METHODS)))
+    return tuple(dict.fromkeys(method.capture for method in reversed(METHODS)
+                               if not method.label_only))  # fmt: skip
 
 
 def _agrees(want: object, got: object) -> bool:

@@ -1,8 +1,9 @@
 """Per-matrix spectral drift metrics in float64 (the exact definitions are in DESIGN.md).
 
 W ∈ R^{m×n} in torch layout, k = min(m, n), W = U diag(σ) Vᵀ with σ descending.
-``drift(w0, wt)`` gives every per-matrix metric of a pair; ``factor_metrics`` gives the
-metrics of the trainable low-rank part W_p from its factors; ``magnitude_direction`` and
+``drift(w0, wt)`` gives every per-matrix metric of a pair (``match_triplets`` the assignment
+behind the matched ΔD, ``profiles`` the drift per decile of the spectrum); ``factor_metrics``
+gives the metrics of the trainable low-rank part W_p from its factors; ``magnitude_direction`` and
 ``amplification`` are DoRA's and the LoRA paper's measures of the update ΔW = W_t − W_0;
 ``subspace_similarity`` is the LoRA paper's φ.
 """
@@ -20,6 +21,7 @@ from spectra.columns import INTRUDER_EPS, TOP_K
 from spectra.errors import SpectraError
 
 EPS = float(np.finfo(np.float64).eps)
+DECILES = 10  # profile_dsigma, profile_dvec: the spectrum's indices in ten equal parts
 
 
 class SVD(NamedTuple):
@@ -69,24 +71,27 @@ def cond(s: torch.Tensor, size: int) -> float:
     return _ratio(float(s[0]), float(s[-1]), size)
 
 
+def effective_rank(s: torch.Tensor) -> float:
+    """exp(−Σ p_i ln p_i), p_i = σ_i / Σ σ over σ_i > 0: the entropy effective rank; NaN for 0."""
+    total = float(s.sum())
+    if not total > 0:
+        return math.nan
+    p = s[s > 0] / total
+    return math.exp(float(-(p * torch.log(p)).sum()))
+
+
 def scale_metrics(s: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
     """WeightWatcher's scale metrics plus the condition number of one matrix."""
     sigma_max = float(s[0])
     fro = float(torch.linalg.matrix_norm(w))
-    total = float(s.sum())
-    if total > 0:
-        p = s[s > 0] / total
-        eff_rank = math.exp(float(-(p * torch.log(p)).sum()))
-        stable_rank = fro**2 / sigma_max**2
-    else:
-        eff_rank = stable_rank = math.nan
+    stable_rank = fro**2 / sigma_max**2 if sigma_max > 0 else math.nan
     return {
         "cond_w": cond(s, max(w.shape)),
         "sigma_max": sigma_max,
         "sigma_min": float(s[-1]),
         "fro_norm": fro,
         "stable_rank": stable_rank,
-        "eff_rank": eff_rank,
+        "eff_rank": effective_rank(s),
     }
 
 
@@ -128,14 +133,21 @@ def fixed_by_certificate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a + b >= 2 * (alpha + beta)
 
 
-def vector_drift(
-    base: SVD, cur: SVD, matched: bool = True, certificate: bool = True
-) -> tuple[float, float | None]:
-    """(delta_d, delta_d_matched): index-matched and sign-invariant assignment-matched ΔD.
+class Matching(NamedTuple):
+    """ΔD of W_t against W_0, index-matched and assignment-matched, and the assignment π."""
 
-    ``matched=False`` skips the assignment and returns None for delta_d_matched. The
-    assignment runs only on the indices that :func:`fixed_by_certificate` cannot settle
-    (``certificate=False`` solves it on all k, as a check and a benchmark baseline).
+    delta_d: float
+    delta_d_matched: float | None
+    pi: torch.Tensor | None  # π(i): the triplet of W_t assigned to triplet i of W_0
+    overlap: torch.Tensor | None  # |⟨u_t^{π(i)}, u_0^i⟩| + |⟨v_t^{π(i)}, v_0^i⟩| for each i
+
+
+def match_triplets(base: SVD, cur: SVD, matched: bool = True, certificate: bool = True) -> Matching:
+    """ΔD index-matched and sign-invariant assignment-matched, with the assignment behind it.
+
+    ``matched=False`` skips the assignment (None for the rest). The assignment runs only on
+    the indices that :func:`fixed_by_certificate` cannot settle (``certificate=False`` solves it
+    on all k, as a check and a benchmark baseline); π is the identity on the settled indices.
     """
     k = base.s.numel()
     a = (cur.u * base.u).sum(0).abs()
@@ -143,18 +155,53 @@ def vector_drift(
     index_total = float(a.sum() + b.sum())
     clip = lambda x: min(max(x, 0.0), 1.0)  # noqa: E731  |cos| may exceed 1 by an ulp
     if not matched:
-        return clip(1 - index_total / (2 * k)), None
+        return Matching(clip(1 - index_total / (2 * k)), None, None, None)
     fixed = fixed_by_certificate(a, b) if certificate else torch.zeros(k, dtype=torch.bool)
-    matched_total = index_total
+    pi, overlap, matched_total = torch.arange(k), a + b, index_total
     if not bool(fixed.all()):
         free = (~fixed).nonzero().flatten()
         cost = _overlaps(base, cur, None if free.numel() == k else free).numpy()
         rows, cols = linear_sum_assignment(cost, maximize=True)
         settled = float(a[fixed].sum() + b[fixed].sum())
+        total = settled + float(cost[rows, cols].sum())
         # The identity is one of the candidates, so the optimum is never below the index sum;
-        # max() keeps that exact when the two sums differ only by rounding.
-        matched_total = max(settled + float(cost[rows, cols].sum()), index_total)
-    return clip(1 - index_total / (2 * k)), clip(1 - matched_total / (2 * k))
+        # keeping the identity then keeps that exact when the sums differ only by rounding.
+        if total > index_total:
+            pi, overlap, matched_total = pi.clone(), overlap.clone(), total
+            pi[free[cols]] = free[rows]
+            overlap[free[cols]] = torch.from_numpy(cost[rows, cols])
+    return Matching(clip(1 - index_total / (2 * k)), clip(1 - matched_total / (2 * k)), pi, overlap)
+
+
+def vector_drift(
+    base: SVD, cur: SVD, matched: bool = True, certificate: bool = True
+) -> tuple[float, float | None]:
+    """(delta_d, delta_d_matched): index-matched and sign-invariant assignment-matched ΔD
+    (see :func:`match_triplets`)."""
+    return match_triplets(base, cur, matched, certificate)[:2]
+
+
+def decile_means(values: torch.Tensor, keep: torch.Tensor | None = None) -> list[float]:
+    """The mean of ``values`` over each decile d of the indices i = 0…k−1, ⌊10 i / k⌋ = d,
+    counting only the indices where ``keep``; NaN for a decile with none."""
+    k = values.numel()
+    decile = torch.arange(k) * DECILES // max(k, 1)
+    if keep is not None:
+        values, decile = values[keep], decile[keep]
+    sums = torch.zeros(DECILES, dtype=torch.float64).index_add_(0, decile, values.double())
+    return (sums / torch.bincount(decile, minlength=DECILES)).tolist()
+
+
+def profiles(base: SVD, cur: SVD, overlap: torch.Tensor | None) -> dict[str, list[float] | None]:
+    """Per decile of W_0's spectrum: the mean relative change |σ_t^i − σ_0^i| / σ_0^i
+    (``profile_dsigma``, indices with σ_0^i = 0 left out) and the mean matched vector drift
+    1 − overlap_i / 2 (``profile_dvec``; None without the assignment's ``overlap``)."""
+    nonzero = base.s != 0
+    ratio = (cur.s - base.s).abs() / torch.where(nonzero, base.s, 1.0)
+    return {
+        "profile_dsigma": decile_means(ratio, nonzero),
+        "profile_dvec": None if overlap is None else decile_means(1 - overlap / 2),
+    }
 
 
 def top_overlaps(base: SVD, cur: SVD, top_k: int = TOP_K) -> torch.Tensor:
@@ -171,39 +218,48 @@ def drift_from_svd(
     top_k: int = TOP_K,
     intruder_eps: float = INTRUDER_EPS,
     matched: bool = True,
+    profile: bool = False,
 ) -> dict:
-    """All per-matrix metrics of W_t against a base whose SVD is already known."""
+    """All per-matrix metrics of W_t against a base whose SVD is already known; with
+    ``profile`` also profile_dsigma and profile_dvec (None when ``cur`` is ``base``, step 0)."""
     if cur is None:
         cur = svd(wt)
-    if cur is base:  # W_t is W_0: no drift, exactly
-        delta_sigma = delta_d = delta_d_matched = 0.0
+    if cur is base:  # W_t is W_0 (step 0): no drift, exactly, and no profile of it
+        delta_sigma = 0.0
+        matching = Matching(0.0, 0.0 if matched else None, None, None)
         overlaps = torch.ones(min(top_k, cur.u.shape[1]), dtype=torch.float64)
+        deciles = dict.fromkeys(("profile_dsigma", "profile_dvec"))
     else:
         delta_sigma = float((cur.s - base.s).abs().mean())
-        delta_d, delta_d_matched = vector_drift(base, cur, matched)
+        matching = match_triplets(base, cur, matched)
         overlaps = top_overlaps(base, cur, top_k)
+        deciles = profiles(base, cur, matching.overlap) if profile else {}
     return {
         "delta_sigma": delta_sigma,
-        "delta_d": delta_d,
-        "delta_d_matched": delta_d_matched,
+        "delta_d": matching.delta_d,
+        "delta_d_matched": matching.delta_d_matched,
         **scale_metrics(cur.s, wt),
         "intruders": int((overlaps < intruder_eps).sum()),
         "intruder_overlap": overlaps.tolist(),
+        **(deciles if profile else {}),
     }
 
 
-def drift(w0, wt, *, top_k: int = TOP_K, intruder_eps: float = INTRUDER_EPS) -> dict:
+def drift(
+    w0, wt, *, top_k: int = TOP_K, intruder_eps: float = INTRUDER_EPS, profile: bool = False
+) -> dict:
     """Every per-matrix drift metric of W_t against W_0 (torch or numpy, any float dtype).
 
     Keys are the Parquet column names: delta_sigma, delta_d, delta_d_matched, cond_w,
-    sigma_max, sigma_min, fro_norm, stable_rank, eff_rank, intruders, intruder_overlap.
+    sigma_max, sigma_min, fro_norm, stable_rank, eff_rank, intruders, intruder_overlap, and
+    with ``profile`` profile_dsigma and profile_dvec (None when the two are equal).
     """
     w0, wt = as_float64(w0, "w0"), as_float64(wt, "wt")
     if w0.shape != wt.shape:
         raise SpectraError(f"shape mismatch: w0 is {tuple(w0.shape)}, wt is {tuple(wt.shape)}")
     base = svd(w0)
     cur = base if torch.equal(w0, wt) else svd(wt)
-    return drift_from_svd(base, wt, cur, top_k=top_k, intruder_eps=intruder_eps)
+    return drift_from_svd(base, wt, cur, top_k=top_k, intruder_eps=intruder_eps, profile=profile)
 
 
 def factor_metrics(left, right, values=None, scale: float = 1.0) -> dict[str, float | None]:

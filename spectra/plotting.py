@@ -50,7 +50,8 @@ def draw(
     directories; NotApplicable when it does not apply to the runs."""
     figure = FIGURES[name]
     extra = inputs(runs, figure.needs, step) if figure.needs else {}
-    return figure.file_stem(matched), figure.draw(runs, View(matched, shared, **extra))
+    view = View(matched, shared, step=step, **extra)
+    return figure.file_stem(matched), figure.draw(runs, view)
 
 
 def plot_runs(

@@ -84,11 +84,12 @@ def drop_rows_after(path: str | Path, step: int, run_id: str | None, resumed: li
 def layer_position(layer: str) -> tuple[int | None, str]:
     """(block, module) of a module path: the first numeric component and the last component.
 
-    ``model.layers.3.self_attn.q_proj`` → (3, "q_proj"); ``lm_head`` → (None, "lm_head").
+    ``model.layers.3.self_attn.q_proj`` → (3, "q_proj"); ``lm_head`` → (None, "lm_head"); an
+    MoE expert's module is its parameter's (``….experts.down_proj[5]`` → "down_proj").
     """
     parts = layer.split(".")
     block = next((int(p) for p in parts if re.fullmatch(r"\d+", p)), None)
-    return block, parts[-1]
+    return block, re.sub(r"\[\d+\]$", "", parts[-1])
 
 
 def to_table(rows: pd.DataFrame, metadata: dict) -> pa.Table:

@@ -1,7 +1,8 @@
 """Hand-made spectra runs with known properties, for the figure, report and notebook tests.
 
 ``python tests/runmaker.py OUT`` writes large synthetic runs (32 blocks × 2 modules × 50
-steps: FT, LoRA, DoRA, SORSA w/o reg and SORSA) for looking at the figures at real size.
+steps: FT, LoRA, DoRA, SORSA w/o reg and SORSA, and an MoE run of 32 blocks × 2 × 8 experts)
+for looking at the figures at real size.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ STEPS = (0, 10, 20, 30, 40)
 LAYER = "model.layers.0.self_attn.q_proj"  # the one layer of make_run_dir
 
 
-def layers(blocks: int = BLOCKS) -> list[tuple[str, int, str]]:
-    """(layer path, block, module) of every tracked layer."""
+def layers(blocks: int = BLOCKS, experts: int = 0) -> list[tuple[str, int, str]]:
+    """(layer path, block, module) of every tracked layer: q and v, or with ``experts`` the
+    experts of each block's gate_up_proj and down_proj."""
+    if experts:
+        return [(f"model.layers.{b}.mlp.experts.{m}[{e}]", b, m) for b in range(blocks)
+                for m in ("gate_up_proj", "down_proj") for e in range(experts)]  # fmt: skip
     return [(f"model.layers.{b}.self_attn.{m}", b, m) for b in range(blocks) for m in MODULES]
 
 
@@ -63,6 +68,41 @@ def magnitude_direction(sign: int) -> dict[str, Column]:
     return {"delta_m": delta_m, "delta_dir": delta_dir}
 
 
+PRINCIPAL_HEAVY = ("pissa", "sorsa", "sorsa-noreg")  # methods that train W_0's principal part
+
+
+def spectrum_columns(method: str, last_step: int) -> dict[str, Column]:
+    """The ΔW spectrum columns (null at step 0) as each kind of method tends to give them:
+    FT a high-rank update spread over the spectrum, low-rank methods ranks ≤ 2r = 32, PiSSA
+    and SORSA drift in the principal decile, MiLoRA in the minor one."""
+
+    def grow(s: int) -> float:  # 0 at step 0, near 1 at the last step
+        return 1 - math.exp(-3 * s / last_step)
+
+    def later(f: Column) -> Column:
+        return lambda i, s: None if s == 0 else f(i, s)
+
+    full = method == "ft"
+    shape = [1.0, 0.35, 0.25, 0.2, 0.18, 0.16, 0.15, 0.14, 0.13, 0.12]  # principal-heavy
+    if method == "milora":
+        shape = shape[::-1]
+    elif method not in PRINCIPAL_HEAVY:
+        shape = [0.3 + 0.07 * d for d in range(10)]  # rises towards the minor end
+    energy = 0.75 if method in PRINCIPAL_HEAVY else 0.02 if method == "milora" else 0.12
+    columns: dict[str, Column] = {
+        "dw_rank90": lambda i, s: float(min(64 if full else 32, round(
+            (12 + 38 * grow(s) if full else 3 + 9 * grow(s)) + i % (7 if full else 3)))),
+        "dw_eff_rank": lambda i, s: (20 + 25 * grow(s) if full else 3 + 6 * grow(s)) + 0.1 * i,
+        "principal_energy": lambda i, s: energy + 0.04 * math.sin(i) * grow(s),
+        "principal_angle": lambda i, s: (25 if full else 1.5 if method in PRINCIPAL_HEAVY
+                                         else 8) * grow(s) + 0.2 * (i % 4),
+        "update_sparsity": lambda i, s: 0.02 * (1 - grow(s)) if full else 0.0,
+        "profile_dvec": lambda i, s: [0.05 * grow(s) * (1 + 0.1 * (i % 5)) * x for x in shape],
+        "profile_dsigma": lambda i, s: [0.01 * grow(s) * (1 + 0.1 * (i % 3)) * x for x in shape],
+    }  # fmt: skip
+    return {name: later(f) for name, f in columns.items()}
+
+
 def make_run(
     root: Path,
     name: str,
@@ -71,6 +111,7 @@ def make_run(
     steps: tuple[int, ...] = STEPS,
     blocks: int = BLOCKS,
     log: bool = True,
+    experts: int = 0,
 ) -> Path:
     """Write runs/<name>.parquet (and runs/<name>/train_log.parquet); return the Parquet path."""
     defaults: dict[str, Column] = {
@@ -87,6 +128,7 @@ def make_run(
         "rank": lambda i, s: None if method == "ft" else 16,
         "amplification": lambda i, s: math.nan if s == 0 else 5.0 + 0.01 * s,
         **magnitude_direction(1),
+        **spectrum_columns(method, max(steps)),
     }
     values = defaults | columns
     rows = [
@@ -94,7 +136,7 @@ def make_run(
          "rows": 64, "cols": 64, **{c: f(i, s) for c, f in values.items()},
          "intruder_overlap": overlaps(values["intruders"](i, s))}
         for s in steps
-        for i, (layer, b, m) in enumerate(layers(blocks))
+        for i, (layer, b, m) in enumerate(layers(blocks, experts))
     ]  # fmt: skip
     run_dir = root / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,23 +208,47 @@ def make_run_dir(root: Path, name: str, kind: str = "dense", steps=(0, 1), seed:
     return root / name
 
 
+LONG = tuple(range(0, 500, 10))  # the steps of the large runs
+
+
+def slow(f: Column) -> Column:
+    """The shape of a 40-step run's column, stretched over the 490 steps of LONG."""
+    return lambda i, s: f(i, s * 40 / 490)
+
+
 def large(root: Path) -> list[Path]:
-    """FT, LoRA and DoRA runs of 32 blocks × 2 modules × 50 steps (0, 10, …, 490)."""
-    steps = tuple(range(0, 500, 10))
-
-    def slow(f: Column) -> Column:  # the shapes of the 40-step runs, stretched over 490 steps
-        return lambda i, s: f(i, s * 40 / 490)
-
+    """FT, LoRA, DoRA and PiSSA runs of 32 blocks × 2 modules × 50 steps (0, 10, …, 490)."""
     shapes = {
         "ft": parallel(0.02, 8.0) | magnitude_direction(-1),
         "lora": parallel(0.01, 12.0) | magnitude_direction(1),
         "dora": scattered(0.01) | magnitude_direction(-1),
+        "pissa": parallel(0.01, 4.0),
     }
     intruders: dict[str, Column] = {"intruders": lambda i, s: min(10, s // 100 + i % 3)}
     return [
-        make_run(root, m, m, {c: slow(f) for c, f in columns.items()} | intruders, steps, 32)
+        make_run(root, m, m, {c: slow(f) for c, f in columns.items()} | intruders, LONG, 32)
         for m, columns in shapes.items()
     ]
+
+
+def routed(experts: int) -> dict[str, Column]:
+    """An MoE run's drift: each expert moves with how often it is routed to; in every block
+    one expert is never chosen and does not move at all."""
+
+    def share(i: int) -> float:  # layer i is expert i % experts of its parameter and block
+        e, b = i % experts, i // (2 * experts)
+        return 0.0 if e == b % experts else ((3 * e + 5 * b) % experts + 1) / experts
+
+    return {
+        "delta_sigma": lambda i, s: 0.01 * share(i) * s / 40,
+        "delta_d": lambda i, s: 0.2 * share(i) ** 2 * s / 40,
+    }
+
+
+def large_moe(root: Path, experts: int = 8) -> Path:
+    """An FT run of 32 blocks × 2 expert parameters × ``experts`` experts × 50 steps."""
+    columns = {c: slow(f) for c, f in routed(experts).items()}
+    return make_run(root, "moe-ft", "ft", columns, LONG, 32, experts=experts)
 
 
 def gallery(root: Path) -> list[Path]:
@@ -199,5 +265,5 @@ def gallery(root: Path) -> list[Path]:
 if __name__ == "__main__":
     import sys
 
-    for path in gallery(Path(sys.argv[1])):
+    for path in [*gallery(Path(sys.argv[1])), large_moe(Path(sys.argv[1]))]:
         print(path)

@@ -127,7 +127,10 @@ def test_low_rank_rows_carry_factor_metrics(tmp_path):
 def test_base_svd_is_computed_once_per_distinct_base(tmp_path, monkeypatch, svd_cache):
     calls = []
     real = engine_module.svd_cache.svd
-    for module in (engine_module.svd_cache, engine_module.row_metrics):  # bases; W_t and ΔW
+    import spectra.certified
+
+    modules = (engine_module.svd_cache, engine_module.row_metrics, spectra.certified)
+    for module in modules:  # bases; W_t; ΔW (k = 16 = r: its full SVD)
         monkeypatch.setattr(module, "svd", lambda w, *a: calls.append(w.shape) or real(w, *a))
     first, _ = dense_run(tmp_path, name="a", seed=3)
     second, _ = dense_run(tmp_path, name="b", seed=3)  # same base weights, same later steps

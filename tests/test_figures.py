@@ -291,10 +291,12 @@ def test_figure_all_draws_what_applies_and_says_what_it_skipped(runs, monkeypatc
     assert code == 0
     lines = out.splitlines()
     wrote = [line.removeprefix("wrote figures/") for line in lines if line.startswith("wrote")]
-    assert wrote == [f"{s}.html" for s in ("figure2", "figure3", "cond", "heatmap", "dora",
-                                           "intruders")]  # fmt: skip
+    stems = ("figure2", "figure3", "cond", "heatmap", "dora", "intruders", "rank", "profile",
+             "principal")  # fmt: skip
+    assert wrote == [f"{s}.html" for s in stems]
     skipped = [line for line in lines if line.startswith("skipped")]
-    assert len(skipped) == 1 and "figure subspace needs the run directories" in skipped[0]
+    assert len(skipped) == 2 and "figure subspace needs the run directories" in skipped[0]
+    assert "figure experts needs MoE expert layers" in skipped[1]
 
 
 # -- figures kept from before ------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_claims_are_not_checkable_without_the_runs_they_compare(tmp_path):
         make_run(tmp_path, "lora", "lora", parallel(0.01, 12.0)),
     ]
     assert verdicts(*paths) == [None] * 5  # claim 1: parallel, but "a lot" needs SORSA
-    assert report.select_papers(load(*paths)) == ["dora"]  # SORSA's claims are not shown
+    assert report.select_papers(load(*paths)) == ["dora", "biderman"]  # not SORSA's claims
 
 
 def test_theorem_reports_the_step_after_which_it_holds(tmp_path):
@@ -213,10 +213,10 @@ def test_papers_are_shown_when_the_runs_include_their_methods(tmp_path):
     dora_run = make_run(tmp_path, "dora", "dora", parallel(0.01))
     sorsa = make_run(tmp_path, "sorsa", "sorsa", scattered(0.002))
     assert report.select_papers(load(lora, dora_run)) == ["dora"]
-    assert report.select_papers(load(sorsa)) == ["sorsa"]
-    assert report.select_papers(load(lora, sorsa)) == ["sorsa", "dora"]
+    assert report.select_papers(load(sorsa)) == ["sorsa", "milora"]
+    assert report.select_papers(load(lora, sorsa)) == ["sorsa", "dora", "milora"]
     frame = load(lora, dora_run)
-    assert report.select_papers(frame, "all") == ["sorsa", "dora"]
+    assert report.select_papers(frame, "all") == ["sorsa", "dora", "biderman", "milora"]
     assert report.select_papers(frame, "none") == []
     assert report.select_papers(frame, " Dora,sorsa,dora") == ["dora", "sorsa"]
     with pytest.raises(SpectraError, match="unknown claims 'lora'"):
@@ -232,9 +232,12 @@ def test_every_format_carries_the_summary_and_verdicts(tmp_path):
     data = json.loads(report.render(frame, "json"))
     assert data["steps"] == dict.fromkeys(["ft", "lora", "sorsa-noreg", "sorsa"], 40)
     assert data["step_policy"] == "last" and data["parallel_threshold"] == report.PARALLEL
-    assert data["papers"] == ["sorsa", "dora"]
-    assert [c["verdict"] for c in data["claims"]] == [True] * 7 + [None]  # no DoRA run
-    assert [c["paper"] for c in data["claims"]] == ["sorsa"] * 5 + ["dora"] * 3
+    assert data["papers"] == ["sorsa", "dora", "biderman", "milora"]
+    # no DoRA run; 10 × LoRA's r = 16 exceeds k = 64
+    assert [c["verdict"] for c in data["claims"]] == [True] * 7 + [None, None, True]
+    assert [c["paper"] for c in data["claims"]] == (
+        ["sorsa"] * 5 + ["dora"] * 3 + ["biderman", "milora"]
+    )
     assert {row["module"] for row in data["summary"]} == {"all", "q_proj", "v_proj"}
     markdown = report.render(frame, "markdown")
     assert "| claim | verdict | evidence |" in markdown and "| ΔΣ |" in markdown
@@ -257,7 +260,7 @@ def test_analyze_command_prints_json(tmp_path, cli):
     paper_like(tmp_path)
     code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--format", "json"])
     assert code == 0
-    assert len(json.loads(out)["claims"]) == 8
+    assert len(json.loads(out)["claims"]) == 10
     code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--claims", "dora", "--format", "json"])
     assert [c["paper"] for c in json.loads(out)["claims"]] == ["dora"] * 3
     code, out, _ = cli(["analyze", tmp_path / "*.parquet", "--claims", "none"])

@@ -51,7 +51,9 @@ def test_compare_analyze_and_plot_all_work_on_runs_of_different_grids(compared, 
         "skipped: figure subspace compares the runs at one step, but their last steps differ "
         "(final-ft 1, out-ft 30); use --step common or --step N"
     ) in skipped
-    assert len(skipped) == 3  # and figures 3 and cond: no train logs, no SORSA runs
+    # and figures 3, cond and experts: no train logs, no SORSA runs, no MoE experts
+    assert len(skipped) == 4
+    assert "wrote figures/rank.html" in plotted.out and "wrote figures/profile.html" in plotted.out
     common = cli(["analyze", "runs", "--step", "common"])
     common.error_line("the runs share no step after step 0 (final-ft 0..1, out-ft 0..30)")
 

@@ -181,7 +181,10 @@ class Tracker:
         for name, layer in found.items():
             lay = layouts[layer.path]
             out_features, in_features = weight_shape(lay)
-            if layer.rows is None:
+            if layer.expert is not None:
+                shape, rank = (out_features, in_features), adapter_rank(lay)
+                targets[name] = Target(lay.kind, shape, rank, layer.path, None, layer.expert)
+            elif layer.rows is None:
                 targets[name] = Target(lay.kind, (out_features, in_features), adapter_rank(lay))
             else:
                 shape = (row_count(layer.rows), in_features)

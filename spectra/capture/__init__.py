@@ -27,6 +27,11 @@ is three layers, its slices, named ``<module path>[q]``, ``[k]`` and ``[v]``. A 
 ends in such a suffix selects that slice of the modules its front part selects
 (``"c_attn[q]"``, ``"*.0.attn.c_attn[v]"``); a target without one selects every slice.
 
+A 3-D expert parameter of a transformers MoE experts module (``experts.gate_up_proj``,
+``experts.down_proj``: E matrices) is E layers, ``<parameter path>[e]``
+(``model.layers.0.mlp.experts.down_proj[3]``, :mod:`~spectra.capture.experts`): a target
+``experts.down_proj`` selects all E, ``experts.down_proj[3]`` one.
+
 Targets are resolved once to full layer names; the tracker receives that list, and the SORSA
 adapter and peft's ``target_modules`` receive its module paths (:func:`module_paths`). With no
 targets (None), they are the architecture's query and value projections
@@ -42,8 +47,8 @@ from importlib import import_module
 # Public names by the module that holds them. Only ``names`` (the target rule on names) loads
 # without peft; the others import ``quant`` first, which imports peft and bitsandbytes quietly.
 _EXPORTS = {
-    "names": ("PEFT_PREFIX", "as_targets", "layer_path", "matches", "resolve", "slice_name",
-              "split_slice"),
+    "names": ("PEFT_PREFIX", "as_targets", "expert_name", "layer_path", "matches", "resolve",
+              "slice_name", "split_expert", "split_slice"),
     "layouts": ("EXTRACTORS", "adapter_rank", "detect_method", "layout", "recognise",
                 "step_tensors", "weight_shape"),
     "targets": ("Layer", "candidates", "default_layers", "find_layers", "find_targets",

@@ -1,8 +1,9 @@
 """A module's layout under the method extractors, and the method of a model's target layers.
 
 The extractors are those the methods registry names (:mod:`spectra.methods`: the function
-``<name>`` of ``spectra/capture/<name>.py``), tried in :func:`spectra.methods.capture_order`:
-the first that recognises a module gives its layout.
+``<name>`` of ``spectra/capture/<name>.py``), tried in :func:`spectra.methods.capture_order`
+after :func:`~spectra.capture.experts.experts` (3-D MoE expert stacks): the first that
+recognises a module gives its layout.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from importlib import import_module
 import torch
 from torch import nn
 
+from spectra.capture.experts import experts
 from spectra.factors import Layout
 from spectra.methods import capture_order, of_adapter
 
 Extractor = Callable[[nn.Module], "Layout | None"]
-EXTRACTORS: tuple[Extractor, ...] = tuple(
-    getattr(import_module(f"spectra.capture.{name}"), name) for name in capture_order()
+# Tried in this order, the first that recognises a module giving its layout: 3-D expert stacks
+# (FT or LoRA on them, not a method of their own), then the methods' extractors.
+EXTRACTORS: tuple[Extractor, ...] = (
+    experts,
+    *(getattr(import_module(f"spectra.capture.{name}"), name) for name in capture_order()),
 )
 
 
@@ -44,15 +49,15 @@ def step_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def weight_shape(found: Layout) -> tuple[int, int]:
-    """(out, in) of the effective weight W_t, from the per-step tensors."""
+    """(out, in) of the effective weight W_t (of each expert, for stacked experts)."""
     if found.kind == "dense":
-        return tuple(found.step["weight"].shape)
-    return found.step["left"].shape[0], found.step["right"].shape[1]
+        return tuple(found.step["weight"].shape[-2:])
+    return found.step["left"].shape[-2], found.step["right"].shape[-1]
 
 
 def adapter_rank(found: Layout) -> int | None:
     """The number of components of a low-rank layout (the adapter rank r); None when dense."""
-    return None if found.kind == "dense" else int(found.step["left"].shape[1])
+    return None if found.kind == "dense" else int(found.step["left"].shape[-1])
 
 
 def detect_method(model: nn.Module, layouts: dict[str, Layout]) -> str:

@@ -7,6 +7,7 @@ weight file, the tracker to a live model's layers (:mod:`spectra.capture.targets
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 
 from spectra.architectures import SLICES
@@ -14,6 +15,7 @@ from spectra.errors import SpectraError
 
 PEFT_PREFIX = "base_model.model."
 GLOB_CHARS = "*?["
+EXPERT = re.compile(r"(.+)\[(\d+)\]")  # "<expert parameter path>[e]"
 # Path components that wrappers insert: FSDP1's units, activation checkpointing, torch.compile.
 WRAPPERS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
 
@@ -45,6 +47,21 @@ def split_slice(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+def expert_name(path: str, expert: int) -> str:
+    """The layer name of expert ``expert`` of the 3-D expert parameter at ``path``."""
+    return f"{path}[{expert}]"
+
+
+def split_expert(name: str) -> tuple[str, int | None]:
+    """(parameter path, expert) of a layer or target name; expert None when it names none.
+
+    An expert index is a number in brackets (``experts.down_proj[3]``); a slice is a letter
+    (``c_attn[q]``, :func:`split_slice`), so the two never clash.
+    """
+    found = EXPERT.fullmatch(name)
+    return (found[1], int(found[2])) if found else (name, None)
+
+
 def selects(target: str, path: str) -> bool:
     """Whether ``target`` selects the module ``path`` by name (no slices involved)."""
     if any(c in target for c in GLOB_CHARS):
@@ -54,6 +71,10 @@ def selects(target: str, path: str) -> bool:
 
 def matches(target: str, path: str) -> bool:
     """Whether ``target`` selects the layer ``path`` (see the module docstring)."""
+    target, target_expert = split_expert(target)
+    path, expert = split_expert(path)
+    if target_expert is not None and target_expert != expert:
+        return False
     target_module, target_slice = split_slice(target)
     module, part = split_slice(path)
     if target_slice is not None and target_slice != part:

@@ -12,13 +12,16 @@ from torch import nn
 
 from spectra import architectures
 from spectra.architectures import COMMON, fused_rows, spec_rows
+from spectra.capture.experts import ExpertStack, expert_stacks
 from spectra.capture.layouts import recognise, weight_shape
 from spectra.capture.names import (
+    expert_name,
     layer_path,
     matches,
     resolve,
     selects,
     slice_name,
+    split_expert,
     split_slice,
     target_names,
 )
@@ -29,11 +32,13 @@ Fusing = Mapping[str, str]  # target → layout spec of fused modules the regist
 
 
 class Layer(NamedTuple):
-    """A capturable layer: its module's path, the module, and a slice's output rows."""
+    """A capturable layer: its module's path, the module, and a slice's output rows; or for
+    an expert, its 3-D parameter's path, the :class:`ExpertStack` and the expert's index."""
 
     path: str
-    module: nn.Module
+    module: nn.Module | ExpertStack
     rows: Rows | None = None
+    expert: int | None = None
 
 
 def model_config(model: nn.Module):
@@ -61,6 +66,14 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
     inside: str | None = None
     for path, module in model.named_modules():
         if inside is not None and path.startswith(inside):
+            continue
+        stacks = expert_stacks(module)
+        if stacks:  # 3-D expert parameters, each E layers
+            inside = f"{path}."
+            for stack in stacks:
+                source = f"{layer_path(path)}.{stack.name}"
+                for expert in range(stack.count):
+                    yield expert_name(source, expert), Layer(source, stack, None, expert)
             continue
         found = recognise(module)
         wrapper = isinstance(module, (BaseTunerLayer, ModulesToSaveWrapper))
@@ -129,5 +142,6 @@ def find_targets(
 
 
 def module_paths(names: Iterable[str]) -> list[str]:
-    """The module paths of layer names, each once, in order (a slice names its module)."""
-    return list(dict.fromkeys(split_slice(name)[0] for name in names))
+    """The module paths of layer names, each once, in order (a slice names its module, an
+    expert its 3-D parameter)."""
+    return list(dict.fromkeys(split_slice(split_expert(name)[0])[0] for name in names))

@@ -3,9 +3,9 @@
 :func:`matrix_task` is the engine's unit of work, a module-level function of paths, so it
 runs the same in this process, in a local process pool or on any ``concurrent.futures``
 executor. It adds the drift of W_t against the cached SVD of W_0, the update columns of
-ΔW = W_t − W_0 (:func:`update_metrics`, through the factors of a low-rank layer:
-:func:`update_svd`) and the factor columns of a layer with principal factors
-(:func:`principal_metrics`).
+ΔW = W_t − W_0 (:func:`update_metrics`, :mod:`~spectra.engine.update_columns`) and the factor
+columns of a layer with principal factors (:func:`principal_metrics`). :func:`update_svd` is
+the thin SVD of ΔW, through the factors of a low-rank layer.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ import torch
 
 from spectra.engine.settings import DEFAULTS, Settings
 from spectra.engine.svd_cache import load_base
+from spectra.engine.update_columns import STEP0, update_columns
 from spectra.factors import Principal, live, principal, update_factors
 from spectra.metrics import (
     SVD,
-    amplification_from_svd,
     drift_from_svd,
     factor_metrics,
     factored_svd,
-    magnitude_direction,
     svd,
 )
 from spectra.snapshots import Run, open_run
@@ -51,23 +50,23 @@ def update_metrics(
     layer: str,
     w: torch.Tensor,
     factors: Principal | None,
+    base: SVD,
+    cur: SVD,
     settings: Settings = DEFAULTS,
+    certified: bool = True,
 ) -> dict:
-    """delta_m, delta_dir and amplification of ``layer``'s update ΔW = W_t − W_0 at ``step``.
-
-    r is the target's adapter rank, else the settings' ``ft_rank``. Amplification is None at
-    step 0 and NaN when ΔW = 0.
-    """
+    """The update columns of ``layer`` at ``step`` (:mod:`~spectra.engine.update_columns`), W_t
+    and W_0 with SVDs ``cur`` and ``base``: r is the target's adapter rank, else the settings'
+    ``ft_rank``. At step 0 delta_m = delta_dir = 0 and the others are None; ``certified=False``
+    takes the full SVD of a dense ΔW (the check and benchmark baseline of the truncated path)."""
     if step == 0:
-        return {"delta_m": 0.0, "delta_dir": 0.0, "amplification": None}
+        return dict(STEP0)
     target = run.manifest.targets[layer]
     w0, factors0 = run.weight_and_principal(0, layer)
-    row = magnitude_direction(w0, w)
-    if torch.equal(w, w0):
-        return row | {"amplification": math.nan}
-    delta = update_svd(target.kind, w0, factors0, w, factors, settings.device)
     rank = target.rank or settings.ft_rank
-    return row | {"amplification": amplification_from_svd(w0, delta, rank)}
+    return update_columns(
+        target.kind, base, cur, w0, w, factors0, factors, rank, settings, certified=certified
+    )
 
 
 def matrix_task(
@@ -83,8 +82,10 @@ def matrix_task(
         return row | {"nonfinite": True}
     base = load_base(base_file)
     cur = base if step == 0 else svd(w, settings.device)
-    row |= drift_from_svd(base, w, cur, top_k=settings.top_k, intruder_eps=settings.intruder_eps)
-    row |= update_metrics(run, step, layer, w, factors, settings)
+    row |= drift_from_svd(
+        base, w, cur, top_k=settings.top_k, intruder_eps=settings.intruder_eps, profile=True
+    )
+    row |= update_metrics(run, step, layer, w, factors, base, cur, settings)
     if factors is None:
         return row | {"cond_p": None, "ortho_err": None, "rank": None}
     return row | principal_metrics(run, step, layer, factors)

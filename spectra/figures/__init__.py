@@ -32,6 +32,7 @@ class View:
     shared: bool = False  # the same x and y ranges in every panel (figures 2 and dora)
     logs: dict[str, pd.DataFrame] | None = None  # train logs by run (figure 3)
     subspaces: Subspaces | None = None  # φ matrices (figure subspace)
+    step: str | int = "last"  # the step policy of figures that take each run at one step
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,22 @@ FIGURES = {
                        "directories)", needs="subspaces"),
     "intruders": Figure("intruders", "intruders", "intruder dimensions: each top-10 vector's "
                         "best |cos| with W₀'s over steps, the ε line, counts per layer"),
+    "rank": Figure("rank", "rank", "Biderman et al.: dw_rank90 per layer over steps, each run's "
+                   "adapter rank r and each module's k = min(m, n) marked"),
+    "profile": Figure("profile", "profile", "per run, decile × step heatmaps of profile_dvec "
+                      "and profile_dsigma (where in W₀'s spectrum the drift happens)"),
+    "principal": Figure("principal", "principal", "principal_energy and principal_angle over "
+                        "steps, per run (W₀'s principal subspace)"),
+    "experts": Figure("experts", "experts", "MoE experts: log₁₀ ΔD and ΔΣ per block and expert, "
+                      "per run and expert parameter, each run at its step", delta_d=True),
 }  # fmt: skip
 
 _BUILDERS = {  # the figure functions, for notebooks: name → module
     "drift_figure": "drift", "training_figure": "training", "condition_figure": "condition",
     "heatmap_figure": "heatmap", "dora_figure": "dora", "subspace_figure": "subspace",
-    "intruders_figure": "intruders", "select_layers": "panels", "export_figures": "export",
+    "intruders_figure": "intruders", "rank_figure": "rank", "profile_figure": "profile",
+    "principal_figure": "principal", "experts_figure": "experts", "select_layers": "panels",
+    "export_figures": "export",
     "IMAGE_FORMATS": "export", "PLOTLYJS": "export", "browser": "export",
 }  # fmt: skip
 __all__ = ["FIGURES", "Figure", "View", *_BUILDERS]

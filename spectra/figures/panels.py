@@ -35,10 +35,6 @@ AXES = {  # one tick format per kind of axis
 }
 
 
-class NotApplicable(SpectraError):
-    """The figure does not apply to these runs (``--figure all`` skips it and says why)."""
-
-
 def wrap(text: str, width_px: float, font_px: float) -> str:
     """``text`` broken into lines (``<br>``) that fit ``width_px`` at ``font_px``."""
     per_line = max(12, int(width_px / (CHAR_WIDTH * font_px)))

@@ -16,6 +16,7 @@ by peft's own matching (a list of names, or a regular expression).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ EXACT_INITS = (True, "gaussian", "pissa", "olora")
 SAME_CONFIG = (
     "peft_type", "r", "init_r", "lora_alpha", "use_rslora", "use_dora", "init_lora_weights",
     "fan_in_fan_out", "target_modules", "exclude_modules", "layers_to_transform",
-    "layers_pattern", "alpha_pattern",
+    "layers_pattern", "alpha_pattern", "target_parameters",
 )  # fmt: skip
 
 
@@ -189,6 +190,7 @@ def open_adapter(folder: Path) -> Adapter:
             f"{config_file}: peft_type {peft_type!r} is not one spectra imports (LORA, ADALORA)"
         )
     _check_init(raw, config_file)
+    import_module("spectra.capture.quant")  # peft (and bitsandbytes) imported quietly, first
     from peft import PeftConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
@@ -208,7 +210,7 @@ def open_adapter(folder: Path) -> Adapter:
         missing = [suffix for attr, suffix in saved.items() if attr not in parts]
         if missing:
             raise SpectraError(f"{weights}: no tensor {module}.{missing[0]}")
-        if not check_target_module_exists(config, module):
+        if not raw.get("target_parameters") and not check_target_module_exists(config, module):
             raise SpectraError(
                 f"{weights}: holds {module}, which target_modules in {config_file} does not select"
             )

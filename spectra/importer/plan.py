@@ -23,6 +23,7 @@ from spectra.errors import SpectraError
 from spectra.factors import Rows, row_count
 from spectra.importer.adapter import approximate_init
 from spectra.importer.align import align
+from spectra.importer.experts import ExpertLayers
 from spectra.importer.model import Model
 from spectra.importer.sources import Checkpoint
 from spectra.importer.staging import Layers
@@ -101,12 +102,15 @@ class FullImport(Import):
             self.transposed[module], slices[module] = _orient(config, module, stored)
             shapes[module] = stored[::-1] if self.transposed[module] else stored
         names = [n for m in first.modules for n in _layer_names(m, slices[m])]
-        selected = resolve(targets or _default_targets(config, names), names)
+        self.experts = ExpertLayers(first, base, config)  # MoE experts, in the model's layout
+        names += self.experts.names()
+        selected = self.experts.select(resolve(targets or _default_targets(config, names), names))
         self.modules = _modules(selected)
-        self.base_of = align(self.modules, base.modules, first.path, base.path)
+        self.base_of = align(self.modules, base.modules, first.path, base.path) if selected else {}
         for checkpoint in checkpoints:
             self._check(checkpoint.reader)
-        self.targets = _targets(shapes, slices, selected)
+            self.experts.check_checkpoint(checkpoint.reader)
+        self.targets = _targets(shapes, slices, selected) | self.experts.targets()
 
     def _check(self, model: Model) -> None:
         for module in self.modules:
@@ -136,9 +140,11 @@ class FullImport(Import):
         return {}
 
     def steps(self) -> Iterator[tuple[int, Layers]]:
-        yield 0, self._weights(self.base, self.base_of)
+        yield 0, self._weights(self.base, self.base_of) | self.experts.weights(self.base, True)
         for checkpoint in self.checkpoints:
-            yield checkpoint.step, self._weights(checkpoint.reader, {m: m for m in self.modules})
+            reader = checkpoint.reader
+            names = {m: m for m in self.modules}
+            yield checkpoint.step, self._weights(reader, names) | self.experts.weights(reader)
 
     def details(self) -> dict:
         return {"transposed": sorted(m for m in self.modules if self.transposed[m])}
@@ -270,4 +276,8 @@ def plan_import(checkpoints: list[Checkpoint], base: Model, targets, method: str
     if method is not None:
         get(method)  # a known method
     importer = FullImport if full else AdapterImport
+    if not full and checkpoints[0].reader.raw.get("target_parameters"):
+        from spectra.importer.expert_adapter import ExpertAdapterImport  # LoRA on MoE experts
+
+        importer = ExpertAdapterImport
     return importer(checkpoints, base, targets, method)

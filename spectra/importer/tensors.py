@@ -113,6 +113,21 @@ class Tensors:
         self.digests.setdefault(file, {})[name] = tensor_sha256(tensor)
         return tensor
 
+    def read_expert(self, name: str, expert: int) -> torch.Tensor:
+        """Slice ``expert`` of the 3-D tensor ``name`` (of a safetensors file, only its bytes)."""
+        file = self.files[name]
+        if file not in self.read_files:
+            self.read_files.append(file)
+        if name in self._loaded:
+            return self._loaded[name][expert]
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                tensor = f.get_slice(name)[expert : expert + 1][0]
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise SpectraError(f"{file}: cannot read tensor {name} ({first_line(exc)})") from None
+        self.digests.setdefault(file, {})[f"{name}[{expert}]"] = tensor_sha256(tensor)
+        return tensor
+
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
     """Hex SHA-256 of a tensor's bytes (little-endian, as safetensors stores them)."""

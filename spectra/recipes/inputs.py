@@ -28,7 +28,7 @@ from spectra import default
 from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
-from spectra.methods import get
+from spectra.methods import NAMES, get
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
 from spectra.run_files import parquet_path
@@ -196,7 +196,9 @@ def plan(
     """Check every input of a track job; SpectraError (one line) on the first problem."""
     methods = methods or FIGURE2
     for method in methods:
-        get(method)  # SpectraError naming the known methods
+        if get(method).label_only:  # SpectraError naming the known methods when unknown
+            raise SpectraError(f"spectra does not train {method}: it is a label for runs made "
+                               f"elsewhere (expected one of {', '.join(NAMES)})")  # fmt: skip
     if preset not in PRESETS:
         raise SpectraError(f"unknown preset {preset!r} (expected one of {', '.join(PRESETS)})")
     if worker not in WORKERS:

@@ -3,8 +3,8 @@
 The summary and every claim take each run at one step, its *comparison step*: by default its
 last step, or the last step every run has (``--step common``), or a given step
 (:func:`spectra.store.comparison_steps`); the output says which. Each paper's claims live in
-their own module (:mod:`.sorsa`, :mod:`.dora`) and are shown by default when the runs include
-one of the paper's methods. :mod:`.tables` prints the tables.
+their own module (:mod:`.sorsa`, :mod:`.dora`, :mod:`.biderman`, :mod:`.milora`) and are shown
+by default when the runs include one of the paper's methods. :mod:`.tables` prints the tables.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.console import Console
 
 from spectra.columns import SUMMARY
 from spectra.errors import SpectraError
-from spectra.report import dora, sorsa
+from spectra.report import biderman, dora, milora, sorsa
 from spectra.report.claims import Claim, Paper, all_of
 from spectra.report.sorsa import PARALLEL, claim_theorem, parallelism
 from spectra.report.tables import fitted, markdown, rich_table
@@ -30,7 +30,9 @@ __all__ = [
 ]  # fmt: skip
 
 FORMATS = ("table", "markdown", "csv", "json")
-PAPERS: dict[str, Paper] = {paper.name: paper for paper in (sorsa.PAPER, dora.PAPER)}
+PAPERS: dict[str, Paper] = {
+    paper.name: paper for paper in (sorsa.PAPER, dora.PAPER, biderman.PAPER, milora.PAPER)
+}
 KEEP = 4  # summary columns never left out of a narrow table: run, method, module, step
 
 

@@ -29,13 +29,16 @@ WEIGHTS = ("parameters", "fp32_master", "working")
 @dataclass
 class Target:
     """One tracked layer: parametrization kind, (out, in) shape, adapter rank, and for a slice
-    of a fused projection the ``source`` module whose tensors it reads and its output ``rows``."""
+    of a fused projection the ``source`` module whose tensors it reads and its output ``rows``;
+    for an MoE expert the ``source`` 3-D parameter whose tensors hold every expert stacked
+    ([E, …]) and the ``expert`` it takes."""
 
     kind: str
     shape: tuple[int, int]
     rank: int | None = None
     source: str | None = None
     rows: Rows | None = None
+    expert: int | None = None
 
 
 @dataclass
@@ -205,6 +208,8 @@ def _check(manifest: Manifest) -> None:
             _name(target.source, f"{where}.source")
         if target.rows is not None:
             _check_rows(target.rows, target.shape[0], f"{where}.rows")
+        if target.expert is not None and (target.expert < 0 or target.source is None):
+            raise SpectraError(f"{where}.expert: a non-negative index into a source parameter")
 
 
 def _check_distributed(record: Distributed) -> None:

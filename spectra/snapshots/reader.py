@@ -22,7 +22,7 @@ from spectra.factors import (
 )
 from spectra.run_files import FROZEN, MANIFEST, reference_file, step_file
 from spectra.snapshots.manifest import Manifest
-from spectra.snapshots.tensor_files import read_tensors
+from spectra.snapshots.tensor_files import one_expert, read_tensors
 
 
 class Run:
@@ -53,13 +53,16 @@ class Run:
     def layers(self) -> list[str]:
         return list(self.manifest.targets)
 
-    def _step(self, step: int, keys: list[str]) -> dict[str, torch.Tensor]:
-        """The tensors of ``keys`` at ``step``: from its file, or where it references them."""
+    def _step(self, step: int, keys: list[str], expert: int | None) -> dict[str, torch.Tensor]:
+        """The tensors of ``keys`` at ``step`` (of stacked experts, expert ``expert``): from its
+        file, or where it references them."""
         if step in self.manifest.referenced:
             from spectra.snapshots.references import read_referenced
 
-            return read_referenced(self.path, self.manifest.run_id, step, keys)
-        return read_tensors(self.path / step_file(step), keys)
+            where = self.path / reference_file(step)
+            parts = read_referenced(self.path, self.manifest.run_id, step, keys)
+            return {k: one_expert(v, expert, k, where) for k, v in parts.items()}
+        return read_tensors(self.path / step_file(step), keys, expert)
 
     def parts(self, step: int, layer: str, sliced: bool = True) -> dict[str, torch.Tensor]:
         """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
@@ -67,10 +70,11 @@ class Run:
         checked against each other and the manifest's shape."""
         target = self.manifest.targets[layer]
         module = target.source or layer
-        parts = self._step(step, [f"{module}/{p}" for p in step_parts(target.kind)])
+        keys = [f"{module}/{p}" for p in step_parts(target.kind)]
+        parts = self._step(step, keys, target.expert)
         if FROZEN_PARTS[target.kind]:
             keys = [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]]
-            parts |= read_tensors(self.path / FROZEN, keys)
+            parts |= read_tensors(self.path / FROZEN, keys, target.expert)
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
         stored = reference_file(step) if step in self.manifest.referenced else step_file(step)
