@@ -1,7 +1,8 @@
 """Atomic file writing (no torch): every file spectra writes is written to a new temporary file
 beside its place (``.<name>.<random>.tmp``, created with the user's umask like any file) and
 renamed into place, so a crash leaves the old file or the new one, never half of one; a
-symlink in that place is written through (its target is replaced). The temporary files a
+symlink in that place is written through (its target is replaced), unless ``follow=False``
+(the symlink itself is replaced: the SVD cache). The temporary files a
 killed writer left behind are removed when the run is opened for writing again. Failures to
 write become SpectraError."""
 
@@ -18,14 +19,15 @@ from spectra.errors import SpectraError
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, follow: bool = True) -> Iterator[Path]:
     """A new temporary file beside ``path`` to write, renamed to ``path`` when the block ends.
 
     The file is created like any other (mode 0666 minus the umask); a symlink at ``path`` is
-    written through (its target is replaced). Failures to write become SpectraError.
+    written through (its target is replaced), or with ``follow=False`` replaced itself.
+    Failures to write become SpectraError.
     """
     path = Path(path)
-    if path.is_symlink():
+    if follow and path.is_symlink():
         path = Path(os.path.realpath(path))
     tmp = None
     try:
@@ -53,9 +55,9 @@ def _new_file(path: Path) -> Path:
             continue
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], None], follow: bool = True) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, follow) as tmp:
         write(tmp)
 
 

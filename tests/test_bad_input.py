@@ -289,9 +289,6 @@ CASES = [
         id="foreign Parquet at the output",
     ),
     pytest.param(
-        cmd("compute", DENSE, "--cache-dir", "data.jsonl"), "SVD cache", id="cache a file"
-    ),
-    pytest.param(
         cmd("compute", DENSE, "--scheduler", "not an address"), "scheduler", id="scheduler bad"
     ),
     pytest.param(

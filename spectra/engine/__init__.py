@@ -20,7 +20,15 @@ singular directions of ΔW that the subspace figure compares).
 from spectra.engine.incremental import WRITE_EVERY_S, Engine, compute_run
 from spectra.engine.row_metrics import matrix_task, principal_metrics, update_metrics, update_svd
 from spectra.engine.settings import DEFAULTS, FT_RANK, Settings
-from spectra.engine.svd_cache import base_path, base_task, cached_svd, default_cache_dir, weight_key
+from spectra.engine.svd_cache import (
+    Entry,
+    base_path,
+    base_task,
+    cached_svd,
+    default_cache_dir,
+    open_cache,
+    weight_key,
+)
 from spectra.engine.workers import (
     WORKERS_PER_CORE,
     check_device,
@@ -31,8 +39,9 @@ from spectra.engine.workers import (
 )
 
 __all__ = [
-    "DEFAULTS", "FT_RANK", "WORKERS_PER_CORE", "WRITE_EVERY_S", "Engine", "Settings",
+    "DEFAULTS", "FT_RANK", "WORKERS_PER_CORE", "WRITE_EVERY_S", "Engine", "Entry", "Settings",
     "base_path", "base_task", "cached_svd", "check_device", "check_workers", "compute_run",
     "dask_executor", "default_cache_dir", "exit_with_parent", "local_pool", "matrix_task",
+    "open_cache",
     "principal_metrics", "update_metrics", "update_svd", "weight_key",
 ]  # fmt: skip

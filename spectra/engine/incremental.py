@@ -23,7 +23,7 @@ from spectra import __version__
 from spectra.columns import KEY
 from spectra.engine.row_metrics import matrix_task
 from spectra.engine.settings import DEFAULTS, Settings
-from spectra.engine.svd_cache import base_task, default_cache_dir
+from spectra.engine.svd_cache import Entry, base_task, open_cache
 from spectra.engine.workers import check_device, check_workers, local_pool, run_tasks
 from spectra.errors import SpectraError
 from spectra.run_files import parquet_path
@@ -60,11 +60,11 @@ class Engine:
         self.out = Path(out) if out else parquet_path(self.run.path)
         self.workers, self.executor, self.progress = workers, executor, progress
         self.settings, self.write_every = settings, write_every
-        self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
+        self.cache_dir = open_cache(cache_dir)  # None (and one warning) when it is unusable
         self.stale = False  # rows were dropped that the Parquet file still holds
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
-        self._bases: dict[str, str] = {}
+        self._bases: dict[str, Entry] = {}
 
     def _existing_rows(self) -> pd.DataFrame:
         found = read_own_rows(self.out, self.run.name)
@@ -149,8 +149,8 @@ class Engine:
         with self._executor() as executor, self._progress(len(tasks)) as advance:
             layers = [layer for layer in self.run.layers if layer not in self._bases]
             base_args = [(self.run_dir, layer, self.cache_dir, self.settings) for layer in layers]
-            for (_, layer, *_), path in run_tasks(executor, base_task, base_args):
-                self._bases[layer] = path
+            for (_, layer, *_), entry in run_tasks(executor, base_task, base_args):
+                self._bases[layer] = entry
             args = [
                 (self.run_dir, step, layer, self._bases[layer], self.settings)
                 for step, layer in tasks
