@@ -23,6 +23,7 @@ FROZEN = "frozen.safetensors"
 TRAIN_LOG = "train_log.parquet"
 PARQUET = ".parquet"
 STEP_FILE = re.compile(r"step_(\d{8,})\.safetensors")
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # spectra.atomic's ``.<name>.<random>.tmp``
 
 
 def step_file(step: int) -> str:
@@ -40,6 +41,13 @@ def parquet_path(run_dir: str | Path) -> Path:
     """The Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/``."""
     run_dir = Path(run_dir)
     return run_dir.parent / f"{run_dir.name}{PARQUET}"
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a file called ``name`` in a run directory is one spectra writes (temporary
+    files included)."""
+    known = name in (MANIFEST, FROZEN, TRAIN_LOG) or step_of(name) is not None
+    return known or TEMPORARY.fullmatch(name) is not None
 
 
 def is_run_dir(path: str | Path) -> bool:

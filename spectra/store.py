@@ -29,19 +29,16 @@ METADATA_KEY = b"spectra"
 METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # field: required
 
 
-def remove_run_file(path: str | Path) -> None:
-    """Delete the spectra Parquet file ``path`` if there is one (never a file of another kind)."""
-    path = Path(path)
-    if not path.exists():
-        return
+def run_metadata(path: str | Path) -> dict:
+    """The spectra metadata of the Parquet file ``path`` (its schema only is read);
+    SpectraError when it is not a spectra run file."""
     try:
-        read_run(path)
-    except SpectraError:
-        return  # not a spectra file: the engine refuses to overwrite it later
-    try:
-        path.unlink()
-    except OSError as exc:
-        raise SpectraError(f"cannot remove {path}: {exc.strerror}") from None
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    except (pa.ArrowException, OSError) as exc:
+        raise SpectraError(f"{path} is not a readable Parquet file: {exc}") from None
+    if raw is None:
+        raise SpectraError(f"{path} is not a spectra run (no spectra metadata)")
+    return _metadata(raw, Path(path))
 
 
 def read_own_rows(path: str | Path, run: str) -> tuple[pd.DataFrame, dict] | None:

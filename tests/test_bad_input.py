@@ -23,7 +23,7 @@ import torch
 from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
 
 from spectra.recipes import DEFAULT_MODEL
-from spectra.run_files import FROZEN, MANIFEST, step_file
+from spectra.run_files import FROZEN, MANIFEST, parquet_path, step_file
 
 GOOD_RECORD = json.dumps({"query": "1+1?", "response": "2"})
 
@@ -157,6 +157,35 @@ def config(**fields) -> Setup:
 
 def failed(raw: dict) -> None:
     raw["extra"].update(status="failed", error="RuntimeError: boom")
+
+
+IMPORT = ("import", "model", "--base", "model", "--name", "m", "--out", "runs")
+
+
+def foreign_parquet(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"x": [1]}), path)
+
+
+def another_runs_rows(run_dir: Path) -> None:
+    """A spectra run directory, and beside it the Parquet file of another run."""
+    shutil.copytree(run_dir.parent / "dense", run_dir)
+    shutil.copy(run_dir.parent.parent / A, parquet_path(run_dir))
+
+
+def folder(path: Path) -> None:
+    path.mkdir(parents=True)
+
+
+def with_notes(run_dir: Path) -> None:
+    """A spectra run directory holding a file spectra does not write."""
+    shutil.copytree(run_dir.parent.parent / DENSE, run_dir)
+    (run_dir / "notes.txt").write_text("mine")
+
+
+def overwrite(command: tuple, place: str, make: Callable[[Path], object]) -> Setup:
+    """``command --overwrite`` where ``make`` put something at ``place`` first."""
+    return cmd(*command, "--overwrite", prepare=lambda root, mp: make(root / place))
 
 
 CASES = [
@@ -419,6 +448,38 @@ CASES = [
         id="non-causal head",
     ),
     pytest.param(track("--out", "data.jsonl"), "is a file", id="track out a file"),
+    # overwrite removes only the run it replaces (issue 17)
+    pytest.param(
+        overwrite(IMPORT, "runs/m.parquet", foreign_parquet),
+        "m.parquet is not a spectra run file; not replacing it",
+        id="import --overwrite a foreign Parquet",
+    ),
+    pytest.param(
+        overwrite(IMPORT, "runs/m.parquet", folder),
+        "m.parquet is a folder, not a spectra run file",
+        id="import --overwrite a Parquet folder",
+    ),
+    pytest.param(
+        overwrite(IMPORT, "runs/m", another_runs_rows),
+        "holds run 'a' (id None), not the run in runs/m",
+        id="import --overwrite another run's rows",
+    ),
+    pytest.param(
+        overwrite(IMPORT, "runs/m", with_notes),
+        "holds 'notes.txt', which spectra did not write",
+        id="import --overwrite a run dir with notes",
+    ),
+    pytest.param(
+        overwrite(TRACK, "out/ft.parquet", foreign_parquet),
+        "ft.parquet is not a spectra run file",
+        id="track --overwrite a foreign Parquet",
+    ),
+    pytest.param(
+        overwrite(TRACK, "out/ft.parquet", folder), "is a folder", id="track --overwrite folder"
+    ),
+    pytest.param(
+        overwrite(TRACK, "out/ft", with_notes), "which spectra did not write", id="track notes"
+    ),
 ]
 
 

@@ -21,7 +21,8 @@ import torch
 
 from spectra.errors import SpectraError
 from spectra.importer.tensors import SAFETENSORS, Tensors
-from spectra.run_files import is_run_dir, parquet_path
+from spectra.overwrite import check_replaceable
+from spectra.run_files import parquet_path
 from spectra.snapshots import Manifest, RunWriter
 from spectra.train_log import write_train_log
 
@@ -63,12 +64,12 @@ def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
 
 
 def check_destination(run_dir: Path, overwrite: bool) -> None:
-    """SpectraError unless ``run_dir`` is free, or ``overwrite`` and it holds a run."""
-    taken = [p for p in (run_dir, parquet_path(run_dir)) if p.exists()]
+    """SpectraError unless ``run_dir`` is free, or ``overwrite`` and what is there is a run
+    spectra wrote (:func:`spectra.overwrite.check_replaceable`)."""
+    taken = [p for p in (run_dir, parquet_path(run_dir)) if p.exists() or p.is_symlink()]
     if taken and not overwrite:
         raise SpectraError(f"{taken[0]} already exists; pass --overwrite to replace that run")
-    if run_dir.exists() and not is_run_dir(run_dir):
-        raise SpectraError(f"{run_dir} exists and is not a spectra run directory; not replacing it")
+    check_replaceable(run_dir, run_dir.name)
 
 
 def _replace(new: Path, run_dir: Path, overwrite: bool) -> None:
@@ -77,7 +78,7 @@ def _replace(new: Path, run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists():
         os.rename(run_dir, old)
     os.rename(new, run_dir)
-    parquet_path(run_dir).unlink(missing_ok=True)  # the replaced run's rows
+    parquet_path(run_dir).unlink(missing_ok=True)  # the replaced run's rows (checked above)
     shutil.rmtree(old, ignore_errors=True)
 
 
