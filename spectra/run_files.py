@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from spectra.errors import SpectraError
+
 MANIFEST = "manifest.json"
 FROZEN = "frozen.safetensors"
 TRAIN_LOG = "train_log.parquet"
@@ -38,8 +40,16 @@ def step_of(name: str) -> int | None:
 
 
 def parquet_path(run_dir: str | Path) -> Path:
-    """The Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/``."""
+    """The Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/`` (for
+    ``.`` or ``..``, of the folder's real name); SpectraError when it would be hidden."""
     run_dir = Path(run_dir)
+    if run_dir.name in ("", ".", ".."):
+        run_dir = run_dir.resolve()
+    if run_dir.name.startswith(".") or not run_dir.name:
+        raise SpectraError(
+            f"the run directory {run_dir} would have a hidden Parquet file "
+            f"{run_dir.name}{PARQUET}; name the output (--out)"
+        )
     return run_dir.parent / f"{run_dir.name}{PARQUET}"
 
 

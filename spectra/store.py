@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,14 +43,14 @@ def run_metadata(path: str | Path) -> dict:
 
 
 def read_own_rows(path: str | Path, run: str) -> tuple[pd.DataFrame, dict] | None:
-    """(rows, metadata) of run ``run``'s Parquet file ``path``, None when there is none;
-    SpectraError when ``path`` is another file (not spectra's, or another run's), which is never
-    overwritten."""
+    """(rows, metadata) of run ``run``'s Parquet file ``path`` without any (step, layer) that
+    has several rows (to be computed again), None when there is none; SpectraError when
+    ``path`` is another file (not spectra's, or another run's), which is never overwritten."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        rows, meta = read_run(path)
+        rows, meta = _read(path)
     except SpectraError:
         raise SpectraError(
             f"{path} exists and is not a spectra run file; refusing to overwrite it"
@@ -58,7 +59,7 @@ def read_own_rows(path: str | Path, run: str) -> tuple[pd.DataFrame, dict] | Non
         raise SpectraError(
             f"{path} holds run {meta['run']!r}, not {run!r}; refusing to overwrite it"
         )
-    return rows, meta
+    return rows.drop_duplicates(KEY, keep=False), meta  # rows twice over: computed again
 
 
 def drop_rows_after(path: str | Path, step: int, run_id: str | None, resumed: list[int]) -> None:
@@ -100,7 +101,21 @@ def write_rows(path: str | Path, rows: pd.DataFrame, metadata: dict) -> None:
 
 
 def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """(rows, metadata) of one spectra Parquet file; SpectraError if it is not one."""
+    """(rows, metadata) of one spectra Parquet file; SpectraError if it is not one, or if it
+    holds more than one row of a (step, layer)."""
+    rows, metadata = _read(path)
+    twice = rows[rows.duplicated(KEY, keep=False)]
+    if len(twice):
+        step, layer = twice.iloc[0][KEY]
+        raise SpectraError(
+            f"{path} holds {len(twice)} rows of repeated (step, layer) pairs (step {step} "
+            f"layer {layer}, …); compute the run again"
+        )
+    return rows, metadata
+
+
+def _read(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """(rows, metadata) of one spectra Parquet file, duplicates and all."""
     path = Path(path)
     if not path.is_file():
         raise SpectraError(f"no such file: {path}")
@@ -174,10 +189,12 @@ def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
 
 
 def expand(patterns: Iterable[str | Path]) -> list[Path]:
-    """Paths from file names and glob patterns, in order, without duplicates."""
+    """Paths from file names and glob patterns, in order, without duplicates; a name that
+    exists is that file, even when it reads as a pattern."""
     paths: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern))) or []
+        pattern = str(pattern)  # a file named like a glob (lora[r16].parquet) is itself
+        matches = [pattern] if os.path.lexists(pattern) else sorted(glob.glob(pattern))
         if not matches:
             raise SpectraError(f"no run files match {pattern}")
         paths += [Path(m) for m in matches if Path(m) not in paths]

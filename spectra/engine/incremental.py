@@ -26,7 +26,7 @@ from spectra.engine.settings import DEFAULTS, Settings
 from spectra.engine.svd_cache import Entry, base_task, open_cache
 from spectra.engine.workers import check_device, check_workers, local_pool, run_tasks
 from spectra.errors import SpectraError
-from spectra.run_files import parquet_path
+from spectra.run_files import parquet_path, step_file
 from spectra.snapshots import Manifest, open_run
 from spectra.store import read_own_rows, write_rows
 
@@ -77,7 +77,8 @@ class Engine:
 
     def _backed(self, rows: pd.DataFrame, run_id, resumed, now: Manifest) -> pd.DataFrame:
         """The rows, computed from run ``run_id`` resumed at steps ``resumed``, that ``now``
-        still backs: none of another identity, none after a step it was resumed from since."""
+        still backs: none of another identity, none after a step it was resumed from since,
+        none of a step or layer it no longer has (not listed, or its step file is gone)."""
         if rows.empty:
             return rows
         if (
@@ -89,6 +90,9 @@ class Engine:
         else:
             since = now.resumed[len(resumed) :]
             kept = rows[rows["step"] <= min(since)] if since else rows
+            files = set(os.listdir(self.run.path))
+            steps = [step for step in now.steps if step_file(step) in files]
+            kept = kept[kept["step"].isin(steps) & kept["layer"].isin(list(now.targets))]
         self.stale = self.stale or len(kept) < len(rows)
         return kept
 
@@ -140,9 +144,9 @@ class Engine:
     def update(self) -> int:
         """Compute and write every pending row; return how many rows were added."""
         tasks = self.pending()
+        if self.stale:  # before computing, which may fail: no row outlives its snapshot
+            self._write([])
         if not tasks:
-            if self.stale:
-                self._write([])
             return 0
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
