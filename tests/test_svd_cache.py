@@ -18,8 +18,8 @@ from runmaker import LAYER, make_run_dir
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import spectra.engine.svd_cache as svd_cache_module
 from spectra.engine import base_path, compute_run, weight_key
-from spectra.engine.svd_cache import read_entry, svd_digest
 from spectra.metrics import SVD, svd
 from spectra.snapshots import open_run
 from spectra.store import read_run
@@ -52,7 +52,7 @@ def rewrite(entry: Path, change) -> None:
 def forge(tensors: dict, metadata: dict, base: SVD) -> None:
     """Put ``base`` in an entry with a digest that matches it (only its key says whose it is)."""
     tensors.update(u=base.u.contiguous(), s=base.s.contiguous(), vh=base.vh.contiguous())
-    metadata["digest"] = svd_digest(base)
+    metadata["digest"] = svd_cache_module.svd_digest(base)
 
 
 @pytest.fixture
@@ -125,7 +125,8 @@ def test_a_wrong_entry_is_computed_again_with_one_warning(tmp_path, runs, svd_ca
     assert line.startswith("warning: SVD cache entry") and "computing it again" in line
     pd.testing.assert_frame_equal(rows_of(tmp_path / "b.parquet"), want)
     w0 = open_run(b).weight(0, LAYER)
-    assert not isinstance(read_entry(entry, weight_key(w0), (6, 4)), str)  # replaced: good again
+    found = svd_cache_module.read_entry(entry, weight_key(w0), (6, 4))
+    assert not isinstance(found, str)  # replaced: good again
 
 
 def test_a_symlink_in_the_cache_is_replaced_not_written_through(tmp_path, svd_cache, cli):
@@ -223,7 +224,7 @@ def test_entries_record_their_matrix_and_digest(tmp_path, svd_cache):
         metadata = f.metadata()
         base = SVD(f.get_tensor("u"), f.get_tensor("s"), f.get_tensor("vh"))
     assert metadata["w0"] == entry.name.removesuffix(".safetensors")
-    assert metadata["digest"] == svd_digest(base)
+    assert metadata["digest"] == svd_cache_module.svd_digest(base)
     assert json.loads(json.dumps(metadata)) == metadata
 
 
