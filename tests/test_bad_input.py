@@ -64,6 +64,18 @@ def damage_column(path: Path, name: str, values: list, kind=None) -> None:
     pq.write_table(table.set_column(table.column_names.index(name), name, column), path)
 
 
+def duplicate_rows(path: Path) -> None:
+    """Every row of a run file twice, the copy with another ΔΣ (a mean would mix them)."""
+    table = pq.read_table(path)
+    column = pa.array([9.0] * table.num_rows, pa.float64())
+    again = table.set_column(table.column_names.index("delta_sigma"), "delta_sigma", column)
+    pq.write_table(pa.concat_tables([table, again]), path)
+
+
+def hidden_copy(run_dir: Path) -> None:
+    shutil.copytree(run_dir, run_dir.with_name(f".{run_dir.name}"))
+
+
 def fail_renames(mp: pytest.MonkeyPatch, code: int) -> None:
     """Every rename into place fails with ``code`` (a read-only or full file system)."""
 
@@ -479,6 +491,17 @@ CASES = [
     ),
     pytest.param(
         overwrite(TRACK, "out/ft", with_notes), "which spectra did not write", id="track notes"
+    ),  # run files hold one row per (step, layer) and are never hidden (issue 17)
+    pytest.param(
+        parquet(duplicate_rows), "repeated (step, layer) pairs", id="duplicate (step, layer) rows"
+    ),
+    pytest.param(
+        parquet(duplicate_rows, "plot"), "repeated (step, layer)", id="plot duplicate rows"
+    ),
+    pytest.param(
+        cmd("compute", "runs/.dense", prepare=lambda root, mp: hidden_copy(root / DENSE)),
+        "would have a hidden Parquet file .dense.parquet",
+        id="compute a hidden run dir",
     ),
 ]
 
