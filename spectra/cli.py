@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 from spectra.errors import SpectraError
 from spectra.figures import FIGURES
 from spectra.methods import NAMES as METHOD_NAMES
+from spectra.terminal import shown, warning_line
 
 try:  # typer vendors click since 0.2x; older typers use click itself
     from typer._click.exceptions import ClickException
@@ -83,14 +85,14 @@ def compute(
 
         if len(runs) != 1:
             raise SpectraError("--follow needs exactly one run directory")
-        typer.echo(f"wrote {follow_run(runs[0])}")
+        typer.echo(f"wrote {shown(follow_run(runs[0]))}")
         return
     settings = Settings(ft_rank=ft_rank or FT_RANK, device=device)
     with dask_executor(scheduler) if scheduler else nullcontext() as executor:
         for run in runs:
             options = {"cache_dir": cache_dir, "settings": settings, "executor": executor}
             path = compute_run(run, out, workers=workers, **options)
-            typer.echo(f"wrote {path}")
+            typer.echo(f"wrote {shown(path)}")
 
 
 @app.command()
@@ -158,9 +160,9 @@ def plot(
         shared=shared_axes, plotlyjs=plotlyjs,
     )  # fmt: skip
     for path in done.written:
-        typer.echo(f"wrote {path}")
+        typer.echo(f"wrote {shown(path)}")
     for why in done.skipped.values():
-        typer.echo(f"skipped: {why}")
+        typer.echo(f"skipped: {shown(why)}")
 
 
 @app.command()
@@ -273,7 +275,7 @@ def import_(
         sources, base, out=out, name=name, targets=_split(targets), method=method,
         steps=_step_numbers(steps), overwrite=overwrite, progress=True,
     )  # fmt: skip
-    typer.echo(f"wrote {run}")
+    typer.echo(f"wrote {shown(run)}")
 
 
 @app.command()
@@ -306,6 +308,7 @@ def main() -> None:
     become one line on stderr and exit code 2."""
     if len(sys.argv) <= 1:
         app()  # no arguments: the help
+    warnings.showwarning = warning_line
     try:
         code = app(standalone_mode=False)
     except SpectraError as exc:
@@ -322,6 +325,5 @@ def main() -> None:
 def _fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` as one line (whatever the message holds) and exit."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
-    typer.secho(f"error: {line}", err=True, fg="red")
+    typer.secho(f"error: {shown(line)}", err=True, fg="red")
     sys.exit(code)

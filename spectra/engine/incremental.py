@@ -29,6 +29,7 @@ from spectra.errors import SpectraError
 from spectra.run_files import parquet_path, step_file
 from spectra.snapshots import Manifest, open_run
 from spectra.store import read_own_rows, write_rows
+from spectra.terminal import shown
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
 
@@ -186,7 +187,7 @@ class Engine:
         with Progress(
             *columns, console=console, transient=True, disable=not console.is_terminal
         ) as bar:
-            task = bar.add_task(f"{self.run.name}", total=total)
+            task = bar.add_task(shown(self.run.name, markup=True), total=total)
             yield lambda: bar.advance(task)
 
 

@@ -26,6 +26,7 @@ from spectra.importer.plan import plan_import
 from spectra.importer.sources import default_name, find_checkpoints
 from spectra.importer.staging import check_destination, checksums, staged, write_run_dir
 from spectra.importer.trainer import train_log, trainer_state
+from spectra.terminal import shown
 
 __all__ = ["compare_runs", "import_run"]
 
@@ -85,7 +86,7 @@ def _progress(name: str, total: int, enabled: bool):
     with Progress(
         *Progress.get_default_columns(), MofNCompleteColumn(), disable=not enabled
     ) as bar:
-        task = bar.add_task(f"importing {name}", total=total)
+        task = bar.add_task(f"importing {shown(name, markup=True)}", total=total)
         yield lambda: bar.advance(task)
 
 

@@ -13,7 +13,6 @@ from dataclasses import asdict
 
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from spectra.columns import SUMMARY
@@ -22,6 +21,7 @@ from spectra.report import dora, sorsa
 from spectra.report.claims import Claim, Paper, all_of, cell
 from spectra.report.sorsa import PARALLEL, claim_theorem, parallelism
 from spectra.store import Runs, comparison_step, delta_d_column, delta_d_name
+from spectra.terminal import shown, shown_json
 
 __all__ = [
     "PAPERS", "PARALLEL", "Claim", "all_of", "check_claims", "claim_theorem", "claims_frame",
@@ -99,14 +99,21 @@ def _rich_table(frame: pd.DataFrame, title: str, styles: dict | None = None) -> 
         table.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for _, row in frame.iterrows():
         style = (styles or {}).get(row.get("verdict"))
-        table.add_row(*[escape(cell(v)) for v in row], style=style)  # c_attn[q]: not markup
+        table.add_row(*[shown(cell(v), markup=True) for v in row], style=style)  # c_attn[q]
     return table
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    """The frame as CSV, its text cells shown safely (no control characters, no line breaks)."""
+    text = frame.select_dtypes(exclude="number").columns
+    safe = {c: frame[c].map(lambda v: shown(v) if isinstance(v, str) else v) for c in text}
+    return frame.assign(**safe).to_csv(index=False)
 
 
 def _markdown(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    cells = [[cell(v).replace("|", "\\|") for v in row] for row in frame.values]
+    cells = [[shown(cell(v)).replace("|", "\\|") for v in row] for row in frame.values]
     rows = ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join([header, rule, *rows])
 
@@ -130,7 +137,7 @@ def render(
     table = means.rename(columns=SUMMARY)
     by_paper = [(PAPERS[p], claims_frame([c for c in checked if c.paper == p])) for p in papers]
     if fmt == "json":
-        return json.dumps(
+        return shown_json(
             {
                 "comparison_step": step,
                 "delta_d": delta_d_column(matched),
@@ -140,11 +147,10 @@ def render(
                 "claims": [asdict(c) for c in checked],
             },
             indent=2,
-            ensure_ascii=False,
         )
     if fmt == "csv":
         verdicts = claims_frame(checked).assign(paper=[c.paper for c in checked])
-        return table.to_csv(index=False) + "\n" + verdicts.to_csv(index=False)
+        return _csv(table) + "\n" + _csv(verdicts)
     if fmt == "markdown":
         parts = [_heading(step, matched, bool(papers)), "## Summary", _markdown(table)]
         for paper, verdicts in by_paper:
