@@ -2,20 +2,27 @@
 beside its place (``.<name>.<random>.tmp``, created with the user's umask like any file) and
 renamed into place, so a crash leaves the old file or the new one, never half of one; a
 symlink in that place is written through (its target is replaced), unless ``follow=False``
-(the symlink itself is replaced: the SVD cache). The temporary files a
-killed writer left behind are removed when the run is opened for writing again. Failures to
-write become SpectraError."""
+(the symlink itself is replaced: the SVD cache). The temporary files a killed writer left
+behind (spectra's, and the ``.tmpXXXXXX`` files safetensors renames onto them) are removed by
+:func:`remove_temporary_files`: when the run is opened for writing again, when the engine
+opens a finished or abandoned run, and in the SVD cache once they are old. Failures to write
+become SpectraError."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from spectra.errors import SpectraError
+
+# spectra's temporary files (``.<name>.<random>.tmp``) and safetensors' (``.tmpXXXXXX``)
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp|\.tmp[0-9A-Za-z]{6}")
 
 
 @contextmanager
@@ -61,7 +68,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], follow: bool =
         write(tmp)
 
 
-def remove_temporary_files(directory: Path) -> None:
-    """Remove the temporary files a killed writer left in ``directory``."""
-    for leftover in directory.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
+def remove_temporary_files(directory: Path, of: str | None = None, older_than: float = 0) -> None:
+    """Remove the temporary files a killed writer left in ``directory``: spectra's (of the
+    file ``of`` only, when given) and safetensors' own (``.tmpXXXXXX``, which it renames onto
+    spectra's), last changed at least ``older_than`` seconds ago. Best effort: a file that
+    cannot be removed stays."""
+    pattern = TEMPORARY if of is None else re.compile(rf"\.{re.escape(of)}\.[0-9a-f]{{8}}\.tmp")
+    try:
+        names = [name for name in os.listdir(directory) if pattern.fullmatch(name)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        try:
+            if now - os.lstat(Path(directory) / name).st_mtime >= older_than:
+                os.unlink(Path(directory) / name)
+        except OSError:
+            continue

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +21,8 @@ try:  # typer vendors click since 0.2x; older typers use click itself
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 app = typer.Typer(
     help="Spectral drift analysis of fine-tuning: ΔΣ, ΔD, κ and orthonormality per layer per step.",
@@ -308,18 +313,45 @@ def main() -> None:
     become one line on stderr and exit code 2."""
     if len(sys.argv) <= 1:
         app()  # no arguments: the help
-    warnings.showwarning = warning_line
     try:
-        code = app(standalone_mode=False)
+        with _one_line_each():
+            code = app(standalone_mode=False)
     except SpectraError as exc:
         _fail(str(exc))
     except ClickException as exc:
         where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
         _fail(exc.format_message() + where, exc.exit_code)
-    except KeyboardInterrupt:
+    except Interrupted as exc:
         typer.secho("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(128 + exc.signum)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: raised where the program is, so that every cleanup runs (workers
+    ended, queued tasks cancelled, a staged import and temporary files removed), then one line."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupted(signum, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _one_line_each() -> Iterator[None]:
+    """Warnings as one line each, Ctrl-C and SIGTERM as :class:`Interrupted`, while it lasts."""
+    shown_before = warnings.showwarning
+    handlers = {signum: signal.signal(signum, _interrupted) for signum in INTERRUPTS}
+    warnings.showwarning = warning_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown_before
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from spectra.atomic import TEMPORARY
 from spectra.errors import SpectraError
 
 MANIFEST = "manifest.json"
@@ -25,7 +26,6 @@ FROZEN = "frozen.safetensors"
 TRAIN_LOG = "train_log.parquet"
 PARQUET = ".parquet"
 STEP_FILE = re.compile(r"step_(\d{8,})\.safetensors")
-TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # spectra.atomic's ``.<name>.<random>.tmp``
 
 
 def step_file(step: int) -> str:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from spectra import __version__
+from spectra.atomic import remove_temporary_files
 from spectra.columns import KEY
 from spectra.engine.row_metrics import matrix_task
 from spectra.engine.settings import DEFAULTS, Settings
@@ -32,6 +33,7 @@ from spectra.store import read_own_rows, write_rows
 from spectra.terminal import shown
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
+STALE_S = 600.0  # a temporary file of the Parquet file this old is a killed writer's
 
 
 class Engine:
@@ -62,10 +64,18 @@ class Engine:
         self.workers, self.executor, self.progress = workers, executor, progress
         self.settings, self.write_every = settings, write_every
         self.cache_dir = open_cache(cache_dir)  # None (and one warning) when it is unusable
+        self._remove_leftovers()
         self.stale = False  # rows were dropped that the Parquet file still holds
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
         self._bases: dict[str, Entry] = {}
+
+    def _remove_leftovers(self) -> None:
+        """Remove the temporary files killed writers left: in the run directory once nothing
+        writes it (finished, or its writer is gone), and old ones of the Parquet file."""
+        if self.run.manifest.finished or self.run.manifest.abandoned:
+            remove_temporary_files(self.run.path)
+        remove_temporary_files(self.out.parent, of=self.out.name, older_than=STALE_S)
 
     def _existing_rows(self) -> pd.DataFrame:
         found = read_own_rows(self.out, self.run.name)

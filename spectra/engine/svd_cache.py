@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 
-from spectra.atomic import atomic_write
+from spectra.atomic import atomic_write, remove_temporary_files
 from spectra.engine.settings import DEFAULTS, Settings
 from spectra.errors import SpectraError
 from spectra.metrics import SVD, svd
@@ -44,6 +44,7 @@ from spectra.terminal import warn_once
 
 ENTRY_FORMAT = "1"  # the metadata layout of an entry
 MAX_HEADER = 1 << 16  # bytes: an entry's safetensors header is far smaller
+STALE_S = 3600.0  # a temporary file in the cache this old is a killed writer's
 PROBES = 4  # random vectors the SVD check multiplies by
 TOLERANCE = 1e-8  # relative error of an SVD check; float64 LAPACK is at ~1e-14
 MISSING, OLD = "missing", "has no digest (an older spectra wrote it)"  # computed silently
@@ -97,6 +98,7 @@ def open_cache(cache_dir: str | Path | None = None) -> str | None:
         probe = entries / f".probe.{secrets.token_hex(4)}.tmp"
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
+        remove_temporary_files(entries, older_than=STALE_S)  # of writers killed long ago
     except OSError as exc:
         warn_once(
             f"the SVD cache {cache_dir} cannot be used ({exc.strerror or exc}); "

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from spectra.errors import SpectraError
@@ -26,6 +27,7 @@ from spectra.importer.plan import plan_import
 from spectra.importer.sources import default_name, find_checkpoints
 from spectra.importer.staging import check_destination, checksums, staged, write_run_dir
 from spectra.importer.trainer import train_log, trainer_state
+from spectra.snapshots.manifest import check_run_name
 from spectra.terminal import shown
 
 __all__ = ["compare_runs", "import_run"]
@@ -48,7 +50,9 @@ def import_run(
     Returns its path. SpectraError (and nothing written) for anything that cannot be imported.
     """
     sources = [Path(s) for s in sources]
-    run_dir = Path(out) / (name or default_name(sources))
+    name = name or default_name(sources)
+    check_run_name(name)  # the rule every manifest is read with: no run that compute refuses
+    run_dir = Path(out) / name
     check_destination(run_dir, overwrite)
     checkpoints = find_checkpoints(sources, steps)
     base_model = open_model(Path(base))
@@ -73,19 +77,22 @@ def import_run(
             }
 
         frozen = job.frozen()
+        manifest = job.manifest(run_dir.name, str(base))
+        log = train_log(state) if state else {}
         with staged(run_dir, overwrite) as tmp:
-            manifest = job.manifest(run_dir.name, str(base))
-            log = train_log(state) if state else {}
             write_run_dir(tmp, manifest, frozen, job.steps(), log, provenance, advance)
     return run_dir
 
 
 @contextmanager
 def _progress(name: str, total: int, enabled: bool):
-    """A progress bar over the steps of an import: yields the function that advances it."""
+    """A progress bar over the steps of an import, on a terminal only and gone when done or on
+    an error (a refusal stays one line): yields the function that advances it."""
+    console = Console(stderr=True)
     with Progress(
-        *Progress.get_default_columns(), MofNCompleteColumn(), disable=not enabled
-    ) as bar:
+        *Progress.get_default_columns(), MofNCompleteColumn(), console=console, transient=True,
+        disable=not (enabled and console.is_terminal),
+    ) as bar:  # fmt: skip
         task = bar.add_task(f"importing {shown(name, markup=True)}", total=total)
         yield lambda: bar.advance(task)
 

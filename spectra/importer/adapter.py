@@ -16,6 +16,7 @@ by peft's own matching (a list of names, or a regular expression).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 
 import torch
@@ -189,6 +190,7 @@ def open_adapter(folder: Path) -> Adapter:
             f"{config_file}: peft_type {peft_type!r} is not one spectra imports (LORA, ADALORA)"
         )
     _check_init(raw, config_file)
+    import_module("spectra.capture.quant")  # imports peft, and bitsandbytes quietly
     from peft import PeftConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
