@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from adapter_maker import adapter_tensors, as_int8, make_adapter, rank_three
 from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
 
 from spectra.recipes import DEFAULT_MODEL
@@ -37,6 +38,7 @@ def template(tmp_path_factory) -> Path:
     make_run(root / "parquet", "a", "ft", parallel(0.1))
     make_run(root / "parquet", "b", "lora", parallel(0.1))
     shutil.copytree(DEFAULT_MODEL, root / "model")
+    make_adapter(root / "model", root / "adapter")
     (root / "data.jsonl").write_text(GOOD_RECORD + "\n")
     return root
 
@@ -502,6 +504,38 @@ CASES = [
         cmd("compute", "runs/.dense", prepare=lambda root, mp: hidden_copy(root / DENSE)),
         "would have a hidden Parquet file .dense.parquet",
         id="compute a hidden run dir",
+    ),
+    # import refuses up front what compute would refuse, in one line (issue 17)
+    pytest.param(
+        cmd("import", "model", "--base", "model", "--name", "a\nb"),
+        "run name: expected a non-empty printable",
+        id="import a run name with a line break",
+    ),
+    pytest.param(
+        cmd(
+            "import",
+            "adapter",
+            "--base",
+            "model",
+            "--out",
+            "runs",
+            prepare=lambda root, mp: adapter_tensors(root / "adapter", as_int8),
+        ),
+        "is not floating point",
+        id="import int8 factors",
+    ),
+    pytest.param(
+        cmd(
+            "import",
+            "adapter",
+            "--base",
+            "model",
+            "--out",
+            "runs",
+            prepare=lambda root, mp: adapter_tensors(root / "adapter", rank_three),
+        ),
+        "has rank 3",
+        id="import refused after its first step",
     ),
 ]
 

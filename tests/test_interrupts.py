@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from adapter_maker import adapter_tensors, make_adapter, rank_three
 from runmaker import LAYER, make_run_dir
 from safetensors.torch import save_file
 
@@ -99,7 +102,7 @@ def test_an_interrupt_ends_compute_with_workers_at_once(long_run, tmp_path, how,
     ]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
-    wait_for(lambda: started(log) >= 4, "the workers to start tasks")
+    wait_for(lambda: started(log) >= 20, "the workers to compute")
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole foreground group
     else:
@@ -192,3 +195,52 @@ def test_compute_removes_temporary_files_of_a_finished_run(tmp_path):
         path.write_bytes(b"half a file")
     compute_run(run_dir)
     assert not [p for p in left if p.exists()]
+
+
+def screen(raw: str) -> list[str]:
+    """The non-empty lines a terminal shows after ``raw``: enough of VT100 for rich's live
+    display (carriage return, erase line, cursor up; other sequences ignored)."""
+    lines, row = [""], 0
+    for token in re.split(r"(\x1b\[[0-9;?]*[A-Za-z]|\r|\n)", raw):
+        if token == "\n":
+            row += 1
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\r" or token == "\x1b[2K":
+            lines[row] = "" if token == "\x1b[2K" else lines[row]
+        elif token.startswith("\x1b[") and token.endswith("A"):
+            row = max(0, row - int(token[2:-1] or 1))
+        elif not token.startswith("\x1b"):
+            lines[row] += token
+    return [line.strip() for line in lines if line.strip()]
+
+
+def on_a_terminal(*args, cwd: Path) -> tuple[int, str]:
+    """``spectra ARGS`` in a fresh process whose stdout and stderr are a terminal (a pty)."""
+    main, child = pty.openpty()
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TERM": "xterm", "COLUMNS": "250"}
+    proc = subprocess.Popen([*SPECTRA, *map(str, args)], cwd=cwd, env=env, stdin=child,
+                            stdout=child, stderr=child, close_fds=True)  # fmt: skip
+    os.close(child)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(main, 1 << 16)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+    os.close(main)
+    return proc.wait(timeout=WAIT_S), raw.decode("utf-8", "replace")
+
+
+def test_a_refused_import_is_one_line_on_a_terminal(tmp_path):
+    """Refused once its progress bar is up: no bar left, no bitsandbytes or peft line."""
+    from spectra.recipes import DEFAULT_MODEL
+
+    make_adapter(DEFAULT_MODEL, tmp_path / "adapter")
+    adapter_tensors(tmp_path / "adapter", rank_three)
+    code, raw = on_a_terminal("import", "adapter", "--base", DEFAULT_MODEL, cwd=tmp_path)
+    (line,) = screen(raw)
+    assert code == 2 and line.startswith("error:") and "has rank 3" in line, raw
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
