@@ -505,6 +505,11 @@ CASES = [
         "would have a hidden Parquet file .dense.parquet",
         id="compute a hidden run dir",
     ),
+    pytest.param(
+        cmd("analyze", "no\x1b[2Jsuch\nfile\u202e.parquet"),
+        "no\\x1b[2Jsuch file\\u202e",
+        id="error line quoting control characters",
+    ),
     # import refuses up front what compute would refuse, in one line (issue 17)
     pytest.param(
         cmd("import", "model", "--base", "model", "--name", "a\nb"),
