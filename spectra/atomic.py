@@ -62,6 +62,25 @@ def _new_file(path: Path) -> Path:
             continue
 
 
+def check_writable(path: str | Path) -> None:
+    """SpectraError now (not after a long computation) unless ``path`` can be written the way
+    :func:`atomic_write` writes it: a new file beside it, renamed. ``path`` is not touched."""
+    path = Path(path)
+    if path.is_symlink():  # written through: the file goes beside the target
+        path = Path(os.path.realpath(path))
+    tmp = moved = None
+    try:
+        tmp = _new_file(path)
+        moved = _new_file(path)
+        os.replace(tmp, moved)
+    except OSError as exc:
+        raise SpectraError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (tmp, moved):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], follow: bool = True) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     with atomic_path(path, follow) as tmp:

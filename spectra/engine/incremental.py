@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from spectra import __version__
-from spectra.atomic import remove_temporary_files
+from spectra.atomic import check_writable, remove_temporary_files
 from spectra.columns import KEY
 from spectra.engine.row_metrics import matrix_task
 from spectra.engine.settings import DEFAULTS, Settings
@@ -63,6 +63,7 @@ class Engine:
         self.out = Path(out) if out else parquet_path(self.run.path)
         self.workers, self.executor, self.progress = workers, executor, progress
         self.settings, self.write_every = settings, write_every
+        check_writable(self.out)  # a refusal before any work, and before any cache warning
         self.cache_dir = open_cache(cache_dir)  # None (and one warning) when it is unusable
         self._remove_leftovers()
         self.stale = False  # rows were dropped that the Parquet file still holds
