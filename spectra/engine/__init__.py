@@ -1,14 +1,16 @@
 """Turns a run directory into metric rows: the step-0 SVD cache, scheduling, progress.
 
 The SVD of every step-0 matrix is computed once and kept in a content-addressed cache
-(one safetensors file per distinct W_0, keyed by a hash of its float64 bytes), so later
-steps and every other run that shares the base weights reuse it. Each (step, layer) matrix
+(one safetensors file per distinct W_0, keyed by a hash of its float64 bytes, checked
+against its digest before use), so later steps and every other run that shares the base
+weights reuse it. Each (step, layer) matrix
 is one task: a module-level function of paths and one frozen :class:`Settings`, so it runs
 the same in this process, in a local process pool or on any ``concurrent.futures`` executor.
 Rows land in ``runs/<run>.parquet``, rewritten atomically as tasks finish, and a re-run
 computes only the rows that are missing. Rows are kept only while the run directory backs
-them: rows of another run identity (``run_id``) and rows after a step the run was resumed
-from are dropped. A local worker process exits when the process that started it dies.
+them: rows of another run identity (``run_id``), rows after a step the run was resumed
+from and rows of steps or layers it no longer has are dropped. A local worker process exits
+when the process that started it dies; an interrupt cancels the queued tasks and ends them.
 
 One module per job: :mod:`.settings` (what every task receives), :mod:`.svd_cache` (the
 step-0 SVD cache), :mod:`.row_metrics` (one row's metrics: the task per matrix),
