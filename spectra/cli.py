@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,17 +12,20 @@ from typing import Annotated
 
 import typer
 
-from spectra.errors import SpectraError
+from spectra.errors import Interrupted, SpectraError, Terminated
 from spectra.figures import FIGURES
 from spectra.methods import NAMES as METHOD_NAMES
-from spectra.terminal import shown, warning_line
+from spectra.terminal import shown
+
+STEP_HELP = (
+    "The step each run is shown at: last (each run's last step), common (the last step every "
+    "run has) or a step number."
+)
 
 try:  # typer vendors click since 0.2x; older typers use click itself
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
-
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 app = typer.Typer(
     help="Spectral drift analysis of fine-tuning: ΔΣ, ΔD, κ and orthonormality per layer per step.",
@@ -43,11 +46,22 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show the warnings and log lines of the libraries spectra uses."
+        ),
+    ] = False,
 ) -> None:
     """Spectral drift analysis of fine-tuning."""
+    if not verbose:
+        from spectra.quiet import quiet
+
+        ctx.with_resource(quiet())
 
 
 @app.command()
@@ -96,14 +110,21 @@ def compute(
     with dask_executor(scheduler) if scheduler else nullcontext() as executor:
         for run in runs:
             options = {"cache_dir": cache_dir, "settings": settings, "executor": executor}
-            path = compute_run(run, out, workers=workers, **options)
+            try:
+                path = compute_run(run, out, workers=workers, **options)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"the rows of {run} computed so far are kept; the same command computes the "
+                    "rest"
+                ) from None
             typer.echo(f"wrote {shown(path)}")
 
 
 @app.command()
 def analyze(
-    runs: Annotated[list[str], typer.Argument(help="Run Parquet files or globs.")],
+    runs: Annotated[list[str], typer.Argument(help="Run Parquet files, globs or folders.")],
     fmt: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
+    step: Annotated[str, typer.Option(help=STEP_HELP)] = "last",
     matched: Annotated[
         bool, typer.Option(help="Judge ΔD claims on sign-invariant matched ΔD.")
     ] = False,
@@ -116,17 +137,20 @@ def analyze(
     ] = None,
 ) -> None:
     """Summarize runs and check published claims on them (SORSA Section 4.2 and Theorem 5.5,
-    DoRA Figure 2), all at the last step every run has."""
+    DoRA Figure 2), by default each run at its last step."""
     from spectra.report import render
-    from spectra.store import load_runs
+    from spectra.store import load_runs, parse_step
 
-    typer.echo(render(load_runs(runs), fmt, matched, claims=claims), nl=False)
+    policy = parse_step(step)
+    text = render(load_runs(runs), fmt, matched, _width(), claims=claims, step=policy)
+    typer.echo(text, nl=False)
 
 
 @app.command()
 def plot(
     runs: Annotated[
-        list[str] | None, typer.Argument(help="Run files or globs (default: runs/*.parquet).")
+        list[str] | None,
+        typer.Argument(help="Run files, globs or folders (default: runs/*.parquet)."),
     ] = None,
     figure: Annotated[
         str,
@@ -155,14 +179,18 @@ def plot(
             "each file; cdn: from cdn.plot.ly."
         ),
     ] = "directory",
+    step: Annotated[
+        str, typer.Option(help=f"{STEP_HELP} For the figures that compare runs at one step.")
+    ] = "last",
 ) -> None:
     """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), a ΔD heatmap, DoRA's
     magnitude and direction, the LoRA paper's subspace similarity or intruder dimensions."""
     from spectra.plotting import plot_runs
+    from spectra.store import parse_step
 
     done = plot_runs(
         runs or ["runs/*.parquet"], figure, out, fmt, matched, layers=layers, modules=modules,
-        shared=shared_axes, plotlyjs=plotlyjs,
+        shared=shared_axes, plotlyjs=plotlyjs, step=parse_step(step),
     )  # fmt: skip
     for path in done.written:
         typer.echo(f"wrote {shown(path)}")
@@ -179,10 +207,10 @@ def track(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Causal LM path [the embedded data/tiny-llama].")
+        str | None, typer.Option(help="Causal LM folder [the embedded tiny Llama].")
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="JSONL with query/response [data/math_qa.jsonl].")
+        Path | None, typer.Option(help="JSONL with query/response [the embedded math QA set].")
     ] = None,
     targets: Annotated[
         list[str] | None,
@@ -276,10 +304,13 @@ def import_(
     """Import checkpoints you already have as a run directory (then: spectra compute)."""
     from spectra.importer import import_run
 
-    run = import_run(
-        sources, base, out=out, name=name, targets=_split(targets), method=method,
-        steps=_step_numbers(steps), overwrite=overwrite, progress=True,
-    )  # fmt: skip
+    try:
+        run = import_run(
+            sources, base, out=out, name=name, targets=_split(targets), method=method,
+            steps=_step_numbers(steps), overwrite=overwrite, progress=True,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        raise Interrupted("nothing was written; the same command imports again") from None
     typer.echo(f"wrote {shown(run)}")
 
 
@@ -301,11 +332,16 @@ def compare(
 ) -> None:
     """What did these fine-tunes do to the weights? Import, compute, print the summary."""
     from spectra.importer import compare_runs
-    from spectra.report import render_summary
+    from spectra.report import render
     from spectra.store import load_runs
 
     paths = compare_runs(base, finetuned, out=out, targets=_split(targets), overwrite=overwrite)
-    typer.echo(render_summary(load_runs(paths)), nl=False)
+    typer.echo(render(load_runs(paths), width=_width(), claims="none"), nl=False)
+
+
+def _width() -> int:
+    """The columns tables may take: the terminal's, or without a terminal as many as needed."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else 1000
 
 
 def main() -> None:
@@ -314,7 +350,7 @@ def main() -> None:
     if len(sys.argv) <= 1:
         app()  # no arguments: the help
     try:
-        with _one_line_each():
+        with _sigterm_as_ctrl_c():
             code = app(standalone_mode=False)
     except SpectraError as exc:
         _fail(str(exc))
@@ -322,40 +358,40 @@ def main() -> None:
         where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
         _fail(exc.format_message() + where, exc.exit_code)
     except Interrupted as exc:
-        typer.secho("interrupted", err=True)
-        sys.exit(128 + exc.signum)
+        _fail(str(exc), _interrupt_code(exc), "interrupted")
+    except KeyboardInterrupt as exc:
+        _fail("stopped before it finished", _interrupt_code(exc), "interrupted")
     sys.exit(code if isinstance(code, int) else 0)
 
 
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM: raised where the program is, so that every cleanup runs (workers
-    ended, queued tasks cancelled, a staged import and temporary files removed), then one line."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _interrupted(signum, frame) -> None:
-    raise Interrupted(signum)
+def _terminated(signum, frame) -> None:
+    raise Terminated
 
 
 @contextmanager
-def _one_line_each() -> Iterator[None]:
-    """Warnings as one line each, Ctrl-C and SIGTERM as :class:`Interrupted`, while it lasts."""
-    shown_before = warnings.showwarning
-    handlers = {signum: signal.signal(signum, _interrupted) for signum in INTERRUPTS}
-    warnings.showwarning = warning_line
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) while it lasts, so that every
+    cleanup and message of a Ctrl-C follows a ``kill`` too."""
+    before = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     finally:
-        warnings.showwarning = shown_before
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        signal.signal(signal.SIGTERM, before)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` as one line (whatever the message holds) and exit."""
+def _interrupt_code(exc: BaseException) -> int:
+    """128 + the signal that stopped the command: SIGTERM when a :class:`Terminated` is behind
+    ``exc``, else SIGINT."""
+    while exc is not None:
+        if isinstance(exc, Terminated):
+            return 128 + signal.SIGTERM
+        exc = exc.__cause__ or exc.__context__
+    return 128 + signal.SIGINT
+
+
+def _fail(message: str, code: int = 2, what: str = "error") -> None:
+    """Print ``error: message`` (or ``interrupted: message``) as one line, whatever the message
+    holds, and exit."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    typer.secho(f"error: {shown(line)}", err=True, fg="red")
+    typer.secho(f"{what}: {shown(line)}", err=True, fg="red")
     sys.exit(code)

@@ -42,11 +42,6 @@ def shown_json(value, **options) -> str:
 _warned: set[str] = set()
 
 
-def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """A ``warnings.showwarning`` that prints a warning as one safe line: ``warning: …``."""
-    print(f"warning: {shown(message)}", file=file or sys.stderr, flush=True)
-
-
 def warn_once(message: str) -> None:
     """Print ``warning: message`` as one line on stderr, once per process."""
     if message in _warned:

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from spectra.engine import compute_run
 from spectra.run_files import step_file
 from spectra.snapshots import open_run
+from spectra.store import read_run
 
 pytestmark = pytest.mark.slow  # subprocesses
 SPECTRA = [sys.executable, "-m", "spectra"]
@@ -109,7 +110,13 @@ def test_an_interrupt_ends_compute_with_workers_at_once(long_run, tmp_path, how,
         proc.send_signal(signal.SIGTERM)  # kill PID: the main process only
     at_signal = started(log)
     returncode, _, stderr = finish(proc)
-    assert (returncode, stderr.strip()) == (code, "interrupted"), stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    line = lines[0]
+    assert returncode == code and line.startswith("interrupted: the rows of"), stderr
+    assert "computed so far are kept" in line
+    kept, _ = read_run(tmp_path / "run.parquet")  # the rows finished before the signal
+    assert 0 < len(kept) <= started(log)
     assert started(log) <= at_signal + 2 < STEPS + 1  # at most the tasks then being handed out
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -152,7 +159,10 @@ def test_sigterm_mid_import_leaves_no_staging_folder(checkpoints, tmp_path):
     wait_for(lambda: staging(runs), "the staging folder")
     proc.send_signal(signal.SIGTERM)
     returncode, _, stderr = finish(proc)
-    assert (returncode, stderr.strip()) == (143, "interrupted"), stderr
+    assert (returncode, stderr.strip()) == (
+        143,
+        "interrupted: nothing was written; the same command imports again",
+    ), stderr
     assert not staging(runs) and not (runs / "out").exists()
 
 
@@ -244,3 +254,18 @@ def test_a_refused_import_is_one_line_on_a_terminal(tmp_path):
     (line,) = screen(raw)
     assert code == 2 and line.startswith("error:") and "has rank 3" in line, raw
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _blocked() -> set:
+    return signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+def test_workers_never_take_ctrl_c_even_while_starting():
+    """A worker still importing torch when Ctrl-C reaches the process group printed a
+    traceback: workers start with SIGINT blocked; the parent's mask is left as it was."""
+    from spectra.engine.workers import local_pool
+
+    with local_pool(2) as pool:
+        masks = [pool.submit(_blocked).result(timeout=WAIT_S) for _ in range(2)]
+    assert all(signal.SIGINT in mask for mask in masks)
+    assert signal.SIGINT not in _blocked()

@@ -66,8 +66,23 @@ def exit_with_parent(parent: int, death_signal: bool = False) -> None:
 
 def _init_worker(threads: int, parent: int) -> None:
     exit_with_parent(parent, death_signal=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it ends the pool
     torch.set_num_threads(threads)
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned worker that never takes the terminal's Ctrl-C (the parent's: it ends the pool),
+    from its first instruction on: it starts with SIGINT blocked, and keeps that mask."""
+
+    def start(self) -> None:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a Ctrl-C meanwhile comes now
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess
 
 
 @contextmanager
@@ -107,9 +122,8 @@ def local_pool(workers: int) -> Iterator[Executor | None]:
         yield None
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
     initargs = (threads, os.getpid())
-    pool = ProcessPoolExecutor(workers, context, _init_worker, initargs)
+    pool = ProcessPoolExecutor(workers, _WorkerContext(), _init_worker, initargs)
     try:
         yield pool
     except BaseException:
