@@ -70,6 +70,17 @@ def test_analyze_escapes_names(evil_runs, cli, fmt):
         assert "[red]X[/red]" in result.out  # shown, not taken as markup
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown"])
+def test_the_heading_that_names_each_run_escapes_them(evil_runs, tmp_path, cli, fmt):
+    """Runs at different last steps: the heading names each run with its step."""
+    shorter = make_run(tmp_path / "short", "b", "lora", parallel(0.1), steps=(0, 10))
+    result = cli(["analyze", evil_runs[0], shorter, "--format", fmt])
+    assert result.code == 0, result
+    heading = result.out.splitlines()[0]
+    assert "each run's last step" in heading and "forged" in heading, result.out
+    assert safe(result.out + result.err) and "[red]X[/red]" in heading, result.out
+
+
 def test_plot_escapes_names_in_what_it_says(evil_runs, tmp_path, cli):
     result = cli(["plot", *evil_runs, "--figure", "all", "--out", tmp_path / "figs"])
     assert result.code == 0, result
