@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from spectra.errors import Interrupted, SpectraError
+from spectra.errors import Interrupted, SpectraError, Terminated
 from spectra.figures import FIGURES
 from spectra.methods import NAMES as METHOD_NAMES
+from spectra.terminal import shown
 
 STEP_HELP = (
     "The step each run is shown at: last (each run's last step), common (the last step every "
@@ -112,7 +116,7 @@ def compute(
 
         if len(runs) != 1:
             raise SpectraError("--follow needs exactly one run directory")
-        typer.echo(f"wrote {follow_run(runs[0])}")
+        typer.echo(f"wrote {shown(follow_run(runs[0]))}")
         return
     chosen = {"ft_rank": ft_rank, "principal_frac": principal_frac, "sparsity_atol": sparsity_atol}
     settings = Settings(device=device, **{k: v for k, v in chosen.items() if v is not None})
@@ -126,7 +130,7 @@ def compute(
                     f"the rows of {run} computed so far are kept; the same command computes the "
                     "rest"
                 ) from None
-            typer.echo(f"wrote {path}")
+            typer.echo(f"wrote {shown(path)}")
 
 
 @app.command()
@@ -204,9 +208,9 @@ def plot(
         shared=shared_axes, plotlyjs=plotlyjs, step=parse_step(step),
     )  # fmt: skip
     for path in done.written:
-        typer.echo(f"wrote {path}")
+        typer.echo(f"wrote {shown(path)}")
     for why in done.skipped.values():
-        typer.echo(f"skipped: {why}")
+        typer.echo(f"skipped: {shown(why)}")
 
 
 @app.command()
@@ -332,7 +336,7 @@ def import_(
         )  # fmt: skip
     except KeyboardInterrupt:
         raise Interrupted("nothing was written; the same command imports again") from None
-    typer.echo(f"wrote {run}")
+    typer.echo(f"wrote {shown(run)}")
 
 
 @app.command()
@@ -377,23 +381,48 @@ def main() -> None:
     if len(sys.argv) <= 1:
         app()  # no arguments: the help
     try:
-        code = app(standalone_mode=False)
+        with _sigterm_as_ctrl_c():
+            code = app(standalone_mode=False)
     except SpectraError as exc:
         _fail(str(exc))
     except ClickException as exc:
         where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
         _fail(exc.format_message() + where, exc.exit_code)
     except Interrupted as exc:
-        _fail(str(exc), 130, "interrupted")
-    except KeyboardInterrupt:
-        _fail("stopped before it finished", 130, "interrupted")
+        _fail(str(exc), _interrupt_code(exc), "interrupted")
+    except KeyboardInterrupt as exc:
+        _fail("stopped before it finished", _interrupt_code(exc), "interrupted")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) while it lasts, so that every
+    cleanup and message of a Ctrl-C follows a ``kill`` too."""
+    before = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _interrupt_code(exc: BaseException) -> int:
+    """128 + the signal that stopped the command: SIGTERM when a :class:`Terminated` is behind
+    ``exc``, else SIGINT."""
+    while exc is not None:
+        if isinstance(exc, Terminated):
+            return 128 + signal.SIGTERM
+        exc = exc.__cause__ or exc.__context__
+    return 128 + signal.SIGINT
 
 
 def _fail(message: str, code: int = 2, what: str = "error") -> None:
     """Print ``error: message`` (or ``interrupted: message``) as one line, whatever the message
     holds, and exit."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
-    typer.secho(f"{what}: {line}", err=True, fg="red")
+    typer.secho(f"{what}: {shown(line)}", err=True, fg="red")
     sys.exit(code)

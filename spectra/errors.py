@@ -17,3 +17,8 @@ class NotApplicable(SpectraError):
 
 class Interrupted(Exception):
     """The user stopped a command (Ctrl-C); the message says what was kept and how to go on."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like a Ctrl-C (the CLI installs it) so that the same cleanups and the same
+    ``interrupted:`` line follow; the exit code says which it was (143, not 130)."""

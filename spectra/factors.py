@@ -73,9 +73,7 @@ def check_parts(kind: str, parts: dict[str, torch.Tensor], where: str) -> tuple[
     missing = [p for p in FROZEN_PARTS[kind] + STEP_PARTS[kind] if p not in parts]
     if missing:
         raise SpectraError(f"{where}: missing tensors {missing} for a {kind} layer")
-    for part, t in parts.items():
-        if not t.is_floating_point():
-            raise SpectraError(f"{where}: {part} has dtype {t.dtype}, expected a floating type")
+    check_floating(parts, where)
     m, n = _matrix(parts, "weight" if kind == "dense" else "base", where)
     if kind == "dense":
         return m, n
@@ -94,6 +92,13 @@ def check_parts(kind: str, parts: dict[str, torch.Tensor], where: str) -> tuple[
                 f"{where}: {part} has {parts[part].numel()} elements, expected {count}"
             )
     return m, n
+
+
+def check_floating(parts: dict[str, torch.Tensor], where: str) -> None:
+    """SpectraError unless every part is a floating-point tensor (what the engine reads)."""
+    for part, t in parts.items():
+        if not t.is_floating_point():
+            raise SpectraError(f"{where}: {part} has dtype {t.dtype}, expected a floating type")
 
 
 def _matrix(parts: dict[str, torch.Tensor], part: str, where: str) -> tuple[int, int]:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 
 from spectra.columns import LIVE
 from spectra.engine import Engine, exit_with_parent
 from spectra.errors import SpectraError
 from spectra.snapshots import open_run
+from spectra.terminal import shown
 
 
 def compute_until_finished(
@@ -71,7 +71,7 @@ def summary(engine: Engine) -> Table:
         f"last step {steps[-1] if steps else '-'}"
         f"{', training finished' if engine.run.manifest.finished else ''}"
     )
-    table = Table(title=title)
+    table = Table(title=shown(title, markup=True))
     table.add_column("module", justify="left")
     for heading in ("step", "layers", *(f"mean {label}" for label in LIVE.values())):
         table.add_column(heading, justify="right")
@@ -81,7 +81,8 @@ def summary(engine: Engine) -> Table:
     latest = rows[rows["step"] == rows["step"].max()]
     for module, group in latest.groupby("module", sort=True):
         means = [f"{group[column].mean():.4g}" for column in LIVE]
-        table.add_row(escape(str(module)), str(int(group["step"].iloc[0])), str(len(group)), *means)
+        step = str(int(group["step"].iloc[0]))
+        table.add_row(shown(module, markup=True), step, str(len(group)), *means)
     return table
 
 
@@ -96,7 +97,7 @@ def follow(run_dir: str | Path, poll: float = 1.0, console: Console | None = Non
             run_dir, poll, on_update=lambda e: live.update(summary(e), refresh=True)
         )
     for step, layer in sorted(engine.nonfinite):
-        where = escape(f"step {step} {layer}")
+        where = shown(f"step {step} {layer}", markup=True)
         console.print(f"[yellow]warning:[/] {where}: NaN or Inf weights, no row")
     return engine.out
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             follow(args.run_dir, args.poll)
     except SpectraError as exc:
-        print(f"spectra: {exc}", file=sys.stderr)
+        print(f"spectra: {shown(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -17,20 +17,24 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from spectra.terminal import shown
+
 
 @contextmanager
 def _bar(columns: tuple[ProgressColumn, ...], description: str, total: int, enabled: bool):
+    """A transient bar of ``columns`` on stderr (a terminal only); yields advance(n)."""
     console = Console(stderr=True)
     with Progress(
         *columns, console=console, transient=True,
         disable=not (enabled and console.is_terminal),
     ) as bar:  # fmt: skip
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(shown(description, markup=True), total=total)
         yield lambda n=1: bar.advance(task, n)
 
 
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable]:
-    """A bar of ``total`` units; yields the function that advances it by one."""
+    """A bar of ``total`` units; yields the function that advances it by one. ``description``
+    may name a run: it is shown safely (:func:`spectra.terminal.shown`)."""
     return _bar(
         (*Progress.get_default_columns(), MofNCompleteColumn()), description, total, enabled
     )

@@ -17,14 +17,16 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from spectra.terminal import shown
+
 OWN = "spectra: "  # how spectra's own warnings start
 QUIET_ENV = {"PYTHONWARNINGS": "ignore", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """Show a spectra warning as one ``warning:`` line on stderr."""
+    """Show a spectra warning as one safe ``warning:`` line on stderr (it may quote a name)."""
     text = " ".join(str(message).removeprefix(OWN).split())
-    print(f"warning: {text}", file=file or sys.stderr)
+    print(f"warning: {shown(text)}", file=file or sys.stderr, flush=True)
 
 
 @contextmanager

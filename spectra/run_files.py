@@ -19,6 +19,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from spectra.atomic import TEMPORARY
+from spectra.errors import SpectraError
+
 MANIFEST = "manifest.json"
 FROZEN = "frozen.safetensors"
 TRAIN_LOG = "train_log.parquet"
@@ -43,9 +46,24 @@ def step_of(name: str) -> int | None:
 
 
 def parquet_path(run_dir: str | Path) -> Path:
-    """The Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/``."""
+    """The Parquet file of a run directory: ``runs/<run>.parquet`` for ``runs/<run>/`` (for
+    ``.`` or ``..``, of the folder's real name); SpectraError when it would be hidden."""
     run_dir = Path(run_dir)
+    if run_dir.name in ("", ".", ".."):
+        run_dir = run_dir.resolve()
+    if run_dir.name.startswith(".") or not run_dir.name:
+        raise SpectraError(
+            f"the run directory {run_dir} would have a hidden Parquet file "
+            f"{run_dir.name}{PARQUET}; name the output (--out)"
+        )
     return run_dir.parent / f"{run_dir.name}{PARQUET}"
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a file called ``name`` in a run directory is one spectra writes (temporary
+    files included)."""
+    known = name in (MANIFEST, FROZEN, TRAIN_LOG) or step_of(name) is not None
+    return known or TEMPORARY.fullmatch(name) is not None
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,30 +32,27 @@ METADATA_KEY = b"spectra"
 METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # field: required
 
 
-def remove_run_file(path: str | Path) -> None:
-    """Delete the spectra Parquet file ``path`` if there is one (never a file of another kind)."""
-    path = Path(path)
-    if not path.exists():
-        return
+def run_metadata(path: str | Path) -> dict:
+    """The spectra metadata of the Parquet file ``path`` (its schema only is read);
+    SpectraError when it is not a spectra run file."""
     try:
-        read_run(path)
-    except SpectraError:
-        return  # not a spectra file: the engine refuses to overwrite it later
-    try:
-        path.unlink()
-    except OSError as exc:
-        raise SpectraError(f"cannot remove {path}: {exc.strerror}") from None
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    except (pa.ArrowException, OSError) as exc:
+        raise SpectraError(f"{path} is not a readable Parquet file: {exc}") from None
+    if raw is None:
+        raise SpectraError(f"{path} is not a spectra run (no spectra metadata)")
+    return _metadata(raw, Path(path))
 
 
 def read_own_rows(path: str | Path, run: str) -> tuple[pd.DataFrame, dict] | None:
-    """(rows, metadata) of run ``run``'s Parquet file ``path``, None when there is none;
-    SpectraError when ``path`` is another file (not spectra's, or another run's), which is never
-    overwritten."""
+    """(rows, metadata) of run ``run``'s Parquet file ``path`` without any (step, layer) that
+    has several rows (to be computed again), None when there is none; SpectraError when
+    ``path`` is another file (not spectra's, or another run's), which is never overwritten."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        rows, meta = read_run(path)
+        rows, meta = _read(path)
     except SpectraError:
         raise SpectraError(
             f"{path} exists and is not a spectra run file; refusing to overwrite it"
@@ -63,7 +61,7 @@ def read_own_rows(path: str | Path, run: str) -> tuple[pd.DataFrame, dict] | Non
         raise SpectraError(
             f"{path} holds run {meta['run']!r}, not {run!r}; refusing to overwrite it"
         )
-    return rows, meta
+    return rows.drop_duplicates(KEY, keep=False), meta  # rows twice over: computed again
 
 
 def drop_rows_after(path: str | Path, step: int, run_id: str | None, resumed: list[int]) -> None:
@@ -106,7 +104,21 @@ def write_rows(path: str | Path, rows: pd.DataFrame, metadata: dict) -> None:
 
 
 def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """(rows, metadata) of one spectra Parquet file; SpectraError if it is not one."""
+    """(rows, metadata) of one spectra Parquet file; SpectraError if it is not one, or if it
+    holds more than one row of a (step, layer)."""
+    rows, metadata = _read(path)
+    twice = rows[rows.duplicated(KEY, keep=False)]
+    if len(twice):
+        step, layer = twice.iloc[0][KEY]
+        raise SpectraError(
+            f"{path} holds {len(twice)} rows of repeated (step, layer) pairs (step {step} "
+            f"layer {layer}, …); compute the run again"
+        )
+    return rows, metadata
+
+
+def _read(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """(rows, metadata) of one spectra Parquet file, duplicates and all."""
     path = Path(path)
     if not path.is_file():
         raise SpectraError(f"no such file: {path}")
@@ -181,15 +193,16 @@ def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
 
 def expand(patterns: Iterable[str | Path]) -> list[Path]:
     """Paths from file names, glob patterns and folders (their ``*.parquet`` files), in order,
-    without duplicates."""
+    without duplicates; a name that exists is that file, even when it reads as a pattern."""
     paths: list[Path] = []
     for pattern in patterns:
+        pattern = str(pattern)  # a file named like a glob (lora[r16].parquet) is itself
         if Path(pattern).is_dir():
             matches = sorted(str(p) for p in Path(pattern).glob(f"*{PARQUET}"))
             if not matches:
                 raise SpectraError(f"{pattern} holds no run files (*{PARQUET})")
         else:
-            matches = sorted(glob.glob(str(pattern)))
+            matches = [pattern] if os.path.lexists(pattern) else sorted(glob.glob(pattern))
             if not matches:
                 raise SpectraError(f"no run files match {pattern}")
         paths += [Path(m) for m in matches if Path(m) not in paths]

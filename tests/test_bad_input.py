@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from adapter_maker import adapter_tensors, as_int8, make_adapter, rank_three
 from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
 
 from spectra.recipes import DEFAULT_MODEL
-from spectra.run_files import FROZEN, MANIFEST, step_file
+from spectra.run_files import FROZEN, MANIFEST, parquet_path, step_file
 
 GOOD_RECORD = json.dumps({"query": "1+1?", "response": "2"})
 
@@ -37,6 +38,7 @@ def template(tmp_path_factory) -> Path:
     make_run(root / "parquet", "a", "ft", parallel(0.1))
     make_run(root / "parquet", "b", "lora", parallel(0.1))
     shutil.copytree(DEFAULT_MODEL, root / "model")
+    make_adapter(root / "model", root / "adapter")
     (root / "data.jsonl").write_text(GOOD_RECORD + "\n")
     return root
 
@@ -62,6 +64,18 @@ def damage_column(path: Path, name: str, values: list, kind=None) -> None:
     table = pq.read_table(path)
     column = pa.array(values * table.num_rows, kind)
     pq.write_table(table.set_column(table.column_names.index(name), name, column), path)
+
+
+def duplicate_rows(path: Path) -> None:
+    """Every row of a run file twice, the copy with another ΔΣ (a mean would mix them)."""
+    table = pq.read_table(path)
+    column = pa.array([9.0] * table.num_rows, pa.float64())
+    again = table.set_column(table.column_names.index("delta_sigma"), "delta_sigma", column)
+    pq.write_table(pa.concat_tables([table, again]), path)
+
+
+def hidden_copy(run_dir: Path) -> None:
+    shutil.copytree(run_dir, run_dir.with_name(f".{run_dir.name}"))
 
 
 def fail_renames(mp: pytest.MonkeyPatch, code: int) -> None:
@@ -157,6 +171,35 @@ def config(**fields) -> Setup:
 
 def failed(raw: dict) -> None:
     raw["extra"].update(status="failed", error="RuntimeError: boom")
+
+
+IMPORT = ("import", "model", "--base", "model", "--name", "m", "--out", "runs")
+
+
+def foreign_parquet(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"x": [1]}), path)
+
+
+def another_runs_rows(run_dir: Path) -> None:
+    """A spectra run directory, and beside it the Parquet file of another run."""
+    shutil.copytree(run_dir.parent / "dense", run_dir)
+    shutil.copy(run_dir.parent.parent / A, parquet_path(run_dir))
+
+
+def folder(path: Path) -> None:
+    path.mkdir(parents=True)
+
+
+def with_notes(run_dir: Path) -> None:
+    """A spectra run directory holding a file spectra does not write."""
+    shutil.copytree(run_dir.parent.parent / DENSE, run_dir)
+    (run_dir / "notes.txt").write_text("mine")
+
+
+def overwrite(command: tuple, place: str, make: Callable[[Path], object]) -> Setup:
+    """``command --overwrite`` where ``make`` put something at ``place`` first."""
+    return cmd(*command, "--overwrite", prepare=lambda root, mp: make(root / place))
 
 
 CASES = [
@@ -287,9 +330,6 @@ CASES = [
         compute(lambda r: pq.write_table(pa.table({"x": [1]}), r.parent / "dense.parquet")),
         "not a spectra run file",
         id="foreign Parquet at the output",
-    ),
-    pytest.param(
-        cmd("compute", DENSE, "--cache-dir", "data.jsonl"), "SVD cache", id="cache a file"
     ),
     pytest.param(
         cmd("compute", DENSE, "--scheduler", "not an address"), "scheduler", id="scheduler bad"
@@ -424,6 +464,86 @@ CASES = [
         id="non-causal head",
     ),
     pytest.param(track("--out", "data.jsonl"), "is a file", id="track out a file"),
+    # overwrite removes only the run it replaces (issue 17)
+    pytest.param(
+        overwrite(IMPORT, "runs/m.parquet", foreign_parquet),
+        "m.parquet is not a spectra run file; not replacing it",
+        id="import --overwrite a foreign Parquet",
+    ),
+    pytest.param(
+        overwrite(IMPORT, "runs/m.parquet", folder),
+        "m.parquet is a folder, not a spectra run file",
+        id="import --overwrite a Parquet folder",
+    ),
+    pytest.param(
+        overwrite(IMPORT, "runs/m", another_runs_rows),
+        "holds run 'a' (id None), not the run in runs/m",
+        id="import --overwrite another run's rows",
+    ),
+    pytest.param(
+        overwrite(IMPORT, "runs/m", with_notes),
+        "holds 'notes.txt', which spectra did not write",
+        id="import --overwrite a run dir with notes",
+    ),
+    pytest.param(
+        overwrite(TRACK, "out/ft.parquet", foreign_parquet),
+        "ft.parquet is not a spectra run file",
+        id="track --overwrite a foreign Parquet",
+    ),
+    pytest.param(
+        overwrite(TRACK, "out/ft.parquet", folder), "is a folder", id="track --overwrite folder"
+    ),
+    pytest.param(
+        overwrite(TRACK, "out/ft", with_notes), "which spectra did not write", id="track notes"
+    ),  # run files hold one row per (step, layer) and are never hidden (issue 17)
+    pytest.param(
+        parquet(duplicate_rows), "repeated (step, layer) pairs", id="duplicate (step, layer) rows"
+    ),
+    pytest.param(
+        parquet(duplicate_rows, "plot"), "repeated (step, layer)", id="plot duplicate rows"
+    ),
+    pytest.param(
+        cmd("compute", "runs/.dense", prepare=lambda root, mp: hidden_copy(root / DENSE)),
+        "would have a hidden Parquet file .dense.parquet",
+        id="compute a hidden run dir",
+    ),
+    pytest.param(
+        cmd("analyze", "no\x1b[2Jsuch\nfile\u202e.parquet"),
+        "no\\x1b[2Jsuch file\\u202e",
+        id="error line quoting control characters",
+    ),
+    # import refuses up front what compute would refuse, in one line (issue 17)
+    pytest.param(
+        cmd("import", "model", "--base", "model", "--name", "a\nb"),
+        "run name: expected a non-empty printable",
+        id="import a run name with a line break",
+    ),
+    pytest.param(
+        cmd(
+            "import",
+            "adapter",
+            "--base",
+            "model",
+            "--out",
+            "runs",
+            prepare=lambda root, mp: adapter_tensors(root / "adapter", as_int8),
+        ),
+        "is not floating point",
+        id="import int8 factors",
+    ),
+    pytest.param(
+        cmd(
+            "import",
+            "adapter",
+            "--base",
+            "model",
+            "--out",
+            "runs",
+            prepare=lambda root, mp: adapter_tensors(root / "adapter", rank_three),
+        ),
+        "has rank 3",
+        id="import refused after its first step",
+    ),
 ]
 
 

@@ -1,5 +1,7 @@
 """Fuzzing: crafted manifests, step files and Parquet metadata fed to compute, compute --follow,
-analyze and plot end in a result or in SpectraError, never in any other exception."""
+analyze and plot end in a result or in SpectraError, never in any other exception; crafted
+SVD cache entries are computed again (or used, when they are an SVD of W_0), and the rows
+equal a clean computation."""
 
 from __future__ import annotations
 
@@ -10,22 +12,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from runmaker import damage_tensors, make_run, make_run_dir, parallel
+from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
+from safetensors.torch import save
 
+import spectra.engine.svd_cache as svd_cache_module
 from spectra.columns import SCHEMA
-from spectra.engine import compute_run
+from spectra.engine import base_path, compute_run, weight_key
 from spectra.errors import SpectraError
 from spectra.follow import compute_until_finished
+from spectra.metrics import SVD, svd
 from spectra.plotting import plot_runs
 from spectra.report import render
 from spectra.run_files import FROZEN, MANIFEST, step_file
-from spectra.store import load_runs
+from spectra.snapshots import open_run
+from spectra.store import load_runs, read_run
 
 pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 FUZZ = settings(
@@ -227,3 +234,81 @@ def test_crafted_parquet_files_plotted(template, crafted):
     with crafted_parquet(template, crafted) as folder:
         runs = [folder / "a.parquet", folder / "b.parquet"]
         only_spectra_errors(lambda: plot_runs(runs, "2,3,heatmap", folder / "figs"))
+
+
+# --- SVD cache entries ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean(template, tmp_path_factory) -> pd.DataFrame:
+    """The rows of the dense run, computed with a cache of their own."""
+    out = tmp_path_factory.mktemp("clean") / "dense.parquet"
+    return read_run(compute_run(template / "dense", out, cache_dir=out.parent / "cache"))[0]
+
+
+def other_svd(seed: int) -> SVD:
+    """The SVD of another 6×4 matrix."""
+    g = torch.Generator().manual_seed(seed)
+    return svd(torch.randn(6, 4, dtype=torch.float64, generator=g))
+
+
+@st.composite
+def crafted_entries(draw, good: SVD, key: str) -> bytes | None:
+    """An entry for W_0 ``key``: its own SVD or another's, changed, under metadata that is right,
+    forged (a digest that matches what the entry holds) or wrong; or bytes; or None (missing)."""
+    kind = draw(st.sampled_from(["bytes", "missing", "tensors"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=600))
+    if kind == "missing":
+        return None
+    u, s, vh = draw(st.sampled_from([good, other_svd(draw(st.integers(0, 3)))]))
+    change = draw(st.sampled_from(["none", "negate a pair", "swap columns", "noise", "scale s",
+                                   "dtype", "shape", "drop one"]))  # fmt: skip
+    if change == "negate a pair":  # still an SVD of the same matrix
+        i = draw(st.integers(0, 3))
+        u, vh = u.clone(), vh.clone()
+        u[:, i], vh[i] = -u[:, i], -vh[i]
+    elif change == "swap columns":
+        u = u[:, [1, 0, 2, 3]]
+    elif change == "noise":
+        u = u + 10.0 ** draw(st.integers(-14, 0)) * torch.randn_like(u)
+    elif change == "scale s":
+        s = s * draw(st.sampled_from([-1.0, 0.5, 2.0, float("nan"), float("inf")]))
+    elif change == "dtype":
+        u, s, vh = (t.to(draw(st.sampled_from(DTYPES[:3]))) for t in (u, s, vh))
+    elif change == "shape":
+        u = u[:-1]
+    tensors = {"u": u.contiguous(), "s": s.contiguous(), "vh": vh.contiguous()}
+    if change == "drop one":
+        tensors.pop(draw(st.sampled_from(sorted(tensors))))
+    metadata = draw(st.sampled_from(["right", "forged", "none", "other key", "junk"]))
+    digest = svd_cache_module.svd_digest(SVD(*(t.double() for t in (u, s, vh))))
+    meta = {
+        "right": {"format": "1", "w0": key, "digest": svd_cache_module.svd_digest(good)},
+        "forged": {"format": "1", "w0": key, "digest": digest},
+        "none": None,
+        "other key": {"format": "1", "w0": "6x4-" + "0" * 32, "digest": digest},
+        "junk": {"format": draw(st.text(max_size=3)), "w0": draw(st.text(max_size=5))},
+    }[metadata]
+    event(f"entry: {change}, metadata {metadata}")
+    return save(tensors, metadata=meta)
+
+
+@settings(FUZZ, max_examples=100)
+@given(data=st.data())
+def test_crafted_cache_entries_are_computed_again(template, clean, data):
+    with tempfile.TemporaryDirectory(dir=template.parent) as work:
+        cache = Path(work) / "cache"
+        w0 = open_run(template / "dense").weight(0, LAYER)
+        key = weight_key(w0)
+        entry = base_path(cache, key)
+        entry.parent.mkdir(parents=True)
+        crafted = data.draw(crafted_entries(svd(w0), key))
+        if crafted is not None:
+            entry.write_bytes(crafted)
+        out = Path(work) / "dense.parquet"
+        before = entry.read_bytes() if entry.exists() else None
+        rows = read_run(compute_run(template / "dense", out, cache_dir=cache))[0]
+        event("used" if entry.read_bytes() == before else "computed again")
+        pd.testing.assert_frame_equal(rows, clean, check_exact=False, rtol=1e-9, atol=1e-12)
+        assert not isinstance(svd_cache_module.read_entry(entry, key, (6, 4)), str)

@@ -456,11 +456,15 @@ def test_existing_run_needs_overwrite(trained, tmp_path, cli):
     t = trained("ft")
     args = ["import", t.out, "--base", t.base, "--out", tmp_path]
     assert cli(args)[0] == 0
-    (tmp_path / "ft.parquet").write_text("stale rows of the old run")
+    compute_run(tmp_path / "ft")  # the rows of the run that will be replaced
     code, _, err = cli(args)
     assert code == 2 and err.startswith("error: ") and "--overwrite" in err
     assert cli([*args, "--overwrite"])[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # the stale rows are gone
+    (tmp_path / "ft.parquet").write_text("not a run file: never removed")
+    cli([*args, "--overwrite"]).error_line("ft.parquet is not a spectra run file")
+    assert (tmp_path / "ft.parquet").read_text() == "not a run file: never removed"
+    (tmp_path / "ft.parquet").unlink()
     (tmp_path / "ft" / "manifest.json").unlink()  # not a run any more: never replaced
     code, _, err = cli([*args, "--overwrite"])
     assert code == 2 and "not a spectra run directory" in err

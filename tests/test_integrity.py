@@ -260,7 +260,9 @@ def test_overwrite_never_removes_what_is_not_a_run(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     (tmp_path / "run.parquet").write_text("not a spectra file")
-    spectra.Tracker(base_model("llama"), tmp_path / "run", mode="deferred", overwrite=True).close()
+    with pytest.raises(SpectraError, match=r"'notes\.txt', which spectra did not"):
+        spectra.Tracker(base_model("llama"), tmp_path / "run", mode="deferred", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     assert (tmp_path / "run.parquet").read_text() == "not a spectra file"
 

@@ -21,15 +21,10 @@ from spectra.callback.worker import WORKERS, InlineWorker
 from spectra.capture import adapter_rank, detect_method, find_layers, recognise, weight_shape
 from spectra.errors import SpectraError
 from spectra.factors import row_count
+from spectra.overwrite import replace_run
 from spectra.run_files import FROZEN, is_run_dir, parquet_path
-from spectra.snapshots import (
-    Manifest,
-    RunWriter,
-    Target,
-    open_run,
-    remove_run,
-)
-from spectra.store import drop_rows_after, read_own_rows, remove_run_file
+from spectra.snapshots import Manifest, RunWriter, Target, open_run
+from spectra.store import drop_rows_after, read_own_rows
 from spectra.train_log import read_train_log, write_train_log
 
 MODES = ("inline", "deferred")
@@ -155,8 +150,7 @@ class Tracker:
             self._check_resumable(manifest)
             rows = read_own_rows(parquet, manifest.run)  # refuses a foreign file, changing nothing
         elif overwrite:
-            remove_run(self.path)
-            remove_run_file(parquet)
+            replace_run(self.path, manifest.run)
         self.writer = RunWriter(self.path, manifest, resume=start_step > 0)
         self._log = _log_rows(read_train_log(self.path), start_step)
         if start_step > 0:

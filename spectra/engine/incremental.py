@@ -18,18 +18,20 @@ from pathlib import Path
 import pandas as pd
 
 from spectra import __version__
+from spectra.atomic import check_writable, remove_temporary_files
 from spectra.columns import KEY
 from spectra.engine.row_metrics import matrix_task
 from spectra.engine.settings import DEFAULTS, Settings
-from spectra.engine.svd_cache import base_task, default_cache_dir
+from spectra.engine.svd_cache import Entry, base_task, open_cache
 from spectra.engine.workers import check_device, check_workers, local_pool, run_tasks
 from spectra.errors import SpectraError
 from spectra.progress import progress_bar
-from spectra.run_files import parquet_path
+from spectra.run_files import parquet_path, step_file
 from spectra.snapshots import Manifest, open_run
 from spectra.store import read_own_rows, write_rows
 
 WRITE_EVERY_S = 2.0  # default: how often finished rows are flushed to the Parquet file
+STALE_S = 600.0  # a temporary file of the Parquet file this old is a killed writer's
 
 
 class Engine:
@@ -59,11 +61,20 @@ class Engine:
         self.out = Path(out) if out else parquet_path(self.run.path)
         self.workers, self.executor, self.progress = workers, executor, progress
         self.settings, self.write_every = settings, write_every
-        self.cache_dir = str(Path(cache_dir) if cache_dir else default_cache_dir())
+        check_writable(self.out)  # a refusal before any work, and before any cache warning
+        self.cache_dir = open_cache(cache_dir)  # None (and one warning) when it is unusable
+        self._remove_leftovers()
         self.stale = False  # rows were dropped that the Parquet file still holds
         self.rows = self._existing_rows()
         self.nonfinite: set[tuple[int, str]] = set()
-        self._bases: dict[str, str] = {}
+        self._bases: dict[str, Entry] = {}
+
+    def _remove_leftovers(self) -> None:
+        """Remove the temporary files killed writers left: in the run directory once nothing
+        writes it (finished, or its writer is gone), and old ones of the Parquet file."""
+        if self.run.manifest.finished or self.run.manifest.abandoned:
+            remove_temporary_files(self.run.path)
+        remove_temporary_files(self.out.parent, of=self.out.name, older_than=STALE_S)
 
     def _existing_rows(self) -> pd.DataFrame:
         found = read_own_rows(self.out, self.run.name)
@@ -76,7 +87,8 @@ class Engine:
 
     def _backed(self, rows: pd.DataFrame, run_id, resumed, now: Manifest) -> pd.DataFrame:
         """The rows, computed from run ``run_id`` resumed at steps ``resumed``, that ``now``
-        still backs: none of another identity, none after a step it was resumed from since."""
+        still backs: none of another identity, none after a step it was resumed from since,
+        none of a step or layer it no longer has (not listed, or its step file is gone)."""
         if rows.empty:
             return rows
         if (
@@ -88,6 +100,9 @@ class Engine:
         else:
             since = now.resumed[len(resumed) :]
             kept = rows[rows["step"] <= min(since)] if since else rows
+            files = set(os.listdir(self.run.path))
+            steps = [step for step in now.steps if step_file(step) in files]
+            kept = kept[kept["step"].isin(steps) & kept["layer"].isin(list(now.targets))]
         self.stale = self.stale or len(kept) < len(rows)
         return kept
 
@@ -139,9 +154,9 @@ class Engine:
     def update(self) -> int:
         """Compute and write every pending row; return how many rows were added."""
         tasks = self.pending()
+        if self.stale:  # before computing, which may fail: no row outlives its snapshot
+            self._write([])
         if not tasks:
-            if self.stale:
-                self._write([])
             return 0
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
@@ -151,8 +166,8 @@ class Engine:
         ):
             layers = [layer for layer in self.run.layers if layer not in self._bases]
             base_args = [(self.run_dir, layer, self.cache_dir, self.settings) for layer in layers]
-            for (_, layer, *_), path in run_tasks(executor, base_task, base_args):
-                self._bases[layer] = path
+            for (_, layer, *_), entry in run_tasks(executor, base_task, base_args):
+                self._bases[layer] = entry
             args = [
                 (self.run_dir, step, layer, self._bases[layer], self.settings)
                 for step, layer in tasks

@@ -15,7 +15,7 @@ import math
 import torch
 
 from spectra.engine.settings import DEFAULTS, Settings
-from spectra.engine.svd_cache import load_base
+from spectra.engine.svd_cache import Entry, load_base
 from spectra.engine.update_columns import STEP0, update_columns
 from spectra.factors import Principal, live, principal, update_factors
 from spectra.metrics import (
@@ -70,7 +70,7 @@ def update_metrics(
 
 
 def matrix_task(
-    run_dir: str, step: int, layer: str, base_file: str, settings: Settings = DEFAULTS
+    run_dir: str, step: int, layer: str, base: Entry, settings: Settings = DEFAULTS
 ) -> dict:
     """One Parquet row: every metric of ``layer`` at ``step``; metrics are NaN for NaN weights."""
     run = open_run(run_dir)  # fresh: a long-lived worker may see a run directory re-created
@@ -80,7 +80,7 @@ def matrix_task(
            "block": block, "module": module, "rows": w.shape[0], "cols": w.shape[1]}  # fmt: skip
     if not torch.isfinite(w).all():
         return row | {"nonfinite": True}
-    base = load_base(base_file)
+    base = load_base(base, run_dir, layer, settings.device)
     cur = base if step == 0 else svd(w, settings.device)
     row |= drift_from_svd(
         base, w, cur, top_k=settings.top_k, intruder_eps=settings.intruder_eps, profile=True

@@ -69,6 +69,22 @@ def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
 
 
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned worker that never takes the terminal's Ctrl-C (the parent's: it ends the pool),
+    from its first instruction on: it starts with SIGINT blocked, and keeps that mask."""
+
+    def start(self) -> None:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a Ctrl-C meanwhile comes now
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess
+
+
 @contextmanager
 def dask_executor(address: str) -> Iterator[Executor]:
     """A ``concurrent.futures`` executor on the Dask cluster whose scheduler is at ``address``.
@@ -97,15 +113,33 @@ def dask_executor(address: str) -> Iterator[Executor]:
 
 @contextmanager
 def local_pool(workers: int) -> Iterator[Executor | None]:
-    """A spawn-based process pool sharing the cores, or None (run in-process) for one worker."""
+    """A spawn-based process pool sharing the cores, or None (run in-process) for one worker.
+
+    When the block ends with an exception (Ctrl-C, SIGTERM in the CLI, a failed task), the
+    queued tasks are cancelled and the workers ended at once, not waited for.
+    """
     if workers <= 1:
         yield None
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")
     initargs = (threads, os.getpid())
-    with ProcessPoolExecutor(workers, context, _init_worker, initargs) as pool:
+    pool = ProcessPoolExecutor(workers, _WorkerContext(), _init_worker, initargs)
+    try:
         yield pool
+    except BaseException:
+        _end(pool)
+        raise
+    pool.shutdown()
+
+
+def _end(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued tasks and end the worker processes now."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public API < 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(WATCH_PARENT_S * 10)
 
 
 def run_tasks(executor: Executor | None, fn, args: list[tuple]) -> Iterator[tuple[tuple, object]]:

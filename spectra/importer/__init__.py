@@ -28,6 +28,7 @@ from spectra.importer.sources import find_checkpoints
 from spectra.importer.staging import check_destination, checksums, staged, write_run_dir
 from spectra.importer.trainer import train_log, trainer_state
 from spectra.progress import progress_bar
+from spectra.snapshots.manifest import check_run_name
 
 __all__ = ["compare_runs", "import_run"]
 
@@ -66,7 +67,9 @@ def import_run(
     if not sources:
         raise SpectraError("no sources to import")
     first = sources[0].path if isinstance(sources[0], Model) else sources[0]
-    run_dir = Path(out) / (name or run_names([first])[0])
+    name = name or run_names([first])[0]
+    check_run_name(name)  # the rule every manifest is read with: no run that compute refuses
+    run_dir = Path(out) / name
     check_destination(run_dir, overwrite)
     checkpoints = find_checkpoints(
         [s if isinstance(s, Model) else open_source(s) for s in sources], steps
@@ -92,10 +95,10 @@ def import_run(
             }
 
         frozen = job.frozen()
+        manifest = job.manifest(run_dir.name, str(getattr(base, "path", base)))
+        manifest.ordinal_steps = not all(c.numbered for c in checkpoints)
+        log = train_log(state) if state else {}
         with staged(run_dir, overwrite) as tmp:
-            manifest = job.manifest(run_dir.name, str(getattr(base, "path", base)))
-            manifest.ordinal_steps = not all(c.numbered for c in checkpoints)
-            log = train_log(state) if state else {}
             write_run_dir(tmp, manifest, frozen, job.steps(), log, provenance, advance, references)
     return run_dir
 

@@ -117,8 +117,8 @@ class Adapter:
         return masks
 
     def check(self, module: str, shape: tuple[int, int]) -> None:
-        """SpectraError unless the saved tensors of ``module`` fit a base of torch ``shape``
-        (from the file header: nothing is read)."""
+        """SpectraError unless the saved tensors of ``module`` are floating point and fit a base
+        of torch ``shape`` (from the file header: nothing is read)."""
         names = self.modules.get(module)
         if names is None:
             raise SpectraError(f"{self.path}: no adapter tensors for {module}")
@@ -129,6 +129,11 @@ class Adapter:
             "lora_A": (rank, cols), "lora_B": (out, rank), "lora_E": (rank, 1), MAGNITUDE: (out,),
         }  # fmt: skip
         for attr, found in shapes.items():
+            if not self.tensors.floating(names[attr]):
+                raise SpectraError(
+                    f"{self.tensors.files[names[attr]]}: tensor {names[attr]} is not floating "
+                    "point; spectra imports adapter factors of a floating type"
+                )
             if found != expected[attr]:
                 raise SpectraError(
                     f"{self.tensors.files[names[attr]]}: tensor {names[attr]} has shape {found}, "

@@ -58,6 +58,8 @@ def adapted_layer(path: str, weight: torch.Tensor, config: PeftConfig) -> nn.Mod
         torch.manual_seed(SEED)
         # rank_pattern / alpha_pattern keys of the other modules match nothing here
         warnings.filterwarnings("ignore", "The following .*_pattern keys did not match")
+        # the layer is built from no model folder: the config's base path is not lost
+        warnings.filterwarnings("ignore", "The PEFT config's `base_model_name_or_path` was renamed")
         peft_model = get_peft_model(model, copy.deepcopy(config))
     return peft_model.base_model.model.get_submodule(path)
 

@@ -2,13 +2,15 @@
 
 Nothing is left half-written: the run is written with :class:`~spectra.snapshots.RunWriter`
 into a hidden folder next to ``runs/<run>/``, which becomes ``runs/<run>/`` only once the last
-step and the manifest are complete; on any error the folder is removed. ``--overwrite``
-replaces an existing run directory (and its now stale ``runs/<run>.parquet``), never a folder
-that is not a run.
+step and the manifest are complete; on any error (SIGTERM and Ctrl-C included) the folder is
+removed, and the folder of an import killed outright by the next import of the run. Overwrite
+replaces an existing run and its ``runs/<run>.parquet`` only when spectra wrote them
+(:mod:`spectra.overwrite`).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -19,14 +21,17 @@ from pathlib import Path
 
 import torch
 
+from spectra.atomic import TEMPORARY
 from spectra.errors import SpectraError
 from spectra.importer.tensors import SAFETENSORS, Tensors
-from spectra.run_files import is_run_dir, parquet_path
-from spectra.snapshots import Manifest, RunWriter
+from spectra.overwrite import check_replaceable
+from spectra.run_files import parquet_path
+from spectra.snapshots import Manifest, RunWriter, open_run
 from spectra.snapshots.raw import HEADER_LENGTH
 from spectra.train_log import write_train_log
 
 CHUNK = 1 << 20
+STAGING, REPLACED = "importing", "replaced"  # hidden folders beside the run: .<run>.<kind>-<id>
 
 Layers = dict[str, dict[str, torch.Tensor]]  # {module: {part: tensor}}
 
@@ -71,29 +76,49 @@ def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
 
 
 def check_destination(run_dir: Path, overwrite: bool) -> None:
-    """SpectraError unless ``run_dir`` is free, or ``overwrite`` and it holds a run."""
-    taken = [p for p in (run_dir, parquet_path(run_dir)) if p.exists()]
+    """SpectraError unless ``run_dir`` is free, or ``overwrite`` and what is there is a run
+    spectra wrote (:func:`spectra.overwrite.check_replaceable`)."""
+    taken = [p for p in (run_dir, parquet_path(run_dir)) if p.exists() or p.is_symlink()]
     if taken and not overwrite:
         raise SpectraError(f"{taken[0]} already exists; pass --overwrite to replace that run")
-    if run_dir.exists() and not is_run_dir(run_dir):
-        raise SpectraError(f"{run_dir} exists and is not a spectra run directory; not replacing it")
+    check_replaceable(run_dir, run_dir.name)
 
 
 def _replace(new: Path, run_dir: Path, overwrite: bool) -> None:
     check_destination(run_dir, overwrite)
-    old = run_dir.with_name(f".{run_dir.name}.replaced-{uuid.uuid4().hex[:8]}")
+    old = run_dir.with_name(f".{run_dir.name}.{REPLACED}-{uuid.uuid4().hex[:8]}")
     if run_dir.exists():
         os.rename(run_dir, old)
     os.rename(new, run_dir)
-    parquet_path(run_dir).unlink(missing_ok=True)  # the replaced run's rows
+    parquet_path(run_dir).unlink(missing_ok=True)  # the replaced run's rows (checked above)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Remove the hidden folders that imports of ``run_dir`` killed before they cleaned up
+    left beside it (``.<run>.importing-*``, ``.<run>.replaced-*``): those whose writing process
+    is certainly gone (:meth:`WritingProcess.gone`), and those holding nothing but temporary
+    files. A live import's folder is never touched."""
+    for kind in (STAGING, REPLACED):
+        for folder in run_dir.parent.glob(f".{glob.escape(run_dir.name)}.{kind}-*"):
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            try:
+                writer = open_run(folder).manifest.writer
+            except SpectraError:
+                writer = None
+            empty = all(TEMPORARY.fullmatch(p.name) for p in folder.iterdir())
+            if empty or (writer is not None and writer.gone()):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
 def staged(run_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """A fresh folder beside ``run_dir`` that replaces it on success and vanishes on error."""
+    """A fresh folder beside ``run_dir`` that replaces it on success and vanishes on error
+    (or, if this process is killed first, on the next import of the run)."""
     check_destination(run_dir, overwrite)
-    tmp = run_dir.with_name(f".{run_dir.name}.importing-{uuid.uuid4().hex[:8]}")
+    remove_leftovers(run_dir)
+    tmp = run_dir.with_name(f".{run_dir.name}.{STAGING}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:

@@ -98,6 +98,14 @@ class Tensors:
             self.shapes |= shapes
             self.files |= dict.fromkeys(shapes, file)
 
+    def floating(self, name: str) -> bool:
+        """Whether tensor ``name`` is stored as floating point (from its header: no data read)."""
+        if name in self._loaded:
+            return self._loaded[name].is_floating_point()
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            dtype = f.get_slice(name).get_dtype()  # F64, F32, F16, BF16, F8_E4M3, I8, U8, …
+        return dtype.startswith("F") or dtype == "BF16"
+
     def read(self, name: str) -> torch.Tensor:
         """Tensor ``name``, read from its file now (only this tensor's bytes)."""
         file = self.files[name]

@@ -29,6 +29,7 @@ from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
 from spectra.methods import NAMES, get
+from spectra.overwrite import check_replaceable
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
 from spectra.run_files import parquet_path
@@ -247,3 +248,5 @@ def _check_outputs(job: Plan) -> None:
             raise SpectraError(
                 f"{existing[0]} already exists; pass --overwrite or choose another --out"
             )
+        if existing:
+            check_replaceable(job.run_dir(method), method)

@@ -33,6 +33,7 @@ from spectra.recipes.setup import AdaLoraAllocation, SORSATrainer, prepare
 from spectra.recipes.sft_data import IGNORE, SFTDataset, load_examples, load_tokenizer
 from spectra.run_files import parquet_path
 from spectra.snapshots import open_run
+from spectra.terminal import shown
 
 
 class RichSteps(TrainerCallback):
@@ -155,10 +156,11 @@ def run(job: Plan, console: Console | None = None) -> list[Path]:
                 runs.append(train_one(job, method, data, tokenizer, progress))
             except KeyboardInterrupt:
                 raise Interrupted(kept(job, runs, method)) from None
+            done = f"{runs[-1]}/ and {parquet_path(runs[-1])}"
             progress.console.print(
-                f"{method}: {runs[-1]}/ and {parquet_path(runs[-1])} "
-                f"({time.perf_counter() - start:.0f} s)"
+                f"{method}: {shown(done, markup=True)} ({time.perf_counter() - start:.0f} s)"
             )
-    console.print(f"next: spectra analyze {job.out}/*.parquet && spectra plot --figure 2 "
-                  f"{job.out}/*.parquet")  # fmt: skip
+    out = shown(job.out, markup=True)
+    console.print(f"next: spectra analyze {out}/*.parquet && spectra plot --figure 2 "
+                  f"{out}/*.parquet")  # fmt: skip
     return runs

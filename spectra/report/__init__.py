@@ -15,14 +15,16 @@ from dataclasses import asdict
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 
 from spectra.columns import SUMMARY
 from spectra.errors import SpectraError
 from spectra.report import biderman, dora, milora, sorsa
 from spectra.report.claims import Claim, Paper, all_of
 from spectra.report.sorsa import PARALLEL, claim_theorem, parallelism
-from spectra.report.tables import fitted, markdown, rich_table
+from spectra.report.tables import csv, fitted, markdown, rich_table
 from spectra.store import Runs, comparison_steps, delta_d_column, delta_d_name, steps_text
+from spectra.terminal import shown, shown_json
 
 __all__ = [
     "PAPERS", "PARALLEL", "Claim", "all_of", "check_claims", "claim_theorem", "claims_frame",
@@ -115,13 +117,13 @@ def render(
     checked = check_claims(runs, steps, matched, papers)
     means = summary(runs, steps)
     table = means.rename(columns=SUMMARY)
-    heading = (
+    heading = shown(
         f"Summary{' and claims' if papers else ''} at {steps_text(runs, steps, step)} "
         f"(layer means); ΔD is {delta_d_name(matched)}."
-    )
+    )  # it names the runs
     by_paper = [(PAPERS[p], claims_frame([c for c in checked if c.paper == p])) for p in papers]
     if fmt == "json":
-        return json.dumps(
+        return shown_json(
             {
                 "steps": steps,
                 "step_policy": step,
@@ -132,20 +134,19 @@ def render(
                 "claims": [asdict(c) for c in checked],
             },
             indent=2,
-            ensure_ascii=False,
         )
     if fmt == "csv":
         verdicts = claims_frame(checked).assign(paper=[c.paper for c in checked])
-        return table.to_csv(index=False) + "\n" + verdicts.to_csv(index=False)
+        return csv(table) + "\n" + csv(verdicts)
     if fmt == "markdown":
         parts = [heading, "## Summary", markdown(table)]
         for paper, verdicts in by_paper:
             parts += [f"## {paper.title}", markdown(verdicts), paper.notes]
         return "\n\n".join(parts)
     console = Console(file=io.StringIO(), width=width, force_terminal=False)
-    console.print(heading)
-    shown, left_out = fitted(console, table, "Summary", KEEP)
-    console.print(shown)
+    console.print(escape(heading))
+    fit, left_out = fitted(console, table, "Summary", KEEP)
+    console.print(fit)
     if left_out:
         console.print(
             f"Left out to fit {width} columns: {', '.join(left_out)}; --format csv, json or "

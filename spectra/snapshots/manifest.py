@@ -158,15 +158,21 @@ class Manifest:
             )
         try:
             manifest = read_dataclass(raw, cls, "")
-            _check(manifest)
+            check_manifest(manifest)
         except SpectraError as exc:
             raise SpectraError(f"{where}: {exc}") from None
         manifest.steps = sorted(set(manifest.steps))
         return manifest
 
 
-def _check(manifest: Manifest) -> None:
-    """SpectraError on values of the right type that no spectra run can have."""
+def check_run_name(name: str) -> None:
+    """SpectraError unless ``name`` can name a run (non-empty, printable: no line breaks)."""
+    _name(name, "run name")
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """SpectraError on values of the right type that no spectra run can have (what
+    :meth:`Manifest.from_json` refuses, and :class:`~spectra.snapshots.RunWriter` never writes)."""
     for name in ("run", "method"):
         _name(getattr(manifest, name), name)
     if not manifest.targets:

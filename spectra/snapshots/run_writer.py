@@ -14,25 +14,32 @@ import torch
 
 from spectra.atomic import atomic_write, remove_temporary_files
 from spectra.errors import SpectraError
-from spectra.run_files import FROZEN, MANIFEST, is_run_dir, step_file, step_of
-from spectra.snapshots.manifest import REFERENCES_FORMAT, Manifest, WritingProcess
+from spectra.factors import check_floating
+from spectra.run_files import FROZEN, MANIFEST, PARQUET, is_run_dir, step_file, step_of
+from spectra.snapshots.manifest import REFERENCES_FORMAT, Manifest, WritingProcess, check_manifest
 from spectra.snapshots.reader import open_run
 from spectra.snapshots.references import Reference, write_references
 from spectra.snapshots.tensor_files import save_tensors
 
 
-def _flatten(layers: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def _flatten(layers: dict[str, dict[str, torch.Tensor]], where: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a file, keyed ``<module>/<part>``; SpectraError for one the engine would
+    refuse to read (not floating point: int8 factors)."""
+    for layer, parts in layers.items():
+        check_floating(parts, f"{where} layer {layer}")
     return {f"{layer}/{part}": t for layer, parts in layers.items() for part, t in parts.items()}
 
 
 class RunWriter:
     """Writes a run directory; with ``resume=True`` continues one that exists.
 
-    Opening it removes the temporary files a killed writer left behind. A new run gets a new
-    ``run_id``; a resumed one keeps its own.
+    Opening it removes the temporary files a killed writer left behind (in the run directory,
+    and of its Parquet file beside it). A new run gets a new ``run_id``; a resumed one keeps its
+    own. A manifest or tensor that a reader would refuse is refused here, before it is written.
     """
 
     def __init__(self, path: str | Path, manifest: Manifest, *, resume: bool = False):
+        check_manifest(manifest)  # nothing is written that a reader would refuse
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -48,6 +55,7 @@ class RunWriter:
         else:
             manifest.run_id = manifest.run_id or uuid.uuid4().hex
         remove_temporary_files(self.path)
+        remove_temporary_files(self.path.parent, of=f"{self.path.name}{PARQUET}")
         manifest.writer = WritingProcess.this_process()
         self.manifest = manifest
         self._write_manifest()  # fails here, before training, if the directory is not writable
@@ -70,13 +78,13 @@ class RunWriter:
 
     def write_frozen(self, layers: dict[str, dict[str, torch.Tensor]]) -> None:
         """Write the frozen tensors (``{layer: {"base": W}}``) once."""
-        save_tensors(self.path / FROZEN, _flatten(layers))
+        save_tensors(self.path / FROZEN, _flatten(layers, self.path / FROZEN))
 
     def write_step(self, step: int, layers: dict[str, dict[str, torch.Tensor]]) -> None:
         """Write the trainable tensors of every target at ``step`` and list the step."""
         if step in self.manifest.steps:
             return
-        save_tensors(self.path / step_file(step), _flatten(layers))
+        save_tensors(self.path / step_file(step), _flatten(layers, self.path / step_file(step)))
         self.manifest.steps = sorted({*self.manifest.steps, step})
         self._write_manifest()
 
