@@ -20,7 +20,8 @@ from torch import nn
 
 from spectra.capture.names import PEFT_PREFIX, expert_name, resolve, split_expert
 from spectra.errors import SpectraError
-from spectra.importer.experts import find_stacks, stacked
+from spectra.importer.experts import find_stacks, stack_tensors, stacked
+from spectra.importer.model import Model
 from spectra.importer.plan import Import
 from spectra.importer.staging import Layers
 from spectra.snapshots import Target
@@ -85,6 +86,10 @@ class ExpertAdapterImport(Import):
         self.targets: dict[str, Target] = {}
         self.models: dict[str, nn.Module] = {}  # experts module path → its peft stand-in
         self.layers: dict[str, tuple] = {}  # stack path → (ExpertStack, its step-0 Layout)
+
+    def reads(self) -> list[tuple[Model, list[str]]]:
+        """The base's tensors holding the adapted expert stacks."""
+        return [(self.base, [n for p in self.modules for n in stack_tensors(self.stacks[p])])]
 
     def frozen(self) -> Layers:
         from peft import get_peft_model

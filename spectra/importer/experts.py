@@ -165,6 +165,13 @@ def expert_matrix(tensors: Tensors, stack: Stack, expert: int) -> torch.Tensor:
     return matrix
 
 
+def stack_tensors(stack: Stack) -> list[str]:
+    """The names of the checkpoint tensors that hold ``stack``'s experts."""
+    if stack.stored:
+        return [stack.stored]
+    return list(dict.fromkeys(n for names in stack.sources.values() for n in names))
+
+
 def stacked(tensors: Tensors, stack: Stack) -> torch.Tensor:
     """Every expert's matrix, [E, out, in] (torch layout), read expert by expert."""
     return torch.stack([expert_matrix(tensors, stack, e) for e in range(stack.count)])
@@ -218,6 +225,15 @@ class ExpertLayers:
         stacks = self.of(model)
         for path in self.paths:
             self.check(model, stacks.get(path), self.stacks[self.first.path][path])
+
+    def reads(self, model, base: bool = False) -> list[str]:
+        """The names of the tensors of ``model`` (or of the base) that hold the selected stacks."""
+        if not self.paths:
+            return []
+        stacks = self.of(model)
+        return [
+            n for p in self.paths for n in stack_tensors(stacks[self.base_of[p] if base else p])
+        ]
 
     def targets(self) -> dict[str, Target]:
         stacks = self.stacks[self.first.path]

@@ -132,9 +132,11 @@ class FullImport(Import):
         return layers
 
     def reads(self) -> list[tuple[Model, list[str]]]:
-        checkpoints = [(c.reader, [c.reader.modules[m] for m in self.modules])
-                       for c in self.checkpoints]  # fmt: skip
-        return super().reads() + checkpoints
+        """Every model's target tensors, then those of its selected expert stacks."""
+        models = [(self.base, self.base_of, True)]
+        models += [(c.reader, {m: m for m in self.modules}, False) for c in self.checkpoints]
+        return [(model, [model.modules[names[m]] for m in self.modules]
+                 + self.experts.reads(model, base)) for model, names, base in models]  # fmt: skip
 
     def frozen(self) -> Layers:
         return {}

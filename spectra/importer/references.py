@@ -4,8 +4,9 @@ A step is stored by reference when it is full weights (FT) whose target tensors 
 local safetensors files: a model folder or file, or a model in the Hugging Face cache. Its
 references are made once the step's tensors were read for the import, so each carries the
 SHA-256 of the tensor's bytes (and of its file's header) that ``compute`` checks them against.
-Adapters (their step 0 is built by peft), ``torch.save`` files and tensors fetched from the Hub
-are copied, and so is everything with ``--copy``. See :mod:`spectra.snapshots.references`.
+Adapters (their step 0 is built by peft), ``torch.save`` files, tensors fetched from the Hub
+and imports of MoE expert stacks are copied, and so is everything with ``--copy``. See
+:mod:`spectra.snapshots.references`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ class ByReference:
 
     def __init__(self, job: Import, origin: dict[int, Model]):
         self.job, self.steps, self.headers = job, {}, {}
-        if not isinstance(job, FullImport):
-            return
+        if not isinstance(job, FullImport) or job.experts.targets():
+            return  # adapters; MoE expert stacks (a stack is read one expert at a time)
         read = {id(model): names for model, names in job.reads()}
         for step, model in origin.items():
             names = read[id(model)]
