@@ -199,7 +199,7 @@ class AdapterImport(Import):
 
         for module in self.modules:
             weight = self.base.weight(self.base_of[module])
-            self.layers[module] = adapted_layer(module, weight, self.first.config)
+            self.layers[module] = adapted_layer(module, weight, self.first.layer_config(module))
             self.init[module] = layout(self.layers[module])
         for layer, target in self.targets.items():
             init = self.init[split_slice(layer)[0]]
