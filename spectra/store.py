@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from spectra.atomic import atomic_write
 from spectra.columns import FINITE, KEY, REQUIRED, SCHEMA
 from spectra.errors import SpectraError
+from spectra.limits import loads
 from spectra.methods import label, order
 from spectra.typedjson import text
 
@@ -122,13 +123,13 @@ def read_run(path: str | Path) -> tuple[pd.DataFrame, dict]:
     table = _columns(table, metadata["run"], path)
     if metadata.get("run_dir"):  # stored relative to the Parquet file
         metadata["run_dir"] = str((path.parent / metadata["run_dir"]).resolve())
-    return table.to_pandas(), metadata
+    return table.replace_schema_metadata(None).to_pandas(), metadata  # (pandas': not spectra's)
 
 
 def _metadata(raw: bytes, path: Path) -> dict:
     """The spectra metadata of a Parquet file, its fields checked."""
     try:
-        metadata = json.loads(raw)
+        metadata = loads(raw, path)
     except ValueError:
         raise SpectraError(f"{path} has corrupt spectra metadata (not UTF-8 JSON)") from None
     if not isinstance(metadata, dict):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from spectra import __version__
 from spectra.errors import SpectraError
 from spectra.factors import KINDS, Rows, row_count
+from spectra.limits import PID, in_range, loads
 from spectra.typedjson import at, read_dataclass
 
 FORMAT_VERSION = 1
@@ -116,7 +117,7 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
         """The manifest in ``text``; SpectraError naming ``where`` and the field if it is bad."""
         try:
-            raw = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+            raw = loads(text.decode("utf-8") if isinstance(text, bytes) else text, where)
         except UnicodeDecodeError:
             raise SpectraError(f"{where} is not UTF-8 text") from None
         except ValueError as exc:
@@ -153,8 +154,8 @@ def _check(manifest: Manifest) -> None:
     for name in ("steps", "resumed"):
         if any(step < 0 for step in getattr(manifest, name)):
             raise SpectraError(f"{name}: steps are never negative")
-    if manifest.writer is not None and manifest.writer.pid < 1:
-        raise SpectraError(f"writer.pid: must be positive, got {manifest.writer.pid}")
+    if manifest.writer is not None:
+        in_range(manifest.writer.pid, PID, "writer.pid")
     for key in ("status", "error"):
         if not isinstance(manifest.extra.get(key, ""), str):
             raise SpectraError(f"extra.{key}: expected a string")
