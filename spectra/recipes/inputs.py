@@ -7,6 +7,7 @@ default in the repository's ``data/`` folder."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from transformers.utils import (
 from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
+from spectra.limits import INT64, finite_positive, in_range
 from spectra.methods import get
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
@@ -192,9 +194,13 @@ def plan(
         raise SpectraError(f"unknown worker {worker!r} (expected one of {', '.join(WORKERS)})")
     if steps is not None and epochs is not None:
         raise SpectraError("give --steps or --epochs, not both")
+    if epochs is not None:
+        finite_positive(epochs, "--epochs")
     for name, value in (("steps", steps), ("epochs", epochs), ("every", every), ("rank", rank)):
         if value is not None and value <= 0:
             raise SpectraError(f"--{name} must be positive, got {value}")
+        if value is not None and name != "epochs":
+            in_range(value, INT64, f"--{name}")
     chosen = PRESETS[preset]
     chosen = replace(
         chosen,
@@ -218,10 +224,22 @@ def plan(
         worker=worker,
         fused=tuple(fused.items()),
     )
-    load_examples(job.data, chosen.examples)
+    _check_steps(chosen, len(load_examples(job.data, chosen.examples)))
     load_tokenizer(job.model)
     _check_outputs(job)
     return job
+
+
+def _check_steps(preset: Preset, examples: int) -> None:
+    """SpectraError unless the optimizer steps (``--epochs`` over the data) fit in 64 bits."""
+    from spectra.recipes.training import total_steps
+
+    try:
+        steps = total_steps(preset, examples)
+    except OverflowError:  # epochs × batches is an infinite float
+        steps = math.inf
+    if steps > INT64[1]:
+        raise SpectraError(f"--epochs {preset.epochs} makes more optimizer steps than fit 64 bits")
 
 
 def _check_outputs(job: Plan) -> None:
