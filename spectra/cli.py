@@ -11,6 +11,7 @@ import typer
 from spectra.errors import SpectraError
 from spectra.figures import FIGURES
 from spectra.methods import NAMES as METHOD_NAMES
+from spectra.output import checked_stdout
 
 try:  # typer vendors click since 0.2x; older typers use click itself
     from typer._click.exceptions import ClickException
@@ -307,7 +308,8 @@ def main() -> None:
     if len(sys.argv) <= 1:
         app()  # no arguments: the help
     try:
-        code = app(standalone_mode=False)
+        with checked_stdout():  # an output that cannot be written is an error line too
+            code = app(standalone_mode=False)
     except SpectraError as exc:
         _fail(str(exc))
     except ClickException as exc:
