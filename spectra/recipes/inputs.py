@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -29,6 +28,7 @@ from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
 from spectra.limits import INT64, finite_positive, in_range
 from spectra.methods import get
+from spectra.recipes.model_sizes import check_config_file, check_sizes, weight_shapes
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
 from spectra.run_files import parquet_path
@@ -99,7 +99,11 @@ def parse_fused(values: list[str] | None) -> dict[str, str]:
 def _causal_lm_config(model: str):
     """The model's config, or SpectraError when it is not a causal LM transformers can load."""
     try:
+        if Path(model).is_dir():
+            check_config_file(Path(model))
         config = AutoConfig.from_pretrained(model)
+    except SpectraError as exc:
+        raise SpectraError(f"{model}: not a transformers model ({exc})") from None
     except (OSError, *CONFIG_ERRORS) as exc:
         raise SpectraError(f"{model}: not a transformers model ({first_line(exc)})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -108,20 +112,16 @@ def _causal_lm_config(model: str):
     if heads and not CAUSAL_HEADS & set(heads):
         raise SpectraError(f"{model}: a {heads[0]} has no causal language-model head")
     if Path(model).is_dir():
-        _check_weights(Path(model))
+        _check_weights(Path(model), config)
     return config
 
 
-def _check_weights(folder: Path) -> None:
-    """SpectraError unless the model folder has weights, every safetensors file whole."""
+def _check_weights(folder: Path, config) -> None:
+    """SpectraError unless the model folder has weights, every safetensors file whole and
+    large enough for what the config describes."""
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise SpectraError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
-    for path in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt"):  # reads the header, checks the length
-                pass
-        except (SafetensorError, OSError) as exc:
-            raise SpectraError(f"{path}: corrupt or truncated weights ({exc})") from None
+    check_sizes(config, weight_shapes(folder), str(folder))
 
 
 def _resolve_targets(
