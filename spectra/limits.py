@@ -2,8 +2,9 @@
 
 JSON (manifests, configs, index files, Parquet metadata) is read with a size limit, only from
 regular files, and its nesting is bounded, so that neither parsing nor the code that walks the
-result runs out of stack or memory; integers that become Parquet columns or process ids must
-fit their 64-bit or 32-bit types; counts taken from options must be finite.
+result runs out of stack or memory; safetensors headers are bounded before they are parsed;
+integers that become Parquet columns or process ids must fit their 64-bit or 32-bit types;
+counts taken from options must be finite.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ INT64 = (-(2**63), 2**63 - 1)  # steps, shapes, ranks: Parquet int64 columns
 PID = (1, 2**31 - 1)  # a process id is a C int
 MAX_JSON_BYTES = 64 << 20  # far beyond any config, index, manifest or trainer state
 MAX_JSON_DEPTH = 64  # spectra's own files nest 9 deep, peft's and transformers' 3
+# A safetensors header is parsed whole, in about 12 times its size: 8 MiB is some 70,000 tensors
+# (a 70B model has 723), where safetensors itself allows 100 MB.
+MAX_SAFETENSORS_HEADER = 8 << 20
 
 
 def in_range(value: int, bounds: tuple[int, int], what: str) -> int:
@@ -72,18 +76,38 @@ def _regular(info: os.stat_result, path: Path) -> None:
         )
 
 
-def read_json(path: Path):
-    """The JSON in file ``path`` (regular, at most MAX_JSON_BYTES); SpectraError otherwise.
+def read_bounded(path: Path) -> bytes:
+    """The bytes of the regular file ``path``, at most MAX_JSON_BYTES; SpectraError otherwise.
     Its kind and size are checked with ``os.stat`` before it is opened (never a FIFO)."""
     try:
         _regular(os.stat(path), path)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # never waits on a FIFO
         with os.fdopen(fd, "rb") as f:
             _regular(os.fstat(fd), path)  # the same file still
-            data = f.read(MAX_JSON_BYTES + 1)
+            return f.read(MAX_JSON_BYTES + 1)
     except OSError as exc:
         raise SpectraError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def read_json(path: Path):
+    """The JSON in the regular file ``path`` (see :func:`read_bounded`); SpectraError when
+    it cannot be read or is not JSON."""
     try:
-        return loads(data, path)
+        return loads(read_bounded(path), path)
     except ValueError as exc:  # UnicodeDecodeError too
         raise SpectraError(f"{path}: not a readable JSON file ({first_line(exc)})") from None
+
+
+def check_safetensors_header(path: Path) -> None:
+    """SpectraError when the safetensors file ``path`` (a regular file) announces a header of
+    more than MAX_SAFETENSORS_HEADER bytes; only its first 8 bytes are read."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+    except OSError as exc:
+        raise SpectraError(f"{path}: cannot be read ({exc.strerror})") from None
+    if length > MAX_SAFETENSORS_HEADER:
+        raise SpectraError(
+            f"{path}: corrupt or not safetensors (its header would be {length} bytes; "
+            f"spectra reads at most {MAX_SAFETENSORS_HEADER >> 20} MiB)"
+        )

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from spectra.contained import inside
 from spectra.errors import SpectraError, first_line
-from spectra.limits import read_json
+from spectra.limits import check_safetensors_header, read_json
 
 SAFETENSORS = ".safetensors"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -38,6 +38,7 @@ def _reason(exc: BaseException) -> str:
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """{name: shape} from a safetensors header (no tensor data is read)."""
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             names = f.keys()
