@@ -45,7 +45,8 @@ def _with_alarm(seconds: float, what: str, function: Callable[[], object]):
         raise _TimeUp
 
     previous = signal.signal(signal.SIGALRM, time_up)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer = signal.setitimer(signal.ITIMER_REAL, seconds)[0]
+    start = time.monotonic()
     try:
         return function()
     except _TimeUp:
@@ -53,6 +54,8 @@ def _with_alarm(seconds: float, what: str, function: Callable[[], object]):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:  # the caller's own timer, re-armed with what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-6))
 
 
 def _in_child(seconds: float, what: str, function: Callable[[], object]):
