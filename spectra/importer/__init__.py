@@ -54,6 +54,7 @@ def import_run(
     job = plan_import(checkpoints, base_model, targets or None, method)
     origin = {0: base_model} | {c.step: c.reader for c in checkpoints}
     state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
+    log = train_log(state) if state else {}
     with _progress(run_dir.name, len(origin), progress) as advance:
 
         def provenance() -> dict:
@@ -74,7 +75,6 @@ def import_run(
         frozen = job.frozen()
         with staged(run_dir, overwrite) as tmp:
             manifest = job.manifest(run_dir.name, str(base))
-            log = train_log(state) if state else {}
             write_run_dir(tmp, manifest, frozen, job.steps(), log, provenance, advance)
     return run_dir
 

@@ -74,6 +74,7 @@ FIELDS = {
     "r": (_positive, "a positive integer"),
     "init_r": (_positive, "a positive integer"),
     "lora_alpha": (_number, "a finite number"),
+    "lora_dropout": (lambda v: _number(v) and 0 <= v <= 1, "a probability"),
     "use_rslora": (lambda v: isinstance(v, bool), "true or false"),
     "use_dora": (lambda v: isinstance(v, bool), "true or false"),
     "fan_in_fan_out": (lambda v: isinstance(v, bool), "true or false"),
