@@ -1,6 +1,6 @@
 """Training step time with and without spectra tracking, and the bytes of one snapshot.
 
-A LoRA (r=8, q/v) fine-tune of a tiny Llama (the shape of the embedded data/tiny-llama:
+A LoRA (r=8, q/v) fine-tune of a tiny Llama (the shape of the embedded spectra/default/tiny-llama:
 hidden 256, 4 blocks, vocab 2048) trains on random tokens with AdamW. In one process, in
 interleaved rounds so that other jobs on the machine disturb every configuration alike, it
 times the optimizer step of

@@ -1,8 +1,6 @@
 """spectra: spectral drift analysis of fine-tuning (ΔΣ, ΔD, κ, orthonormality) in float64."""
 
-__version__ = "0.1.0"
-
-
+DISTRIBUTION = "spectra-drift"
 _LAZY = {
     "Tracker": "spectra.callback",
     "SpectraCallback": "spectra.callback",
@@ -13,7 +11,15 @@ __all__ = ["SpectraCallback", "Tracker", "__version__", "drift", "factor_metrics
 
 
 def __getattr__(name: str):
-    """Import the public names on first use, so ``import spectra`` stays light."""
+    """Import the public names on first use, so ``import spectra`` stays light; the version is
+    the installed distribution's (its metadata, from pyproject.toml)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(DISTRIBUTION)
+        except PackageNotFoundError:  # a source tree run without being installed (python cli.py)
+            return "0+unknown"
     if name in _LAZY:
         import importlib
 

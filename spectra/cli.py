@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from spectra.errors import SpectraError
+from spectra.errors import Interrupted, SpectraError
 from spectra.figures import FIGURES
 from spectra.methods import NAMES as METHOD_NAMES
 from spectra.output import checked_stdout
+
+STEP_HELP = (
+    "The step each run is shown at: last (each run's last step), common (the last step every "
+    "run has) or a step number."
+)
 
 try:  # typer vendors click since 0.2x; older typers use click itself
     from typer._click.exceptions import ClickException
@@ -37,11 +44,22 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show the warnings and log lines of the libraries spectra uses."
+        ),
+    ] = False,
 ) -> None:
     """Spectral drift analysis of fine-tuning."""
+    if not verbose:
+        from spectra.quiet import quiet
+
+        ctx.with_resource(quiet())
 
 
 @app.command()
@@ -90,14 +108,21 @@ def compute(
     with dask_executor(scheduler) if scheduler else nullcontext() as executor:
         for run in runs:
             options = {"cache_dir": cache_dir, "settings": settings, "executor": executor}
-            path = compute_run(run, out, workers=workers, **options)
+            try:
+                path = compute_run(run, out, workers=workers, **options)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"the rows of {run} computed so far are kept; the same command computes the "
+                    "rest"
+                ) from None
             typer.echo(f"wrote {path}")
 
 
 @app.command()
 def analyze(
-    runs: Annotated[list[str], typer.Argument(help="Run Parquet files or globs.")],
+    runs: Annotated[list[str], typer.Argument(help="Run Parquet files, globs or folders.")],
     fmt: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
+    step: Annotated[str, typer.Option(help=STEP_HELP)] = "last",
     matched: Annotated[
         bool, typer.Option(help="Judge ΔD claims on sign-invariant matched ΔD.")
     ] = False,
@@ -110,17 +135,20 @@ def analyze(
     ] = None,
 ) -> None:
     """Summarize runs and check published claims on them (SORSA Section 4.2 and Theorem 5.5,
-    DoRA Figure 2), all at the last step every run has."""
+    DoRA Figure 2), by default each run at its last step."""
     from spectra.report import render
-    from spectra.store import load_runs
+    from spectra.store import load_runs, parse_step
 
-    typer.echo(render(load_runs(runs), fmt, matched, claims=claims), nl=False)
+    policy = parse_step(step)
+    text = render(load_runs(runs), fmt, matched, _width(), claims=claims, step=policy)
+    typer.echo(text, nl=False)
 
 
 @app.command()
 def plot(
     runs: Annotated[
-        list[str] | None, typer.Argument(help="Run files or globs (default: runs/*.parquet).")
+        list[str] | None,
+        typer.Argument(help="Run files, globs or folders (default: runs/*.parquet)."),
     ] = None,
     figure: Annotated[
         str,
@@ -149,14 +177,18 @@ def plot(
             "each file; cdn: from cdn.plot.ly."
         ),
     ] = "directory",
+    step: Annotated[
+        str, typer.Option(help=f"{STEP_HELP} For the figures that compare runs at one step.")
+    ] = "last",
 ) -> None:
     """Draw Figure 2 (ΔD vs ΔΣ), Figure 3 (loss, gradient norm), κ(W_p), a ΔD heatmap, DoRA's
     magnitude and direction, the LoRA paper's subspace similarity or intruder dimensions."""
     from spectra.plotting import plot_runs
+    from spectra.store import parse_step
 
     done = plot_runs(
         runs or ["runs/*.parquet"], figure, out, fmt, matched, layers=layers, modules=modules,
-        shared=shared_axes, plotlyjs=plotlyjs,
+        shared=shared_axes, plotlyjs=plotlyjs, step=parse_step(step),
     )  # fmt: skip
     for path in done.written:
         typer.echo(f"wrote {path}")
@@ -173,10 +205,10 @@ def track(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Causal LM path [the embedded data/tiny-llama].")
+        str | None, typer.Option(help="Causal LM folder [the embedded tiny Llama].")
     ] = None,
     data: Annotated[
-        Path | None, typer.Option(help="JSONL with query/response [data/math_qa.jsonl].")
+        Path | None, typer.Option(help="JSONL with query/response [the embedded math QA set].")
     ] = None,
     targets: Annotated[
         list[str] | None,
@@ -270,10 +302,13 @@ def import_(
     """Import checkpoints you already have as a run directory (then: spectra compute)."""
     from spectra.importer import import_run
 
-    run = import_run(
-        sources, base, out=out, name=name, targets=_split(targets), method=method,
-        steps=_step_numbers(steps), overwrite=overwrite, progress=True,
-    )  # fmt: skip
+    try:
+        run = import_run(
+            sources, base, out=out, name=name, targets=_split(targets), method=method,
+            steps=_step_numbers(steps), overwrite=overwrite, progress=True,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        raise Interrupted("nothing was written; the same command imports again") from None
     typer.echo(f"wrote {run}")
 
 
@@ -295,11 +330,19 @@ def compare(
 ) -> None:
     """What did these fine-tunes do to the weights? Import, compute, print the summary."""
     from spectra.importer import compare_runs
-    from spectra.report import render_summary
+    from spectra.report import render
     from spectra.store import load_runs
 
     paths = compare_runs(base, finetuned, out=out, targets=_split(targets), overwrite=overwrite)
-    typer.echo(render_summary(load_runs(paths)), nl=False)
+    typer.echo(render(load_runs(paths), width=_width(), claims="none"), nl=False)
+
+
+def _width() -> int:
+    """The columns tables may take: ``$COLUMNS``, the terminal's, or without a terminal as many
+    as needed."""
+    if os.environ.get("COLUMNS", "").isdigit() or sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return 1000
 
 
 def main() -> None:
@@ -315,15 +358,17 @@ def main() -> None:
     except ClickException as exc:
         where = f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
         _fail(exc.format_message() + where, exc.exit_code)
+    except Interrupted as exc:
+        _fail(str(exc), 130, "interrupted")
     except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
+        _fail("stopped before it finished", 130, "interrupted")
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` as one line (whatever the message holds) and exit."""
+def _fail(message: str, code: int = 2, what: str = "error") -> None:
+    """Print ``error: message`` (or ``interrupted: message``) as one line, whatever the message
+    holds, and exit."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     line = line.encode("utf-8", "backslashreplace").decode("utf-8")
-    typer.secho(f"error: {line}", err=True, fg="red")
+    typer.secho(f"{what}: {line}", err=True, fg="red")
     sys.exit(code)

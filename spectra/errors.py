@@ -13,3 +13,7 @@ def first_line(exc: BaseException) -> str:
 
 class NotApplicable(SpectraError):
     """A figure or analysis does not apply to these runs (``--figure all`` skips it, saying why)."""
+
+
+class Interrupted(Exception):
+    """The user stopped a command (Ctrl-C); the message says what was kept and how to go on."""

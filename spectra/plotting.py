@@ -33,21 +33,24 @@ def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def inputs(runs: Runs, needs: str) -> dict:
-    """The View fields that a figure needing ``needs`` draws, read from the run directories."""
+def inputs(runs: Runs, needs: str, step: str | int = "last") -> dict:
+    """The View fields that a figure needing ``needs`` draws, read from the run directories
+    (the subspaces at the step the ``step`` policy gives)."""
     if needs == "logs":
         return {"logs": train_logs({run: runs.meta[run].get("run_dir") for run in runs.names})}
     from spectra.engine.subspace import subspaces  # torch: only for the figure that needs it
 
-    return {"subspaces": subspaces(runs)}
+    return {"subspaces": subspaces(runs, step)}
 
 
-def draw(runs: Runs, name: str, matched: bool = False, shared: bool = False):
+def draw(
+    runs: Runs, name: str, matched: bool = False, shared: bool = False, step: str | int = "last"
+):
     """(file stem, figure) of figure ``name``, with what it needs read from the run
     directories; NotApplicable when it does not apply to the runs."""
     figure = FIGURES[name]
-    view = View(matched, shared, **(inputs(runs, figure.needs) if figure.needs else {}))
-    return figure.file_stem(matched), figure.draw(runs, view)
+    extra = inputs(runs, figure.needs, step) if figure.needs else {}
+    return figure.file_stem(matched), figure.draw(runs, View(matched, shared, **extra))
 
 
 def plot_runs(
@@ -61,12 +64,14 @@ def plot_runs(
     modules: str | None = None,
     shared: bool = False,
     plotlyjs: str = "directory",
+    step: str | int = "last",
 ) -> Plotted:
     """Draw the comma-separated ``figures`` of runs and write them.
 
     ``all`` draws every figure that applies and skips, saying why, those that do not; a figure
     named explicitly that does not apply is an error. ``layers`` ("0-3,31") and ``modules``
-    ("q_proj") select the layers drawn.
+    ("q_proj") select the layers drawn; ``step`` is the step policy of figures that compare
+    runs at one step (subspace).
     """
     every = figures.strip().lower() == "all"
     names = list(FIGURES) if every else parse_list(figures, FIGURES, "figure")
@@ -76,7 +81,7 @@ def plot_runs(
     plotted, drawn = Plotted(), {}
     for name in names:
         try:
-            stem, fig = draw(runs, name, matched, shared)
+            stem, fig = draw(runs, name, matched, shared, step)
         except NotApplicable as exc:
             if not every:
                 raise

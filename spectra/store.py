@@ -24,8 +24,10 @@ from spectra.columns import FINITE, KEY, REQUIRED, SCHEMA
 from spectra.errors import SpectraError
 from spectra.limits import loads
 from spectra.methods import label, order
+from spectra.run_files import PARQUET
 from spectra.typedjson import text
 
+STEP_POLICIES = ("last", "common")  # besides a step number: see comparison_steps
 METADATA_KEY = b"spectra"
 METADATA_TEXT = {"run": True, "method": True, "run_dir": False, "run_id": False}  # field: required
 
@@ -178,12 +180,18 @@ def _columns(table: pa.Table, run: str, path: Path) -> pa.Table:
 
 
 def expand(patterns: Iterable[str | Path]) -> list[Path]:
-    """Paths from file names and glob patterns, in order, without duplicates."""
+    """Paths from file names, glob patterns and folders (their ``*.parquet`` files), in order,
+    without duplicates."""
     paths: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern))) or []
-        if not matches:
-            raise SpectraError(f"no run files match {pattern}")
+        if Path(pattern).is_dir():
+            matches = sorted(str(p) for p in Path(pattern).glob(f"*{PARQUET}"))
+            if not matches:
+                raise SpectraError(f"{pattern} holds no run files (*{PARQUET})")
+        else:
+            matches = sorted(glob.glob(str(pattern)))
+            if not matches:
+                raise SpectraError(f"no run files match {pattern}")
         paths += [Path(m) for m in matches if Path(m) not in paths]
     return paths
 
@@ -245,6 +253,19 @@ class Runs:
         """ "LoRA" for a run named after its method, else the run's name."""
         return label(self.method(run)) if run == self.method(run) else run
 
+    def ordinal(self, run: str) -> bool:
+        """Whether a run's steps only order checkpoints of unknown step (1, 2, …, imported
+        without step numbers; a model imported alone is a final model)."""
+        return bool(self.meta[run].get("manifest", {}).get("ordinal_steps", False))
+
+    def step_label(self, run: str, step: int) -> str:
+        """A step as a reader should see it: "step 40", or "its final model" / "checkpoint 2
+        of 3" for checkpoints of unknown step."""
+        if not self.ordinal(run) or step == 0:
+            return f"step {step}"
+        last = int(self.of(run)["step"].max())
+        return "its final model" if step == last else f"checkpoint {step} of {last}"
+
     def of(self, run: str) -> pd.DataFrame:
         """The rows of one run."""
         return self.rows[self.rows["run"] == run]
@@ -273,17 +294,45 @@ def load_runs(patterns: Iterable[str | Path]) -> Runs:
     return runs
 
 
-def comparison_step(runs: Runs) -> int:
-    """The last step after 0 present in every run; SpectraError when there is none."""
-    frame = runs.rows
-    steps = [set(g["step"]) - {0} for _, g in frame.groupby("run", sort=False)]
-    common = set.intersection(*steps)
-    if not common:
-        spans = ", ".join(
-            f"{run} {g['step'].min()}..{g['step'].max()}" for run, g in frame.groupby("run")
+def parse_step(text: str) -> str | int:
+    """A ``--step`` option: ``last``, ``common`` or a step number."""
+    text = text.strip().lower()
+    if text in STEP_POLICIES:
+        return text
+    if not text.isdigit() or len(text) > 18:
+        raise SpectraError(f"--step {text!r}: use last, common or a step number")
+    return int(text)
+
+
+def comparison_steps(runs: Runs, policy: str | int = "last") -> dict[str, int]:
+    """The step each run is compared at: its last step (``last``), the last step after 0 that
+    every run has (``common``), or a given step number; SpectraError when there is none."""
+    present = {run: set(runs.of(run)["step"]) for run in runs.names}
+    if policy == "last":
+        return {run: max(steps) for run, steps in present.items()}
+    if policy == "common":
+        common = set.intersection(*present.values()) - {0}
+        if not common:
+            spans = ", ".join(f"{run} {min(s)}..{max(s)}" for run, s in present.items())
+            raise SpectraError(f"the runs share no step after step 0 ({spans})")
+        return dict.fromkeys(present, max(common))
+    lacking = [run for run, steps in present.items() if policy not in steps]
+    if lacking:
+        raise SpectraError(
+            f"step {policy} is not in {', '.join(lacking)}; use --step last or common"
         )
-        raise SpectraError(f"the runs share no step after step 0 ({spans})")
-    return max(common)
+    return dict.fromkeys(present, policy)
+
+
+def steps_text(runs: Runs, steps: dict[str, int], policy: str | int = "last") -> str:
+    """Where runs are compared, in words: "step 40, the last step every run has", "each run's
+    last step (ft step 60, final-ft its final model)"."""
+    if len(set(steps.values())) == 1 and not any(runs.ordinal(run) for run in steps):
+        step = next(iter(steps.values()))
+        why = {"last": "the last step of every run", "common": "the last step every run has"}
+        return f"step {step}" + (f", {why[policy]}" if policy in why else "")
+    where = ", ".join(f"{run} {runs.step_label(run, step)}" for run, step in steps.items())
+    return f"each run's {'last step' if policy == 'last' else 'step'} ({where})"
 
 
 def delta_d_column(matched: bool) -> str:

@@ -38,6 +38,8 @@ class Result(NamedTuple):
 def cli(monkeypatch, capsys):
     """Run ``spectra ARGS`` in-process: ``cli(args)`` → Result(code, out, err)."""
 
+    monkeypatch.delenv("COLUMNS", raising=False)  # no terminal: tables in full
+
     def run(args) -> Result:
         monkeypatch.setattr(sys, "argv", ["spectra", *map(str, args)])
         with pytest.raises(SystemExit) as exc:

@@ -36,12 +36,13 @@ def train(model, opt, tracker, steps, data_seed: int = 0, on_step=None, **logs) 
             on_step(step)
 
 
-def torchrun(script: str, *args: str, nproc: int = 2, timeout: float = 180) -> int:
-    """Run ``script`` under torchrun (gloo on the CPU) in its own process group; on timeout the
-    group is killed (no orphan ranks). The ranks' stderr is printed when they fail."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+def torchrun(script, *args, nproc: int = 2, timeout: float = 180, env: dict | None = None) -> int:
+    """Run ``script`` under torchrun (gloo on the CPU) in its own process group, with ``env``
+    added to the environment; on timeout the group is killed (no orphan ranks). The ranks'
+    stderr is printed when they fail."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"} | (env or {})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(nproc), script, *args]  # fmt: skip
+               "--nproc_per_node", str(nproc), str(script), *map(str, args)]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, start_new_session=True)
     try:
         _, err = proc.communicate(timeout=timeout)

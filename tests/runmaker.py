@@ -1,7 +1,7 @@
 """Hand-made spectra runs with known properties, for the figure, report and notebook tests.
 
-``python tests/runmaker.py OUT`` writes a large synthetic run (32 blocks × 2 modules × 50
-steps per method) for looking at the figures at real size.
+``python tests/runmaker.py OUT`` writes large synthetic runs (32 blocks × 2 modules × 50
+steps: FT, LoRA, DoRA, SORSA w/o reg and SORSA) for looking at the figures at real size.
 """
 
 from __future__ import annotations
@@ -185,8 +185,19 @@ def large(root: Path) -> list[Path]:
     ]
 
 
+def gallery(root: Path) -> list[Path]:
+    """:func:`large`'s runs and a SORSA pair of the same size, for looking at every figure."""
+    steps = tuple(range(0, 500, 10))
+    few: dict[str, Column] = {"intruders": lambda i, s: min(10, s // 245 + i % 2)}
+    sorsa = {
+        "sorsa-noreg": parallel(0.01, 3.0) | few,
+        "sorsa": scattered(0.002) | few | {"cond_p": lambda i, s: 10.0 - 0.05 * s * 40 / 490},
+    }
+    return large(root) + [make_run(root, m, m, cols, steps, 32) for m, cols in sorsa.items()]
+
+
 if __name__ == "__main__":
     import sys
 
-    for path in large(Path(sys.argv[1])):
+    for path in gallery(Path(sys.argv[1])):
         print(path)

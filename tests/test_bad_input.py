@@ -360,7 +360,9 @@ CASES = [
     pytest.param(
         parquet(lambda p: damage_column(p, "run", ["zzz"])), "rows of run 'zzz'", id="other run"
     ),
-    pytest.param(cmd("analyze", "parquet"), "no such file", id="analyze a directory"),
+    pytest.param(
+        cmd("analyze", "runs"), "holds no run files", id="analyze a folder of no run files"
+    ),
     pytest.param(cmd("plot", A, "--out", "data.jsonl"), "figure folder", id="plot out a file"),
     pytest.param(
         cmd(

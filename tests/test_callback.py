@@ -168,7 +168,7 @@ def test_worker_process_imports_this_spectra_without_pythonpath(tmp_path, monkey
     seen = {}
     with monkeypatch.context() as patch:
         patch.delenv("PYTHONPATH", raising=False)
-        patch.setattr(subprocess, "Popen", lambda cmd, env: seen.update(cmd=cmd, env=env))
+        patch.setattr(subprocess, "Popen", lambda cmd, env, **_: seen.update(cmd=cmd, env=env))
         InlineWorker(tmp_path, 0.1, "process")
     assert seen["cmd"][1:3] == ["-m", "spectra.follow"]
     found = subprocess.run(
@@ -206,7 +206,7 @@ def test_bad_targets_and_unwritable_output_fail_before_training(tmp_path):
     blocker.write_text("")
     with pytest.raises(SpectraError, match="cannot create run directory"):
         spectra.Tracker(model, blocker / "run", TARGETS, mode="deferred")
-    with pytest.raises(SpectraError, match="already holds a run"):
+    with pytest.raises(SpectraError, match="already holds a run; pass overwrite=True"):
         spectra.Tracker(model, tmp_path / "again", TARGETS, mode="deferred").close()
         spectra.Tracker(model, tmp_path / "again", TARGETS, mode="deferred")
 

@@ -7,12 +7,15 @@ import math
 import operator
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from spectra.recipes import DATA_DIR, DEFAULT_DATA, DEFAULT_MODEL, PROMPT, load_examples
+from spectra.recipes import DEFAULT_DATA, DEFAULT_MODEL, PROMPT, load_examples
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "scripts"  # how the default was made
 
 MAX_BYTES = 25 * 2**20
 
@@ -24,7 +27,7 @@ def offline(monkeypatch):
 
 
 def _mathgen():
-    spec = importlib.util.spec_from_file_location("mathgen", DATA_DIR / "scripts" / "mathgen.py")
+    spec = importlib.util.spec_from_file_location("mathgen", SCRIPTS / "mathgen.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("mathgen", module)
     spec.loader.exec_module(module)

@@ -71,10 +71,11 @@ def test_figure2_points_are_the_parquet_values(frame, runs):
         np.testing.assert_array_equal(trace.y, rows["delta_d"])
         np.testing.assert_array_equal(trace.marker.color, rows["step"])
         assert trace.text is None  # no label on every point: hover carries them
+        steps = [f"step {step}" for step in rows["step"]]
         assert [tuple(c) for c in trace.customdata] == list(
-            zip(rows["run"], rows["layer"], rows["step"], strict=True)
+            zip(rows["run"], rows["layer"], steps, strict=True)
         )
-        assert "layer" in trace.hovertemplate and "step" in trace.hovertemplate
+        assert "layer" in trace.hovertemplate and "%{customdata[2]}" in trace.hovertemplate
     ends = traces[3]
     last = raw[raw["step"] == 40].set_index("delta_sigma")
     assert 0 < len(ends.x) <= 8

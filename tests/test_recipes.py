@@ -171,7 +171,7 @@ def _bad_inputs(tmp_path):
     return {
         "unknown method": ({"methods": ("ft", "qlora")}, "unknown method 'qlora'"),
         "unknown preset": ({"preset": "fast"}, "unknown preset 'fast'"),
-        "missing model": ({"model": tmp_path / "nope"}, "not a transformers model"),
+        "missing model": ({"model": tmp_path / "nope"}, "nope: no such model folder"),
         "empty model dir": ({"model": tmp_path}, "not a transformers model"),
         "not a causal LM": ({"model": not_causal}, "not a causal LM"),
         "missing data": ({"data": tmp_path / "none.jsonl"}, "no such data file"),

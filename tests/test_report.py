@@ -18,7 +18,7 @@ from spectra import report
 from spectra.columns import SUMMARY
 from spectra.errors import SpectraError
 from spectra.report import dora
-from spectra.store import load_runs, read_run, write_rows
+from spectra.store import comparison_steps, load_runs, parse_step, read_run, write_rows
 
 
 def load(*paths):
@@ -26,7 +26,7 @@ def load(*paths):
 
 
 def verdicts(*paths, matched=False, papers=("sorsa",)):
-    _, claims = report.check_claims(load(*paths), matched, list(papers))
+    claims = report.check_claims(load(*paths), matched=matched, papers=list(papers))
     return [c.verdict for c in claims]
 
 
@@ -84,17 +84,21 @@ def test_summary_has_the_comparison_step_means_for_all_and_each_module(tmp_path)
     paths = paper_like(tmp_path)
     longer = make_run(tmp_path, "long", "lora", parallel(0.01), steps=(0, 10, 20, 30, 40, 50))
     frame = load(*paths, longer)
-    table = report.summary(frame)
-    assert list(table["run"].unique()) == ["ft", "long", "lora", "sorsa-noreg", "sorsa"]
-    assert list(table[table["run"] == "ft"]["module"]) == ["all", "q_proj", "v_proj"]
-    for path, run in ((paths[3], "sorsa"), (longer, "long")):  # step 40 for both, not 50
-        raw = pd.read_parquet(path)
-        at = raw[raw["step"] == 40]
-        for module, rows in [("all", at), ("v_proj", at[at["module"] == "v_proj"])]:
-            row = table[(table["run"] == run) & (table["module"] == module)].iloc[0]
-            for column in SUMMARY:
-                assert row[column] == pytest.approx(rows[column].mean(), nan_ok=True), column
-            assert row["layers"] == len(rows)
+    common = report.summary(frame, comparison_steps(frame, "common"))
+    last = report.summary(frame)  # by default each run at its last step
+    for table, long_step in ((common, 40), (last, 50)):
+        assert list(table["run"].unique()) == ["ft", "long", "lora", "sorsa-noreg", "sorsa"]
+        assert list(table[table["run"] == "ft"]["module"]) == ["all", "q_proj", "v_proj"]
+        for path, run, step in ((paths[3], "sorsa", 40), (longer, "long", long_step)):
+            raw = pd.read_parquet(path)
+            at = raw[raw["step"] == step]
+            for module, rows in [("all", at), ("v_proj", at[at["module"] == "v_proj"])]:
+                row = table[(table["run"] == run) & (table["module"] == module)].iloc[0]
+                assert row["step"] == step
+                for column in SUMMARY:
+                    assert row[column] == pytest.approx(rows[column].mean(), nan_ok=True), column
+                assert row["layers"] == len(rows)
+    table = common
     assert table[table["run"] == "long"]["steps"].iloc[0] == 6
     assert math.isnan(table[table["run"] == "ft"]["cond_p"].iloc[0])  # no W_p for FT
 
@@ -119,7 +123,7 @@ def test_claims_fail_when_the_runs_contradict_the_paper(tmp_path):
         ),
     ]
     assert verdicts(*paths) == [False] * 5
-    _, claims = report.check_claims(load(*paths), papers=["sorsa"])
+    claims = report.check_claims(load(*paths), papers=["sorsa"])
     assert "fails: ft not parallel" in claims[0].evidence
     assert "lora ΔΣ=0.000205 not above sorsa's 0.0205" in claims[1].evidence
     assert "fails: sorsa parallel" in claims[2].evidence
@@ -157,13 +161,21 @@ def test_matched_delta_d_can_change_a_verdict(tmp_path):
     assert verdicts(*paths, matched=True)[1] is False
 
 
-def test_comparison_step_is_the_last_common_step(tmp_path):
+def test_comparison_steps_by_policy(tmp_path):
     a = make_run(tmp_path, "a", "ft", parallel(0.1))
     b = make_run(tmp_path, "b", "lora", parallel(0.1), steps=(0, 10, 20, 30))
-    assert report.comparison_step(load(a, b)) == 30
+    assert comparison_steps(load(a, b)) == {"a": 40, "b": 30}  # each run's last step
+    assert comparison_steps(load(a, b), "common") == {"a": 30, "b": 30}
+    assert comparison_steps(load(a, b), 20) == {"a": 20, "b": 20}
     c = make_run(tmp_path, "c", "lora", parallel(0.1), steps=(0, 15, 25))
+    assert comparison_steps(load(a, c)) == {"a": 40, "c": 25}
     with pytest.raises(SpectraError, match="share no step after step 0"):
-        report.comparison_step(load(a, c))
+        comparison_steps(load(a, c), "common")
+    with pytest.raises(SpectraError, match="step 15 is not in a; use --step last or common"):
+        comparison_steps(load(a, c), 15)
+    assert parse_step(" Common") == "common" and parse_step("30") == 30
+    with pytest.raises(SpectraError, match="use last, common or a step number"):
+        parse_step("-1")
 
 
 # -- DoRA's claims and which papers are shown --------------------------------------------------
@@ -189,9 +201,9 @@ def test_dora_claims_on_runs_that_behave_as_the_paper_says_and_not(tmp_path):
     ]
     assert verdicts(*paths, papers=["dora"]) == [True, True, True]
     wrong = make_run(tmp_path, "dora2", "dora", parallel(0.01) | magnitude_direction(1))
-    _, claims = report.check_claims(load(*paths[:2], wrong), papers=["dora"])
+    claims = report.check_claims(load(*paths[:2], wrong), papers=["dora"])
     assert claims[2].verdict is False and "fails: dora2 r=" in claims[2].evidence
-    _, claims = report.check_claims(load(paths[0]), papers=["dora"])
+    claims = report.check_claims(load(paths[0]), papers=["dora"])
     assert [c.verdict for c in claims] == [True, None, None]
     assert claims[1].evidence == "needs a LoRA run"
 
@@ -218,7 +230,8 @@ def test_papers_are_shown_when_the_runs_include_their_methods(tmp_path):
 def test_every_format_carries_the_summary_and_verdicts(tmp_path):
     frame = load(*paper_like(tmp_path))
     data = json.loads(report.render(frame, "json"))
-    assert data["comparison_step"] == 40 and data["parallel_threshold"] == report.PARALLEL
+    assert data["steps"] == dict.fromkeys(["ft", "lora", "sorsa-noreg", "sorsa"], 40)
+    assert data["step_policy"] == "last" and data["parallel_threshold"] == report.PARALLEL
     assert data["papers"] == ["sorsa", "dora"]
     assert [c["verdict"] for c in data["claims"]] == [True] * 7 + [None]  # no DoRA run
     assert [c["paper"] for c in data["claims"]] == ["sorsa"] * 5 + ["dora"] * 3
@@ -226,11 +239,11 @@ def test_every_format_carries_the_summary_and_verdicts(tmp_path):
     markdown = report.render(frame, "markdown")
     assert "| claim | verdict | evidence |" in markdown and "| ΔΣ |" in markdown
     csv = report.render(frame, "csv")
-    assert csv.splitlines()[0].startswith("run,method,module,steps")
+    assert csv.splitlines()[0].startswith("run,method,module,step,ΔΣ,")
     assert "claim,verdict,evidence" in csv
     table = report.render(frame, "table")
     assert "Section 4.2 claims" in table and table.count("true") >= 7
-    assert table.count("at step 40, the last step every run has") == 1  # one step, said once
+    assert table.count("at step 40, the last step of every run") == 1  # one step, said once
     assert "final step" not in table and "Claims compared at" not in table
     assert "Figure 2a" in table and "not checkable" in table
     with pytest.raises(SpectraError, match="unknown format"):
@@ -262,13 +275,17 @@ def bad_inputs(tmp_path):
         ([tmp_path / "nothing*.parquet"], "no run files match"),
         ([plain], "is not a spectra run"),
         ([tmp_path / "text.parquet"], "not a readable Parquet file"),
-        ([a, b], "share no step after step 0"),
+        ([a, b, "--step", "common"], "share no step after step 0"),
+        ([a, b, "--step", "15"], "step 15 is not in a"),
+        ([a, "--step", "latest"], "use last, common or a step number"),
+        ([tmp_path / "empty"], "holds no run files"),
         ([a, "--format", "xml"], "unknown format"),
         ([a, "--claims", "lora"], "unknown claims"),
     ]
 
 
 def test_analyze_bad_input_is_one_line_and_exit_2(tmp_path, cli):
+    (tmp_path / "empty").mkdir()
     for args, message in bad_inputs(tmp_path):
         cli(["analyze", *args]).error_line(message)
 

@@ -4,7 +4,7 @@ Each record has MetaMathQA's field names: ``query`` (the problem) and ``response
 (the worked solution, ending in ``The answer is: N``).  ``story`` sentences and
 ``fact`` lines are the non-task text the tiny model is pre-trained on.
 
-    python data/scripts/mathgen.py --seed 0 --n 4000 --out data/math_qa.jsonl
+    python data/scripts/mathgen.py --seed 0 --n 4000 --out spectra/default/math_qa.jsonl
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+DEFAULT = Path(__file__).resolve().parents[2] / "spectra" / "default" / "math_qa.jsonl"
 NAMES = [
     ("Natalia", "she"), ("James", "he"), ("Maria", "she"), ("Tom", "he"), ("Aisha", "she"),
     ("Ben", "he"), ("Chloe", "she"), ("Diego", "he"), ("Emma", "she"), ("Farid", "he"),
@@ -178,7 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=4000)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "math_qa.jsonl")
+    ap.add_argument("--out", type=Path, default=DEFAULT)
     args = ap.parse_args()
     rng = random.Random(args.seed)
     write_jsonl([problem(rng) for _ in range(args.n)], args.out)

@@ -2,11 +2,11 @@
 
 Seeded and offline.  The pre-training text is generated (``mathgen``): short stories,
 arithmetic lines, and worked word problems in a plain ``Question:/Answer:`` format, so that
-the model knows the language and the arithmetic, and fine-tuning on ``data/math_qa.jsonl``
-teaches it the paper's Listing 1 prompt and MetaMathQA's answer format (as MetaMathQA does
-for a pre-trained Llama).
+the model knows the language and the arithmetic, and fine-tuning on the embedded
+``spectra/default/math_qa.jsonl`` teaches it the paper's Listing 1 prompt and MetaMathQA's
+answer format (as MetaMathQA does for a pre-trained Llama).
 
-    python data/scripts/pretrain.py --out data/tiny-llama
+    python data/scripts/pretrain.py --out spectra/default/tiny-llama
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mathgen
+
+DEFAULT = Path(__file__).resolve().parents[2] / "spectra" / "default" / "tiny-llama"
 
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 PROMPT = (
@@ -99,7 +101,7 @@ def model_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "tiny-llama")
+    ap.add_argument("--out", type=Path, default=DEFAULT)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--docs", type=int, default=40000)
     ap.add_argument("--vocab", type=int, default=2048)

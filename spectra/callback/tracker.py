@@ -15,20 +15,13 @@ import torch
 from torch import nn
 
 from spectra.callback.failures import OPEN_TRACKERS, error_text
+from spectra.callback.gather import reader_for
 from spectra.callback.snapshot_thread import SnapshotThread
 from spectra.callback.worker import WORKERS, InlineWorker
-from spectra.capture import (
-    adapter_rank,
-    detect_method,
-    find_layers,
-    layout,
-    recognise,
-    step_tensors,
-    weight_shape,
-)
+from spectra.capture import adapter_rank, detect_method, find_layers, recognise, weight_shape
 from spectra.errors import SpectraError
 from spectra.factors import row_count
-from spectra.run_files import FROZEN, parquet_path
+from spectra.run_files import FROZEN, is_run_dir, parquet_path
 from spectra.snapshots import (
     Manifest,
     RunWriter,
@@ -42,16 +35,20 @@ from spectra.train_log import read_train_log, write_train_log
 MODES = ("inline", "deferred")
 
 
-def _to_cpu(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous CPU copy that later training steps cannot change."""
-    t = t.detach()
-    return t.to("cpu", copy=True) if t.is_contiguous() else t.contiguous().to("cpu")
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+    """The model inside DDP, DataParallel and DeepSpeed's engine (FSDP1's root stays: it owns
+    the shards of the parameters no inner unit holds)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or (
+        type(model).__name__ == "DeepSpeedEngine"
+    ):
         model = model.module
     return model
+
+
+def _targets(model: nn.Module, targets, fused) -> tuple[dict, dict]:
+    """The layers the targets select, and the layout of each of their modules."""
+    found = find_layers(model, targets, fused)
+    return found, {layer.path: recognise(layer.module) for layer in found.values()}
 
 
 def _rank_zero() -> bool:
@@ -97,6 +94,10 @@ class Tracker:
     rows, training-log rows), so the resumed run equals an uninterrupted one. Otherwise an
     existing run is refused unless ``overwrite`` (it is replaced, with its Parquet file).
     ``write`` (default: torch.distributed rank 0) says whether this process writes.
+
+    Under FSDP1, FSDP2 or DeepSpeed ZeRO-3 every rank makes the same tracker and calls
+    ``step`` at the same steps: the targets are gathered on every rank, one module at a time
+    (see :mod:`spectra.callback.gather`), and the writing rank writes them.
     """
 
     def __init__(
@@ -124,21 +125,32 @@ class Tracker:
         if mode not in MODES or worker not in WORKERS:
             raise SpectraError(f"mode must be one of {MODES} and worker one of {WORKERS}")
         model = _unwrap(model)
-        found = find_layers(model, targets, fused)
+        self._reader = reader_for(model)
+        found, layouts = self._reader.scan(model, lambda m: _targets(m, targets, fused))
         self.layers = {name: layer.module for name, layer in found.items()}
         self._modules = {layer.path: layer.module for layer in found.values()}  # snapshot once
-        layouts = {path: recognise(module) for path, module in self._modules.items()}
         self.method = method or detect_method(model, layouts)
         self.every, self.path = every, Path(out)
         self.writing = _rank_zero() if write is None else write
         self._last: int | None = None
-        self._taken: set[int] = set()
+        self._taken: set[int] = set()  # the steps in the run directory
+        self._seen: set[int] = set()  # the steps this process has snapshotted
         self._closed = False
         if not self.writing:
+            if self._reader.collective:  # join the gathers of the writing rank
+                if start_step == 0:
+                    self._reader.frozen(self._modules, keep=False)
+                if start_step % every == 0:
+                    self.snapshot(start_step)
             return
         manifest = self._manifest(found, layouts, run_name, model_name or _model_name(model))
         manifest.gamma, manifest.learning_rate, manifest.every = gamma, learning_rate, every
         parquet = parquet_path(self.path)
+        if start_step == 0 and not overwrite and is_run_dir(self.path):
+            raise SpectraError(
+                f"{self.path} already holds a run; pass overwrite=True to replace it (with its "
+                "Parquet file), or start_step=N to resume it"
+            )
         if start_step > 0:
             self._check_resumable(manifest)
             rows = read_own_rows(parquet, manifest.run)  # refuses a foreign file, changing nothing
@@ -157,10 +169,7 @@ class Tracker:
         self._writes = SnapshotThread(self.writer)
         OPEN_TRACKERS.add(self)
         if start_step == 0:  # one module at a time: a quantized base is dequantized here, once
-            frozen = {
-                path: {k: _to_cpu(t) for k, t in layout(module).frozen.items()}
-                for path, module in self._modules.items()
-            }
+            frozen = self._reader.frozen(self._modules)
             if any(frozen.values()):
                 self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
         if start_step % every == 0:  # step 0, or a resumed step whose snapshot may be missing
@@ -181,6 +190,7 @@ class Tracker:
         return Manifest(
             run=run_name or self.path.name, method=self.method, targets=targets,
             model=model_name, rank=ranks.pop() if len(ranks) == 1 else None,
+            distributed=self._reader.distributed,
         )  # fmt: skip
 
     def _check_resumable(self, manifest: Manifest) -> None:
@@ -217,15 +227,19 @@ class Tracker:
             self.snapshot(step)
 
     def snapshot(self, step: int) -> None:
-        """Copy every target's trainable tensors to CPU and queue them for writing."""
-        if not self.writing or step in self._taken:
+        """Copy every target's trainable tensors to CPU and queue them for writing.
+
+        Under a sharding engine every rank gathers them (a collective), once per step.
+        """
+        step = int(step)
+        new = self.writing and step not in self._taken
+        if step in self._seen or not (new or self._reader.collective):
             return
-        self._taken.add(int(step))
-        parts = {
-            path: {k: _to_cpu(t) for k, t in step_tensors(module).items()}
-            for path, module in self._modules.items()
-        }
-        self._writes.put(int(step), parts, self._log_copy())
+        self._seen.add(step)
+        parts = self._reader.step(self._modules, keep=new)
+        if new:
+            self._taken.add(step)
+            self._writes.put(step, parts, self._log_copy())
 
     def save_log(self) -> None:
         """Queue a rewrite of train_log.parquet (behind any queued snapshot)."""
@@ -246,14 +260,15 @@ class Tracker:
         ``failed`` (or an ``error``, the exception that ended training) marks it failed
         instead. In inline mode, wait for the metrics of every step (unless it failed).
         """
-        if self._closed or not self.writing:
-            self._closed = True
+        if self._closed:
             return
         self._closed = True
         OPEN_TRACKERS.discard(self)
         failed = failed or error is not None
         if self._last is not None and not failed:
-            self.snapshot(self._last)
+            self.snapshot(self._last)  # under a sharding engine, on every rank
+        if not self.writing:
+            return
         self.flush()
         write_train_log(self.path, self._log)
         if failed:

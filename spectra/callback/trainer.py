@@ -26,6 +26,8 @@ class SpectraCallback(TrainerCallback):
     ``trainer.train()`` raises, the run is marked failed with the error. In inline mode the
     per-module means of the latest metrics also go to TensorBoard and W&B when ``report_to``
     names them, at the step each snapshot was taken (see :mod:`spectra.integrations.reporter`).
+    Under DDP, FSDP or DeepSpeed the Trainer runs it on every rank, which gathers sharded
+    targets; the world process zero writes.
     """
 
     def __init__(self, out: str | Path, targets=None, every: int = 10, **options):

@@ -24,7 +24,10 @@ class InlineWorker:
                    "--poll", str(poll), "--parent", str(os.getpid()), "--threads", "1"]  # fmt: skip
             root = str(Path(__file__).resolve().parents[2])  # spectra importable from source
             path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-            self.process = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": path})
+            # its own session: a Ctrl-C on the terminal stops the training, which stops the worker
+            self.process = subprocess.Popen(
+                cmd, env=os.environ | {"PYTHONPATH": path}, start_new_session=True
+            )
         else:
             self.thread = threading.Thread(target=self._run, args=(run_dir, poll), daemon=True)
             self.thread.start()

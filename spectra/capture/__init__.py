@@ -42,7 +42,8 @@ from importlib import import_module
 # Public names by the module that holds them. Only ``names`` (the target rule on names) loads
 # without peft; the others import ``quant`` first, which imports peft and bitsandbytes quietly.
 _EXPORTS = {
-    "names": ("PEFT_PREFIX", "as_targets", "matches", "resolve", "slice_name", "split_slice"),
+    "names": ("PEFT_PREFIX", "as_targets", "layer_path", "matches", "resolve", "slice_name",
+              "split_slice"),
     "layouts": ("EXTRACTORS", "adapter_rank", "detect_method", "layout", "recognise",
                 "step_tensors", "weight_shape"),
     "targets": ("Layer", "candidates", "default_layers", "find_layers", "find_targets",

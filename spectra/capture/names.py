@@ -14,6 +14,21 @@ from spectra.errors import SpectraError
 
 PEFT_PREFIX = "base_model.model."
 GLOB_CHARS = "*?["
+# Path components that wrappers insert: FSDP1's units, activation checkpointing, torch.compile.
+WRAPPERS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def layer_path(path: str) -> str:
+    """A module's path as spectra names it: without the components of :data:`WRAPPERS` and
+    without the ``base_model.model`` pair that peft adds (at the start for a peft model, inside
+    for one held by another module, such as a LightningModule)."""
+    parts = [part for part in path.split(".") if part not in WRAPPERS]
+    peft = PEFT_PREFIX.rstrip(".").split(".")
+    for i in range(len(parts) - 1):
+        if parts[i : i + 2] == peft:
+            del parts[i : i + 2]
+            break
+    return ".".join(parts)
 
 
 def slice_name(path: str, part: str) -> str:

@@ -14,7 +14,7 @@ from spectra import architectures
 from spectra.architectures import COMMON, fused_rows, spec_rows
 from spectra.capture.layouts import recognise, weight_shape
 from spectra.capture.names import (
-    PEFT_PREFIX,
+    layer_path,
     matches,
     resolve,
     selects,
@@ -54,7 +54,8 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
     """(name, layer) of every capturable module, a fused projection once per slice.
 
     Never the insides of a peft tuner layer (its ``base_layer``, ``lora_A``, ``default``, …),
-    whether spectra captures that layer or not, nor of a ``modules_to_save`` copy.
+    whether spectra captures that layer or not, nor of a ``modules_to_save`` copy. Names carry
+    no wrapper components (see :func:`~spectra.capture.names.layer_path`).
     """
     config, fused = model_config(model), dict(fused or {})
     inside: str | None = None
@@ -67,7 +68,7 @@ def candidates(model: nn.Module, fused: Fusing | None = None) -> Iterator[tuple[
         inside = f"{path}." if adapter else None
         if found is None:
             continue
-        path = path.removeprefix(PEFT_PREFIX)
+        path = layer_path(path)
         rows = _slices(path, weight_shape(found)[0], config, fused)
         if rows is None:
             yield path, Layer(path, module)

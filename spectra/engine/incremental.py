@@ -12,12 +12,10 @@ import json
 import os
 import time
 from concurrent.futures import Executor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress
 
 from spectra import __version__
 from spectra.columns import KEY
@@ -26,6 +24,7 @@ from spectra.engine.settings import DEFAULTS, Settings
 from spectra.engine.svd_cache import base_task, default_cache_dir
 from spectra.engine.workers import check_device, check_workers, local_pool, run_tasks
 from spectra.errors import SpectraError
+from spectra.progress import progress_bar
 from spectra.run_files import parquet_path
 from spectra.snapshots import Manifest, open_run
 from spectra.store import read_own_rows, write_rows
@@ -146,7 +145,10 @@ class Engine:
             return 0
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
-        with self._executor() as executor, self._progress(len(tasks)) as advance:
+        with (
+            self._executor() as executor,
+            progress_bar(self.run.name, len(tasks), self.progress) as advance,
+        ):
             layers = [layer for layer in self.run.layers if layer not in self._bases]
             base_args = [(self.run_dir, layer, self.cache_dir, self.settings) for layer in layers]
             for (_, layer, *_), path in run_tasks(executor, base_task, base_args):
@@ -156,34 +158,26 @@ class Engine:
                 for step, layer in tasks
             ]
             new, added, last_write = [], 0, time.monotonic()
-            for _, row in run_tasks(executor, matrix_task, args):
-                advance()
-                if row.pop("nonfinite", False):
-                    self.nonfinite.add((row["step"], row["layer"]))
-                    continue
-                new.append(row)
-                added += 1
-                if time.monotonic() - last_write >= self.write_every:
+            try:
+                for _, row in run_tasks(executor, matrix_task, args):
+                    advance()
+                    if row.pop("nonfinite", False):
+                        self.nonfinite.add((row["step"], row["layer"]))
+                        continue
+                    new.append(row)
+                    added += 1
+                    if time.monotonic() - last_write >= self.write_every:
+                        self._write(new)
+                        new, last_write = [], time.monotonic()
+            except BaseException:  # an error or a Ctrl-C: the rows computed so far are kept
+                if new:
                     self._write(new)
-                    new, last_write = [], time.monotonic()
+                raise
             self._write(new)
         return added
 
     def _executor(self):
         return nullcontext(self.executor) if self.executor else local_pool(self.workers)
-
-    @contextmanager
-    def _progress(self, total: int):
-        if not self.progress:
-            yield lambda: None
-            return
-        columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-        console = Console(stderr=True)  # on a terminal only, and gone when done or on an error
-        with Progress(
-            *columns, console=console, transient=True, disable=not console.is_terminal
-        ) as bar:
-            task = bar.add_task(f"{self.run.name}", total=total)
-            yield lambda: bar.advance(task)
 
 
 def compute_run(

@@ -2,7 +2,7 @@
 computed from the run directories for the subspace figure to draw.
 
 For one block's modules (the middle block the runs share, every module they share there) at
-the last step every run has, the top right singular vectors (input directions) of each run's
+one step of every run, the top right singular vectors (input directions) of each run's
 ΔW are compared, as φ(i, j) = ‖U_iᵀ U_j‖²_F / min(i, j), with those of a reference run (the
 first in method order) and with the top right singular vectors of the run's own W_0. ΔW of a
 low-rank run is decomposed through its factors; W_0's SVD is read from the engine's cache when
@@ -26,7 +26,7 @@ from spectra.errors import NotApplicable
 from spectra.metrics import numerical_rank, subspace_similarity
 from spectra.run_files import MANIFEST, is_run_dir
 from spectra.snapshots import open_run
-from spectra.store import Runs, comparison_step
+from spectra.store import Runs, comparison_steps
 
 
 class Top(NamedTuple):
@@ -101,11 +101,20 @@ def top_directions(run_dir: Path, layer: str, step: int, ft_rank: int) -> Top:
     return Top(delta.vh[:r].mT, cached_svd(w0).vh[:r].mT)
 
 
-def subspaces(runs: Runs) -> Subspaces:
-    """φ between the top directions of ΔW of each run and a reference run, and of W_0."""
+def subspaces(runs: Runs, policy: str | int = "last") -> Subspaces:
+    """φ between the top directions of ΔW of each run and a reference run, and of W_0, at the
+    one step the ``policy`` gives every run (NotApplicable when it gives them different
+    steps: the runs' updates are compared at one step)."""
     names = runs.names
     dirs = run_dirs(runs)
-    step = comparison_step(runs)
+    steps = comparison_steps(runs, policy)
+    if len(set(steps.values())) > 1:
+        at = ", ".join(f"{run} {step}" for run, step in steps.items())
+        raise NotApplicable(
+            f"figure subspace compares the runs at one step, but their last steps differ ({at}); "
+            "use --step common or --step N"
+        )
+    step = next(iter(steps.values()))
     block, modules = middle_layers(runs)
     reference = names[0]
     ranks = {r: runs.meta[r].get("engine", {}).get("ft_rank", FT_RANK) for r in names}

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 
 from spectra.errors import NotApplicable
 from spectra.figures import View
-from spectra.figures.panels import color, grid, layer_paths, style_axis
+from spectra.figures.panels import grid, layer_paths, run_colors, style_axis
 from spectra.methods import METHODS
 from spectra.store import Runs
 
@@ -47,10 +47,11 @@ def condition_figure(runs: Runs) -> go.Figure:
         "κ(W_p) and ‖UᵀU − I‖ + ‖VᵀV − I‖ over training (thick: mean of layers)",
         [t for _, t in panels], cols=2, panel_w=480, panel_h=340,
     )  # fmt: skip
-    for i, run in enumerate(sorsa):
+    colors = run_colors(runs)
+    for run in sorsa:
         for col, (column, title) in enumerate(panels):
             data, name = runs.of(run), runs.title(run)
-            mean_and_layers(g.fig, data, column, name, color(i), g.at(col), col == 0)
+            mean_and_layers(g.fig, data, column, name, colors[run], g.at(col), col == 0)
             style_axis(g.fig, "y", "log", title, **g.at(col))
     style_axis(g.fig, "x", "step", "step")
     return g.fig

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from spectra.figures import View
-from spectra.figures.panels import grid, layer_points, step_colors, style_axis
+from spectra.figures.panels import Legend, grid, layer_points, step_colors, style_axis
 from spectra.fits import Fit, fit
 from spectra.store import Runs
 
@@ -30,12 +30,12 @@ def dora_figure(runs: Runs, shared: bool = False) -> go.Figure:
         [fit_title(runs, run, fits[run]) for run in runs.names],
         shared=shared,
     )
-    fig = g.fig
+    fig, legend = g.fig, Legend()
     for i, run in enumerate(runs.names):
-        where, first = g.at(i), i == 0
+        where = g.at(i)
         data = runs.of(run)
         names, size = ("ΔM", "ΔD_dir"), (g.panel_w, g.panel_h)
-        layer_points(fig, data, "delta_m", "delta_dir", names, where, first, size)
+        layer_points(fig, runs, data, "delta_m", "delta_dir", names, where, legend, size)
         line = fits[run]
         if math.isnan(line.slope):
             continue
@@ -44,7 +44,8 @@ def dora_figure(runs: Runs, shared: bool = False) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=xs, y=line.intercept + line.slope * xs, mode="lines", name="least-squares fit",
-                legendgroup="fit", showlegend=first, line={"color": "black", "dash": "dash"},
+                legendgroup="fit", showlegend=legend.first("fit"),
+                line={"color": "black", "dash": "dash"},
                 hovertemplate=f"slope {line.slope:.4g}<br>r {line.r:.3f}<br>{line.n} points"
                 "<extra></extra>",
             ),
@@ -52,7 +53,7 @@ def dora_figure(runs: Runs, shared: bool = False) -> go.Figure:
         )  # fmt: skip
     style_axis(fig, "x", "value", "ΔM (magnitude)")
     style_axis(fig, "y", "value", "ΔD_dir (direction)")
-    fig.update_layout(coloraxis=step_colors(runs.rows))
+    fig.update_layout(coloraxis=step_colors(runs))
     return fig
 
 

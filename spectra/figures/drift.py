@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from spectra.figures import View
 from spectra.figures.panels import (
     TRAJECTORIES,
+    Legend,
     from_origin,
     grid,
     hover,
@@ -15,6 +16,7 @@ from spectra.figures.panels import (
     layer_points,
     step_colors,
     style_axis,
+    with_shade,
 )
 from spectra.store import Runs, delta_d_column, delta_d_name
 
@@ -29,15 +31,16 @@ def drift_figure(runs: Runs, matched: bool = False, shared: bool = False) -> go.
         [runs.title(r) for r in runs.names],
         shared=shared,
     )
-    fig = g.fig
+    fig, legend = g.fig, Legend()
     for i, run in enumerate(runs.names):
-        where, first = g.at(i), i == 0
+        where = g.at(i)
         data = runs.of(run)
         xs, ys = layer_paths(data, "delta_sigma", column, origin=True)
         fig.add_trace(
             go.Scatter(
                 x=xs, y=ys, mode="lines", name="layer trajectories", legendgroup="paths",
-                showlegend=first, line={"color": TRAJECTORIES, "width": 1}, hoverinfo="skip",
+                showlegend=legend.first("paths"), line={"color": TRAJECTORIES, "width": 1},
+                hoverinfo="skip",
             ),
             **where,
         )  # fmt: skip
@@ -47,18 +50,19 @@ def drift_figure(runs: Runs, matched: bool = False, shared: bool = False) -> go.
             column,
         )
         layer_points(
-            fig, data, "delta_sigma", column, ("ΔΣ", y_name), where, first,
+            fig, runs, data, "delta_sigma", column, ("ΔΣ", y_name), where, legend,
             (g.panel_w, g.panel_h), mean[["delta_sigma", column]],
         )  # fmt: skip
+        mean = with_shade(runs, mean.assign(run=run))
         custom = np.column_stack(
-            [np.full(len(mean), run), np.full(len(mean), "mean of layers"), mean["step"]]
+            [np.full(len(mean), run), np.full(len(mean), "mean of layers"), mean["when"]]
         )
         fig.add_trace(
             go.Scatter(
                 x=mean["delta_sigma"], y=mean[column], mode="lines+markers",
-                name="mean per step", legendgroup="mean", showlegend=first,
+                name="mean per step", legendgroup="mean", showlegend=legend.first("mean"),
                 line={"color": "black", "width": 3},
-                marker={"color": mean["step"], "coloraxis": "coloraxis", "size": 9,
+                marker={"color": mean["shade"], "coloraxis": "coloraxis", "size": 9,
                         "line": {"color": "black", "width": 1.5}},
                 customdata=custom, hovertemplate=hover("ΔΣ %{x:.4g}", f"{y_name} %{{y:.4g}}"),
             ),
@@ -66,7 +70,7 @@ def drift_figure(runs: Runs, matched: bool = False, shared: bool = False) -> go.
         )  # fmt: skip
     style_axis(fig, "x", "value", "ΔΣ")
     style_axis(fig, "y", "value", "ΔD (matched)" if matched else "ΔD (index-matched)")
-    fig.update_layout(coloraxis=step_colors(runs.rows))
+    fig.update_layout(coloraxis=step_colors(runs))
     return fig
 
 

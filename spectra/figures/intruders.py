@@ -10,7 +10,15 @@ from plotly.colors import sample_colorscale
 
 from spectra.columns import INTRUDER_EPS, TOP_K
 from spectra.figures import View
-from spectra.figures.panels import grid, hover, layer_axis, layer_height, layer_labels, style_axis
+from spectra.figures.panels import (
+    grid,
+    hover,
+    layer_axis,
+    layer_height,
+    layer_labels,
+    style_axis,
+    with_shade,
+)
 from spectra.store import Runs
 
 
@@ -34,21 +42,26 @@ def intruders_figure(runs: Runs) -> go.Figure:
     g = grid(
         f"Intruder dimensions (Shuttleworth et al.): for each of the top {top_k} left singular "
         f"vectors u_i of W_t, max_j |⟨u_i, u₀ʲ⟩| over W₀'s; below ε = {eps:g} (dashed) it is an "
-        "intruder. Lines: mean over layers per i; red: each intruder (hover for its layer).",
+        "intruder. Lines: mean over layers per i, u_1 dark to u_K light; red: each intruder "
+        "(hover for its layer).",
         titles, cols=2, panel_w=460, panel_h=layer_height(len(layers)), hgap=150,
     )  # fmt: skip
-    shades = sample_colorscale("Blues", list(np.linspace(0.95, 0.35, top_k)))
+    shades = sample_colorscale("Viridis", list(np.linspace(0.0, 0.8, top_k)))
+    most = max(1, int(np.nanmax(runs.rows["intruders"].to_numpy(float), initial=0)))
     for number, run in enumerate(runs.names):
         data = runs.of(run)
-        best = overlaps(data)
+        best = with_shade(runs, overlaps(data))
         left, right = g.at(2 * number), g.at(2 * number + 1)
         for i, path in best.groupby("i"):
             mean = path.groupby("step")["best"].mean()
+            label = [f"u_{i}" if i in (1, top_k) else ""] + [""] * (len(mean) - 1)
+            tint = shades[(i - 1) % len(shades)]
             g.fig.add_trace(
                 go.Scatter(
-                    x=mean.index, y=mean.to_numpy(), mode="lines", name=f"u_{i}",
-                    legendgroup=f"u_{i}", showlegend=number == 0,
-                    line={"color": shades[(i - 1) % len(shades)], "width": 2},
+                    x=mean.index, y=mean.to_numpy(), mode="lines+text", name=f"u_{i}",
+                    legendgroup=f"u_{i}", showlegend=number == 0, text=label,
+                    textposition="top right", textfont={"size": 10, "color": tint},
+                    line={"color": tint, "width": 2},
                     hovertemplate=f"u_{i}<br>step %{{x}}<br>mean best |cos| %{{y:.3f}}"
                     "<extra></extra>",
                 ),
@@ -60,7 +73,7 @@ def intruders_figure(runs: Runs) -> go.Figure:
                 x=below["step"], y=below["best"], mode="markers", name="intruder",
                 legendgroup="intruder", showlegend=number == 0,
                 marker={"color": "crimson", "size": 6, "opacity": 0.6},
-                customdata=below[["run", "layer", "step", "i"]].to_numpy(),
+                customdata=below[["run", "layer", "when", "i"]].to_numpy(),
                 hovertemplate=hover("u_%{customdata[3]}", "best |cos| %{y:.3f}"),
             ),
             **left,
@@ -81,8 +94,9 @@ def intruders_figure(runs: Runs) -> go.Figure:
         layer_axis(g.fig, len(layers), **right)
     style_axis(g.fig, "x", "step", "step")
     g.fig.update_layout(
-        coloraxis={"colorscale": "Reds", "cmin": 0, "cmax": top_k,
-                   "colorbar": {"title": {"text": "intruders"}, "tickformat": "d"}}
+        coloraxis={"colorscale": "Reds", "cmin": 0, "cmax": most,
+                   "colorbar": {"title": {"text": "intruders"}, "tickformat": "d",
+                                "dtick": max(1, most // 10)}}
     )  # fmt: skip
     return g.fig
 

@@ -147,8 +147,9 @@ def grid(
 
 
 def hover(*fields: str) -> str:
-    """A hover template: run, layer and step from customdata, then the named x/y/z values."""
-    head = "run %{customdata[0]}<br>layer %{customdata[1]}<br>step %{customdata[2]}"
+    """A hover template: run, layer and step (as the reader sees it: "step 40", "its final
+    model") from customdata, then the named x/y/z values."""
+    head = "run %{customdata[0]}<br>layer %{customdata[1]}<br>%{customdata[2]}"
     return head + "".join(f"<br>{f}" for f in fields) + "<extra></extra>"
 
 
@@ -258,31 +259,77 @@ def color(i: int) -> str:
 TRAJECTORIES = "rgba(120,120,120,0.3)"
 
 
-def step_colors(frame: pd.DataFrame) -> dict:
+def known_top(runs: Runs) -> int:
+    """The last step of the runs whose steps are real ones (of every run when none are)."""
+    known = [run for run in runs.names if not runs.ordinal(run)] or runs.names
+    return max(int(runs.of(run)["step"].max()) for run in known)
+
+
+def with_shade(runs: Runs, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with ``shade``, the colour value of their step (the step; for a run of ordinal
+    steps its position scaled to :func:`known_top`, so that a final model is an end point),
+    and ``when``, the step as a reader should see it (``step 40``, ``its final model``)."""
+    top, shade, when = known_top(runs), [], []
+    for run, group in rows.groupby("run", sort=False):
+        last = int(runs.of(run)["step"].max()) or 1
+        scale = top / last if runs.ordinal(run) else 1.0
+        shade.append(group["step"] * scale)
+        when.append(group["step"].map(lambda step, run=run: runs.step_label(run, int(step))))
+    if not shade:
+        return rows.assign(shade=rows["step"], when=rows["step"].astype(str))
+    return rows.assign(shade=pd.concat(shade), when=pd.concat(when))
+
+
+def step_colors(runs: Runs) -> dict:
     """The shared step colour axis (Viridis, 0 to the last step)."""
     return {"colorscale": "Viridis", "colorbar": {"title": {"text": "step"}, "tickformat": "d"},
-            "cmin": 0, "cmax": int(frame["step"].max())}  # fmt: skip
+            "cmin": 0, "cmax": known_top(runs)}  # fmt: skip
+
+
+class Legend:
+    """Which legend entries a figure has shown: each group once, wherever it first appears."""
+
+    def __init__(self):
+        self.shown: set[str] = set()
+
+    def first(self, group: str) -> bool:
+        """True the first time ``group`` is asked for (show it in the legend then)."""
+        new = group not in self.shown
+        self.shown.add(group)
+        return new
+
+
+def module_symbols(rows: pd.DataFrame) -> dict[str, str]:
+    """One marker symbol per module, the same in every panel of a figure."""
+    modules = sorted(rows["module"].unique())
+    return {module: SYMBOLS[i % len(SYMBOLS)] for i, module in enumerate(modules)}
+
+
+def run_colors(runs: Runs) -> dict[str, str]:
+    """One colour per run, by run order: the same run has the same colour in every figure."""
+    return {run: color(i) for i, run in enumerate(runs.names)}
 
 
 def layer_points(
-    fig: go.Figure, data: pd.DataFrame, x: str, y: str, names: tuple[str, str], where: dict,
-    first: bool, panel: tuple[int, int], avoid: pd.DataFrame | None = None,
+    fig: go.Figure, runs: Runs, data: pd.DataFrame, x: str, y: str, names: tuple[str, str],
+    where: dict, legend: Legend, panel: tuple[int, int], avoid: pd.DataFrame | None = None,
 ) -> None:  # fmt: skip
-    """Each layer at each step after 0 as a marker (one trace per module, coloured by step),
-    the block number above the end points where it can be read (clear of the markers of
-    ``avoid``, columns x and y), every value in the hover."""
-    moved = data[data["step"] > 0]
-    modules = sorted(data["module"].unique())
+    """Each layer at each step after 0 as a marker (one trace per module, coloured by step,
+    one symbol per module across ``runs``), the block number above the end points where it
+    can be read (clear of the markers of ``avoid``, columns x and y), every value in the
+    hover."""
+    moved = with_shade(runs, data[data["step"] > 0])
+    symbols = module_symbols(runs.rows)
     template = hover(f"{names[0]} %{{x:.4g}}", f"{names[1]} %{{y:.4g}}")
-    for number, module in enumerate(modules):
+    for module in sorted(moved["module"].unique()):
         points = moved[moved["module"] == module]
         fig.add_trace(
             go.Scatter(
                 x=points[x], y=points[y], mode="markers", name=module, legendgroup=module,
-                showlegend=first, hovertemplate=template,
-                marker={"color": points["step"], "coloraxis": "coloraxis", "size": 6,
-                        "symbol": SYMBOLS[number % len(SYMBOLS)], "line": {"width": 0}},
-                customdata=points[["run", "layer", "step"]].to_numpy(),
+                showlegend=legend.first(module), hovertemplate=template,
+                marker={"color": points["shade"], "coloraxis": "coloraxis", "size": 6,
+                        "symbol": symbols[module], "line": {"width": 0}},
+                customdata=points[["run", "layer", "when"]].to_numpy(),
             ),
             **where,
         )  # fmt: skip

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 
 from spectra.errors import NotApplicable
 from spectra.figures import View
-from spectra.figures.panels import color, grid, style_axis
+from spectra.figures.panels import grid, run_colors, style_axis
 from spectra.store import Runs
 
 
@@ -23,14 +23,15 @@ def training_figure(runs: Runs, logs: dict[str, pd.DataFrame]) -> go.Figure:
         "Figure 3 — training loss and gradient norm", [t for _, t in panels], cols=2,
         panel_w=480, panel_h=340,
     )  # fmt: skip
-    for i, run in enumerate(r for r in runs.names if r in logs):
+    colors = run_colors(runs)
+    for run in (r for r in runs.names if r in logs):
         log = logs[run]
         for col, (column, title) in enumerate(panels):
             values = log.reindex(columns=["step", column]).dropna()  # steps it was logged at
             g.fig.add_trace(
                 go.Scatter(
                     x=values["step"], y=values[column], mode="lines", name=runs.title(run),
-                    legendgroup=run, showlegend=col == 0, line={"color": color(i)},
+                    legendgroup=run, showlegend=col == 0, line={"color": colors[run]},
                     hovertemplate=f"{run}<br>step %{{x}}<br>{title} %{{y:.4g}}<extra></extra>",
                 ),
                 **g.at(col),

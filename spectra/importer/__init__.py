@@ -15,17 +15,15 @@ checkpoint key names), :mod:`.sources` (which checkpoints, which steps), :mod:`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
-from rich.progress import MofNCompleteColumn, Progress
-
-from spectra.errors import SpectraError
+from spectra.errors import Interrupted, SpectraError
 from spectra.importer.model import open_model
 from spectra.importer.plan import plan_import
 from spectra.importer.sources import default_name, find_checkpoints
 from spectra.importer.staging import check_destination, checksums, staged, write_run_dir
 from spectra.importer.trainer import train_log, trainer_state
+from spectra.progress import progress_bar
 
 __all__ = ["compare_runs", "import_run"]
 
@@ -55,7 +53,7 @@ def import_run(
     origin = {0: base_model} | {c.step: c.reader for c in checkpoints}
     state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
     log = train_log(state) if state else {}
-    with _progress(run_dir.name, len(origin), progress) as advance:
+    with progress_bar(f"importing {run_dir.name}", len(origin), progress) as advance:
 
         def provenance() -> dict:
             return {
@@ -75,18 +73,9 @@ def import_run(
         frozen = job.frozen()
         with staged(run_dir, overwrite) as tmp:
             manifest = job.manifest(run_dir.name, str(base))
+            manifest.ordinal_steps = not all(c.numbered for c in checkpoints)
             write_run_dir(tmp, manifest, frozen, job.steps(), log, provenance, advance)
     return run_dir
-
-
-@contextmanager
-def _progress(name: str, total: int, enabled: bool):
-    """A progress bar over the steps of an import: yields the function that advances it."""
-    with Progress(
-        *Progress.get_default_columns(), MofNCompleteColumn(), disable=not enabled
-    ) as bar:
-        task = bar.add_task(f"importing {name}", total=total)
-        yield lambda: bar.advance(task)
 
 
 def compare_runs(
@@ -110,7 +99,13 @@ def compare_runs(
         check_destination(Path(out) / run, overwrite)
     paths = []
     for source, run in zip(finetuned, names, strict=True):
-        run_dir = import_run([source], base, out=out, name=run, targets=targets,
-                             overwrite=overwrite, progress=True)  # fmt: skip
-        paths.append(compute_run(run_dir))
+        try:
+            run_dir = import_run([source], base, out=out, name=run, targets=targets,
+                                 overwrite=overwrite, progress=True)  # fmt: skip
+            paths.append(compute_run(run_dir))
+        except KeyboardInterrupt:
+            done = f"{', '.join(str(p) for p in paths)} done; " if paths else ""
+            raise Interrupted(
+                f"{done}{run} stopped; spectra compare … --overwrite starts again"
+            ) from None
     return paths

@@ -1,7 +1,8 @@
 """Full-weight models: a folder as ``save_pretrained`` writes it (``model.safetensors``, or
 shards ``model-0000x-of-0000y.safetensors`` with ``model.safetensors.index.json``, or the
-``pytorch_model.bin`` forms), a single ``.safetensors`` file, or a ``torch.save`` file of
-weights (the per-step files of the SORSA paper's analysis script).
+``pytorch_model.bin`` forms), a single ``.safetensors`` file, a ``torch.save`` file of
+weights (the per-step files of the SORSA paper's analysis script), or, in a folder with none of
+those, a sharded checkpoint (:mod:`.dcp`, :mod:`.zero`).
 
 Its modules are the names of its 2-D ``.weight`` tensors without that suffix (and without
 peft's ``base_model.model.`` prefix); nothing but those tensors' headers is read until a
@@ -82,6 +83,14 @@ def weight_file(folder: Path) -> Path | None:
     return next(filter(None, (find_inside(folder, n) for n in WEIGHT_FILES)), None)
 
 
+def _sharded(folder: Path):
+    """The tensors of a sharded checkpoint in ``folder`` (DCP or DeepSpeed ZeRO-3), or None."""
+    from spectra.importer.dcp import open_dcp
+    from spectra.importer.zero import open_zero
+
+    return open_dcp(folder) or open_zero(folder)
+
+
 def open_model(path: Path) -> Model:
     """The model at ``path``: a save_pretrained folder, a .safetensors or a torch.save file."""
     if source(path).is_file():
@@ -89,13 +98,17 @@ def open_model(path: Path) -> Model:
             raise SpectraError(f"{path}: not a weight file (.safetensors, .bin, .pt or .pth)")
         return Model(path, Tensors(path, [path]))
     found = weight_file(path)
-    if found is None:
+    sharded = _sharded(path) if found is None else None
+    if found is None and sharded is None:
         raise SpectraError(
-            f"{path}: no weights (looked for adapter_config.json, {', '.join(WEIGHT_FILES)})"
+            f"{path}: no weights (looked for adapter_config.json, {', '.join(WEIGHT_FILES)}, "
+            "a torch.distributed.checkpoint .metadata, DeepSpeed ZeRO-3 global_stepN/)"
         )
     config_path = find_inside(path, CONFIG)
     config = read_config(config_path) if config_path else None
     meta = [config_path] if config_path else []
+    if sharded is not None:
+        return Model(path, sharded, config, [*meta, *sharded.meta_files])
     if found.name.endswith(".index.json"):
         tensors = open_index(found)
         meta.append(found)

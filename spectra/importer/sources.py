@@ -2,8 +2,8 @@
 
 Sources are Trainer output folders (every ``checkpoint-N/`` inside is step N), checkpoint,
 adapter or model folders, and weight files. Steps come from ``checkpoint-N`` names when
-every source has one, else 1, 2, 3, … in the order given, or from ``--steps``; step 0 is the
-base model.
+every source has one, else 1, 2, 3, … in the order given (an order only: the run's steps are
+*ordinal*, its last one a final model), or from ``--steps``; step 0 is the base model.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from spectra.limits import INT64
 
 @dataclass
 class Checkpoint:
-    """One step's weights: its number, where they are, and their reader."""
+    """One step's weights: its number, where they are, their reader, and whether the number is
+    a real step (from a ``checkpoint-N`` name or ``--steps``) or only a position."""
 
     step: int
     path: Path
     reader: Model | Adapter
+    numbered: bool = True
 
 
 def _read(path: Path) -> Model | Adapter:
@@ -74,8 +76,10 @@ def find_checkpoints(sources: Sequence[Path], steps: Sequence[int] | None) -> li
         raise SpectraError("no sources to import")
     found = _expand([Path(s) for s in sources])
     numbers = _steps(found, steps)
+    numbered = steps is not None or all(step is not None for _, step in found)
+    pairs = zip(found, numbers, strict=True)
     return sorted(
-        (Checkpoint(n, path, _read(path)) for (path, _), n in zip(found, numbers, strict=True)),
+        (Checkpoint(n, path, _read(path), numbered) for (path, _), n in pairs),
         key=lambda c: c.step,
     )
 

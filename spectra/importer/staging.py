@@ -44,8 +44,9 @@ def sha256(path: Path, size: int | None = None) -> str:
 
 def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
     """What of each file went into the import: of a safetensors file the SHA-256 of its header
-    (names, dtypes, shapes, offsets) and of each tensor read; of any other file (JSON, a
-    torch.save file, read whole) the SHA-256 of the file."""
+    (names, dtypes, shapes, offsets) and of each tensor read; of a file read in pieces (a DCP
+    shard, ZeRO-3 optimizer states) the SHA-256 of each piece; of any other file (JSON, a
+    torch.save file, DCP metadata, read whole) the SHA-256 of the file."""
     records = {}
     for path in files:
         try:
@@ -55,6 +56,8 @@ def checksums(files: Iterable[Path], tensors: Tensors) -> dict[str, dict]:
                 records[str(path.resolve())] = {
                     "header_sha256": header, "tensors": tensors.digests.get(path, {}),
                 }  # fmt: skip
+            elif path in tensors.digests:  # read in pieces (DCP chunks, ZeRO-3 partitions)
+                records[str(path.resolve())] = {"pieces": tensors.digests[path]}
             else:
                 records[str(path.resolve())] = {"sha256": sha256(path)}
         except OSError as exc:

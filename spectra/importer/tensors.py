@@ -32,7 +32,7 @@ WRAPPERS = ("state_dict", "model")  # a torch.save dict holding only one of thes
 def _reason(exc: BaseException) -> str:
     """The line of a torch.load error that says why (not its advice to unpickle anyway)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    why = next((line for line in lines if "WeightsUnpickler error" in line), None)
+    why = next((ln for ln in lines if "WeightsUnpickler error" in ln or "GLOBAL" in ln), None)
     return why or (lines[0] if lines else type(exc).__name__)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 from spectra.recipes.inputs import (
     CAUSAL_HEADS,
     CONFIG_ERRORS,
-    DATA_DIR,
     DEFAULT_DATA,
     DEFAULT_MODEL,
     DEVICES,
@@ -38,8 +37,8 @@ from spectra.recipes.sft_data import IGNORE, PROMPT, SFTDataset, load_examples, 
 from spectra.recipes.training import RichSteps, run, total_steps, train_one, training_args
 
 __all__ = [
-    "ADALORA_INIT", "CAUSAL_HEADS", "CONFIG_ERRORS", "DATA_DIR", "DEFAULT_DATA",
-    "DEFAULT_MODEL", "DEVICES", "FIGURE2", "IGNORE", "MODEL_ERRORS", "PRESETS",
+    "ADALORA_INIT", "CAUSAL_HEADS", "CONFIG_ERRORS", "DEFAULT_DATA", "DEFAULT_MODEL", "DEVICES",
+    "FIGURE2", "IGNORE", "MODEL_ERRORS", "PRESETS",
     "PROMPT", "WEIGHT_FILES", "AdaLoraAllocation", "Plan", "Preset", "RichSteps",
     "SFTDataset", "SORSATrainer", "adalora_ranks", "load_examples", "load_tokenizer",
     "parse_fused", "parse_list", "plan", "prepare", "run", "total_steps", "train_one",

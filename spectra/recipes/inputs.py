@@ -3,7 +3,7 @@ methods, preset, model folder (a causal LM whose weights are there and whole), d
 (resolved on a weightless meta model, the rank checked to fit each), device and output folder,
 and raises SpectraError on the first problem, before anything trains; :func:`parse_list` and
 :func:`parse_fused` read the CLI's option values. Without a model or data it takes the embedded
-default in the repository's ``data/`` folder."""
+default that ships inside the package (:mod:`spectra.default`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -23,6 +24,7 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
+from spectra import default
 from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
@@ -43,9 +45,7 @@ MODEL_ERRORS = (*CONFIG_ERRORS, RuntimeError, AssertionError)  # building a mode
 
 FIGURE2 = ("ft", "lora", "sorsa-noreg", "sorsa")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder
-DEFAULT_MODEL = DATA_DIR / "tiny-llama"
-DEFAULT_DATA = DATA_DIR / "math_qa.jsonl"
+DEFAULT_MODEL, DEFAULT_DATA = default.MODEL, default.DATA
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
 CAUSAL_HEADS = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
@@ -98,6 +98,8 @@ def parse_fused(values: list[str] | None) -> dict[str, str]:
 
 def _causal_lm_config(model: str):
     """The model's config, or SpectraError when it is not a causal LM transformers can load."""
+    if not Path(model).exists() and not _hub_id(model):
+        raise SpectraError(f"{model}: no such model folder")
     try:
         if Path(model).is_dir():
             check_config_file(Path(model))
@@ -114,6 +116,15 @@ def _causal_lm_config(model: str):
     if Path(model).is_dir():
         _check_weights(Path(model), config)
     return config
+
+
+def _hub_id(name: str) -> bool:
+    """Whether ``name`` could name a model on the Hugging Face Hub (``./missing`` cannot)."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _check_weights(folder: Path, config) -> None:

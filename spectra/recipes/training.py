@@ -25,12 +25,14 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from spectra.callback import SpectraCallback
+from spectra.errors import Interrupted, SpectraError
 from spectra.methods import get
 from spectra.recipes.inputs import Plan
 from spectra.recipes.presets import Preset
 from spectra.recipes.setup import AdaLoraAllocation, SORSATrainer, prepare
 from spectra.recipes.sft_data import IGNORE, SFTDataset, load_examples, load_tokenizer
 from spectra.run_files import parquet_path
+from spectra.snapshots import open_run
 
 
 class RichSteps(TrainerCallback):
@@ -117,6 +119,21 @@ def train_one(job: Plan, method: str, data: SFTDataset, tokenizer, progress: Pro
     return run_dir
 
 
+def kept(job: Plan, done: list[Path], stopped: str) -> str:
+    """What an interrupted ``spectra track`` leaves: the finished runs, the snapshots of the
+    stopped one (marked failed), and how to start again."""
+    finished = f"{', '.join(str(path) for path in done)} finished; " if done else ""
+    try:
+        steps = open_run(job.run_dir(stopped)).steps
+    except SpectraError:
+        steps = []
+    where = f"up to step {steps[-1]} in {job.run_dir(stopped)}" if steps else "none"
+    return (
+        f"{finished}{stopped} stopped (its snapshots: {where}, marked failed); "
+        "spectra track --overwrite starts again"
+    )
+
+
 def run(job: Plan, console: Console | None = None) -> list[Path]:
     """Train and track every method of the plan; returns the run directories."""
     from transformers.utils import logging as hf_logging
@@ -131,10 +148,13 @@ def run(job: Plan, console: Console | None = None) -> list[Path]:
     columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[loss]}"), TimeElapsedColumn())  # fmt: skip
     runs = []
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         for method in job.methods:
             start = time.perf_counter()
-            runs.append(train_one(job, method, data, tokenizer, progress))
+            try:
+                runs.append(train_one(job, method, data, tokenizer, progress))
+            except KeyboardInterrupt:
+                raise Interrupted(kept(job, runs, method)) from None
             progress.console.print(
                 f"{method}: {runs[-1]}/ and {parquet_path(runs[-1])} "
                 f"({time.perf_counter() - start:.0f} s)"

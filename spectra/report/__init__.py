@@ -1,8 +1,10 @@
-"""Summaries of runs and published claims checked on them (``spectra analyze``).
+"""Summaries of runs and published claims checked on them (``spectra analyze``, ``compare``).
 
-The summary and every claim are judged at one step, the *comparison step*: the last step
-after 0 that every run has. Each paper's claims live in their own module (:mod:`.sorsa`,
-:mod:`.dora`) and are shown by default when the runs include one of the paper's methods.
+The summary and every claim take each run at one step, its *comparison step*: by default its
+last step, or the last step every run has (``--step common``), or a given step
+(:func:`spectra.store.comparison_steps`); the output says which. Each paper's claims live in
+their own module (:mod:`.sorsa`, :mod:`.dora`) and are shown by default when the runs include
+one of the paper's methods. :mod:`.tables` prints the tables.
 """
 
 from __future__ import annotations
@@ -13,37 +15,38 @@ from dataclasses import asdict
 
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from spectra.columns import SUMMARY
 from spectra.errors import SpectraError
 from spectra.report import dora, sorsa
-from spectra.report.claims import Claim, Paper, all_of, cell
+from spectra.report.claims import Claim, Paper, all_of
 from spectra.report.sorsa import PARALLEL, claim_theorem, parallelism
-from spectra.store import Runs, comparison_step, delta_d_column, delta_d_name
+from spectra.report.tables import fitted, markdown, rich_table
+from spectra.store import Runs, comparison_steps, delta_d_column, delta_d_name, steps_text
 
 __all__ = [
     "PAPERS", "PARALLEL", "Claim", "all_of", "check_claims", "claim_theorem", "claims_frame",
-    "comparison_step", "parallelism", "render", "render_summary", "select_papers", "summary",
+    "parallelism", "render", "select_papers", "summary",
 ]  # fmt: skip
 
 FORMATS = ("table", "markdown", "csv", "json")
 PAPERS: dict[str, Paper] = {paper.name: paper for paper in (sorsa.PAPER, dora.PAPER)}
+KEEP = 4  # summary columns never left out of a narrow table: run, method, module, step
 
 
-def summary(runs: Runs, step: int | None = None) -> pd.DataFrame:
-    """Per run and module (and all modules), the layer means at ``step`` (the comparison step)."""
-    step = comparison_step(runs) if step is None else step
+def summary(runs: Runs, steps: dict[str, int] | None = None) -> pd.DataFrame:
+    """Per run and module (and all modules), the layer means at the run's step (``steps``;
+    default: each run's last step), then how many steps and layers the run has."""
+    steps = comparison_steps(runs) if steps is None else steps
     parts = []
     for run in runs.names:
         rows = runs.of(run)
-        at = rows[rows["step"] == step]
+        at = rows[rows["step"] == steps[run]]
         for module, group in [("all", at), *at.groupby("module", sort=True)]:
             means = group[list(SUMMARY)].mean()
             parts.append(
-                {"run": run, "method": runs.method(run), "module": module,
-                 "steps": rows["step"].nunique(), "layers": len(group), **means.to_dict()}
+                {"run": run, "method": runs.method(run), "module": module, "step": steps[run],
+                 **means.to_dict(), "steps": rows["step"].nunique(), "layers": len(group)}
             )  # fmt: skip
     return pd.DataFrame(parts)
 
@@ -65,16 +68,20 @@ def select_papers(runs: Runs, choice: str | None = None) -> list[str]:
 
 
 def check_claims(
-    runs: Runs, matched: bool = False, papers: list[str] | None = None
-) -> tuple[int, list[Claim]]:
-    """The comparison step and the verdict of every claim of ``papers`` (default: by method)."""
-    step = comparison_step(runs)
+    runs: Runs,
+    steps: dict[str, int] | None = None,
+    matched: bool = False,
+    papers: list[str] | None = None,
+) -> list[Claim]:
+    """The verdict of every claim of ``papers`` (default: by method), each run at its step
+    (``steps``; default: each run's last step)."""
+    steps = comparison_steps(runs) if steps is None else steps
     claims = []
     for name in select_papers(runs) if papers is None else papers:
-        for claim in PAPERS[name].check(runs, step, matched):
+        for claim in PAPERS[name].check(runs, steps, matched):
             claim.paper = name
             claims.append(claim)
-    return step, claims
+    return claims
 
 
 def claims_frame(claims: list[Claim]) -> pd.DataFrame:
@@ -85,54 +92,37 @@ def claims_frame(claims: list[Claim]) -> pd.DataFrame:
     )
 
 
-def _heading(step: int, matched: bool, claims: bool) -> str:
-    return (
-        f"Summary{' and claims' if claims else ''} at step {step}, the last step every run has "
-        f"(layer means); ΔD is {delta_d_name(matched)}."
-    )
-
-
-def _rich_table(frame: pd.DataFrame, title: str, styles: dict | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in frame.columns:
-        numeric = pd.api.types.is_numeric_dtype(frame[col])
-        table.add_column(col, justify="right" if numeric else "left", overflow="fold")
-    for _, row in frame.iterrows():
-        style = (styles or {}).get(row.get("verdict"))
-        table.add_row(*[escape(cell(v)) for v in row], style=style)  # c_attn[q]: not markup
-    return table
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    cells = [[cell(v).replace("|", "\\|") for v in row] for row in frame.values]
-    rows = ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join([header, rule, *rows])
-
-
 def render(
     runs: Runs,
     fmt: str = "table",
     matched: bool = False,
     width: int = 160,
     claims: str | None = None,
+    step: str | int = "last",
 ) -> str:
-    """The summary and claims of ``runs`` as text in ``fmt``.
+    """The summary and claims of ``runs`` as text in ``fmt``, each run at its step by the
+    ``step`` policy (last, common or a step number).
 
-    ``claims``: which papers' claims ("sorsa,dora", "all", "none"; default: by method).
+    ``claims``: which papers' claims ("sorsa,dora", "all", "none"; default: by method). A
+    table wider than ``width`` leaves out its last columns, and says so.
     """
     if fmt not in FORMATS:
         raise SpectraError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     papers = select_papers(runs, claims)
-    step, checked = check_claims(runs, matched, papers)
-    means = summary(runs, step)
+    steps = comparison_steps(runs, step)
+    checked = check_claims(runs, steps, matched, papers)
+    means = summary(runs, steps)
     table = means.rename(columns=SUMMARY)
+    heading = (
+        f"Summary{' and claims' if papers else ''} at {steps_text(runs, steps, step)} "
+        f"(layer means); ΔD is {delta_d_name(matched)}."
+    )
     by_paper = [(PAPERS[p], claims_frame([c for c in checked if c.paper == p])) for p in papers]
     if fmt == "json":
         return json.dumps(
             {
-                "comparison_step": step,
+                "steps": steps,
+                "step_policy": step,
                 "delta_d": delta_d_column(matched),
                 "parallel_threshold": PARALLEL,
                 "papers": papers,
@@ -146,27 +136,21 @@ def render(
         verdicts = claims_frame(checked).assign(paper=[c.paper for c in checked])
         return table.to_csv(index=False) + "\n" + verdicts.to_csv(index=False)
     if fmt == "markdown":
-        parts = [_heading(step, matched, bool(papers)), "## Summary", _markdown(table)]
+        parts = [heading, "## Summary", markdown(table)]
         for paper, verdicts in by_paper:
-            parts += [f"## {paper.title}", _markdown(verdicts), paper.notes]
+            parts += [f"## {paper.title}", markdown(verdicts), paper.notes]
         return "\n\n".join(parts)
     console = Console(file=io.StringIO(), width=width, force_terminal=False)
-    console.print(_heading(step, matched, bool(papers)))
-    console.print(_rich_table(table, "Summary"))
+    console.print(heading)
+    shown, left_out = fitted(console, table, "Summary", KEEP)
+    console.print(shown)
+    if left_out:
+        console.print(
+            f"Left out to fit {width} columns: {', '.join(left_out)}; --format csv, json or "
+            "markdown shows every column."
+        )
     styles = {"true": "green", "false": "red", "not checkable": "yellow"}
     for paper, verdicts in by_paper:
-        console.print(_rich_table(verdicts, paper.title, styles))
+        console.print(rich_table(verdicts, paper.title, styles))
         console.print(paper.notes)
-    return console.file.getvalue()
-
-
-def render_summary(runs: Runs, width: int = 160) -> str:
-    """Each run's layer means at its own last step, as text (``spectra compare``: the runs it
-    compares need share no step)."""
-    last = runs.rows.groupby("run")["step"].max()
-    means = pd.concat([summary(runs.with_rows(runs.of(run)), last[run]) for run in runs.names])
-    means.insert(3, "step", means["run"].map(last))
-    console = Console(file=io.StringIO(), width=width, force_terminal=False)
-    title = "Summary at each run's last step (layer means)"
-    console.print(_rich_table(means.rename(columns=SUMMARY), title))
     return console.file.getvalue()

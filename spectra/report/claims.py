@@ -26,7 +26,7 @@ class Claim:
         return {True: "true", False: "false", None: "not checkable"}[self.verdict]
 
 
-Checker = Callable[[Runs, int, bool], list[Claim]]  # (runs, step, matched) → claims
+Checker = Callable[[Runs, dict[str, int], bool], list[Claim]]  # (runs, steps, matched)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ the query matrices of every layer at intermediate training steps, how the direct
 ΔD_dir (``delta_dir``) relates to the magnitude change ΔM (``delta_m``): FT's correlation is
 negative, LoRA's positive, DoRA's negative like FT's. Here the relation of a run is the
 Pearson correlation r (and the least-squares slope) of ΔD_dir on ΔM over every layer and step
-after 0 up to the comparison step; a claim holds when r has the sign it states.
+after 0 up to the run's comparison step; a claim holds when r has the sign it states.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ SIGNS = (  # (method, sign of the correlation DoRA reports, where)
 )
 
 
-def claim_sign(runs: Runs, step: int, method: str, sign: int, where: str) -> Claim:
+def claim_sign(runs: Runs, steps: dict[str, int], method: str, sign: int, where: str) -> Claim:
     """The ΔD_dir–ΔM correlation of every ``method`` run has the sign DoRA reports."""
     word = "negative" if sign < 0 else "positive"
     text = f"{label(method)}: ΔD_dir and ΔM are {word}ly correlated ({where})"
@@ -35,16 +35,16 @@ def claim_sign(runs: Runs, step: int, method: str, sign: int, where: str) -> Cla
         return Claim(text, None, f"needs a {label(method)} run")
     checks, notes = [], []
     for run in runs_of:
-        line = fit(runs.of(run), step)
+        line = fit(runs.of(run), steps[run])
         ok = None if math.isnan(line.r) else bool(np.sign(line.r) == sign)
         checks.append((f"{run} r={fmt(line.r)}", ok))
         notes.append(f"{run}: r={fmt(line.r)}, slope={fmt(line.slope)} over {line.n} points")
     return judge(text, checks, "; ".join(notes))
 
 
-def check(runs: Runs, step: int, matched: bool = False) -> list[Claim]:
-    """Every DoRA claim's verdict on the runs, over the steps up to ``step``."""
-    return [claim_sign(runs, step, method, sign, where) for method, sign, where in SIGNS]
+def check(runs: Runs, steps: dict[str, int], matched: bool = False) -> list[Claim]:
+    """Every DoRA claim's verdict on the runs, each over its steps up to its step."""
+    return [claim_sign(runs, steps, method, sign, where) for method, sign, where in SIGNS]
 
 
 PAPER = Paper(

@@ -1,6 +1,7 @@
 """The SORSA paper's claims (Section 4.2 and Theorem 5.5) checked on runs.
 
-Drift claims compare runs at one step, the last step after 0 that every run has.
+Drift claims compare each run at its comparison step (by default its last step; see
+:func:`spectra.store.comparison_steps`).
 
 **Parallelism** of a run: the mean pairwise cosine similarity between its layers' trajectory
 displacement vectors. A layer's displacement vector is the concatenation of its step-to-step
@@ -56,11 +57,12 @@ def parallelism(rows: pd.DataFrame, step: int, column: str) -> float:
     return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
 
 
-def run_stats(runs: Runs, step: int, column: str) -> pd.DataFrame:
-    """Per run: method, mean ΔΣ and ΔD at ``step``, and parallelism up to it."""
+def run_stats(runs: Runs, steps: dict[str, int], column: str) -> pd.DataFrame:
+    """Per run: method, mean ΔΣ and ΔD at its step (``steps``), and parallelism up to it."""
     stats = []
     for run in runs.names:
         rows = runs.of(run)
+        step = steps[run]
         at = rows[rows["step"] == step]
         stats.append(
             {
@@ -196,9 +198,9 @@ def _cond_below(both: pd.DataFrame, pair: str, notes: list[str]) -> bool | None:
     return holds
 
 
-def check(runs: Runs, step: int, matched: bool) -> list[Claim]:
-    """Every SORSA claim's verdict on the runs, drift compared at ``step``."""
-    stats = run_stats(runs, step, delta_d_column(matched))
+def check(runs: Runs, steps: dict[str, int], matched: bool) -> list[Claim]:
+    """Every SORSA claim's verdict on the runs, each run's drift taken at its step."""
+    stats = run_stats(runs, steps, delta_d_column(matched))
     return [
         claim_ft_lora(stats),
         claim_sorsa_least(stats),

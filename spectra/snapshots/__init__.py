@@ -18,13 +18,14 @@ One module per job: :mod:`.manifest` (Manifest, Target, their checks and JSON),
 :mod:`spectra.train_log`.
 """
 
-from spectra.snapshots.manifest import FORMAT_VERSION, Manifest, Target, WritingProcess
+from spectra.snapshots.manifest import FORMAT_VERSION, Distributed, Manifest, Target, WritingProcess
 from spectra.snapshots.reader import Run, open_run
 from spectra.snapshots.run_writer import RunWriter, remove_run
 from spectra.snapshots.tensor_files import read_tensors, save_tensors
 
 __all__ = [
     "FORMAT_VERSION",
+    "Distributed",
     "Manifest",
     "Run",
     "RunWriter",

@@ -18,6 +18,11 @@ from spectra.limits import PID, in_range, loads
 from spectra.typedjson import at, read_dataclass
 
 FORMAT_VERSION = 1
+ENGINES = ("ddp", "fsdp1", "fsdp2", "zero3")
+# What a sharded run's snapshots hold: the parameters the optimizer updates (DDP, FSDP1 and
+# FSDP2, whose sharded parameters keep full precision under mixed precision), ZeRO-3's fp32
+# master copy of each trainable parameter, or ZeRO-3's working copy (no optimizer attached).
+WEIGHTS = ("parameters", "fp32_master", "working")
 
 
 @dataclass
@@ -60,6 +65,16 @@ class WritingProcess:
         return False
 
 
+@dataclass
+class Distributed:
+    """How a multi-process training held its weights: the ``engine`` (one of :data:`ENGINES`),
+    the number of processes, and what the snapshots copy (one of :data:`WEIGHTS`)."""
+
+    engine: str
+    world_size: int
+    weights: str = "parameters"
+
+
 def _pid_namespace() -> int | None:
     try:
         return os.stat("/proc/self/ns/pid").st_ino
@@ -75,7 +90,8 @@ class Manifest:
     were discarded. ``extra["status"]`` is "completed" or "failed" once training ended (with
     the exception in ``extra["error"]``). ``writer`` is the process that last opened the run
     for writing: a follower stops waiting when it is gone before the run is finished (a
-    training killed by a signal or the OOM killer marks nothing).
+    training killed by a signal or the OOM killer marks nothing). ``distributed`` says how a
+    multi-process training held its weights (None for one process).
     """
 
     run: str
@@ -94,6 +110,8 @@ class Manifest:
     run_id: str | None = None
     resumed: list[int] = field(default_factory=list)
     writer: WritingProcess | None = None
+    ordinal_steps: bool = False  # steps 1, 2, … only order checkpoints of unknown step
+    distributed: Distributed | None = None
 
     @property
     def failed(self) -> bool:
@@ -156,6 +174,8 @@ def _check(manifest: Manifest) -> None:
             raise SpectraError(f"{name}: steps are never negative")
     if manifest.writer is not None:
         in_range(manifest.writer.pid, PID, "writer.pid")
+    if manifest.distributed is not None:
+        _check_distributed(manifest.distributed)
     for key in ("status", "error"):
         if not isinstance(manifest.extra.get(key, ""), str):
             raise SpectraError(f"extra.{key}: expected a string")
@@ -175,6 +195,15 @@ def _check(manifest: Manifest) -> None:
             _name(target.source, f"{where}.source")
         if target.rows is not None:
             _check_rows(target.rows, target.shape[0], f"{where}.rows")
+
+
+def _check_distributed(record: Distributed) -> None:
+    checks = (("engine", record.engine, ENGINES), ("weights", record.weights, WEIGHTS))
+    for name, value, known in checks:
+        if value not in known:
+            raise SpectraError(f"distributed.{name}: {value!r} is not one of {', '.join(known)}")
+    if record.world_size < 1:
+        raise SpectraError(f"distributed.world_size: must be positive, got {record.world_size}")
 
 
 def _name(value: str, where: str) -> None:
