@@ -73,7 +73,7 @@ def drop_rows_after(path: str | Path, step: int, run_id: str | None, resumed: li
     another identity are left to the engine, which computes that run from scratch."""
     path = Path(path)
     table = pq.read_table(path)
-    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    meta = loads(table.schema.metadata[METADATA_KEY], path)
     if meta.get("run_id") != run_id:
         return
     kept = table.filter(pc.less_equal(table.column("step"), step))
