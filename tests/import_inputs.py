@@ -21,6 +21,7 @@ from tiny_models import base_model
 SHARDS = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 SECRET = Path("outside/secret.safetensors")
+CATASTROPHIC = "(" + "[a-z_.0-9]*" * 12 + ")$X"  # a regex that backtracks for hours on a name
 
 
 def make_import_inputs(root: Path) -> Path:

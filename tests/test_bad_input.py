@@ -23,8 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import fifo, loop, moved_out
 from import_inputs import (
     ADAPTER_CONFIG,
+    CATASTROPHIC,
     SECRET,
     SHARDS,
     edit_json,
@@ -445,7 +447,6 @@ CASES = [
 IMPORT_TO = ("--out", "imported", "--name", "run")
 DEEP = "[" * 10_000 + "]" * 10_000
 BIG = 2**70  # beyond int64
-CATASTROPHIC = "(" + "[a-z_.0-9]*" * 12 + ")$X"  # backtracks for hours on a module name
 EPOCHS = ("track", "--method", "ft", "--device", "cpu", "--out", "out")
 
 
@@ -456,26 +457,6 @@ def imp(source, *more, base="base", prepare=None) -> Setup:
 def at(path: str, change: Callable[[Path], object]) -> Callable:
     """A prepare step applying ``change`` to ``root/path``."""
     return lambda root, mp: change(root / path)
-
-
-def fifo(path: Path) -> None:
-    if path.exists():
-        path.unlink()
-    os.mkfifo(path)
-
-
-def loop(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    path.symlink_to(path.name)
-
-
-def moved_out(path: Path) -> None:
-    """``path`` moved to a sibling folder ``outside-<name>`` and replaced by a symlink to it."""
-    away = path.parent.parent / f"outside-{path.parent.name}" / path.name
-    away.parent.mkdir()
-    shutil.move(path, away)
-    path.symlink_to(os.path.relpath(away, path.parent))
 
 
 def shard_named(name: Callable[[Path], str]) -> Callable[[Path], None]:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from import_inputs import ADAPTER_CONFIG, SECRET, SHARDS, make_import_inputs
+from import_inputs import ADAPTER_CONFIG, CATASTROPHIC, SECRET, SHARDS, make_import_inputs
 from runmaker import damage_tensors, make_run, make_run_dir, parallel
 
 from spectra.columns import SCHEMA
@@ -241,7 +241,6 @@ def test_crafted_parquet_files_plotted(template, crafted):
 # --- import: safetensors headers, shard indexes, adapter configs ------------------------------
 
 EXAMPLE_SECONDS = 120  # far beyond any example; a hang ends the test run with its traceback
-CATASTROPHIC = "(" + "[a-z_.0-9]*" * 12 + ")$X"
 TRICKY_NAMES = st.sampled_from(
     ["../outside/secret.safetensors", "../../etc/passwd", "/dev/zero", "", ".", "..",
      "model-00001-of-00003.safetensors/../model-00002-of-00003.safetensors", "a\x00b",

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from import_inputs import make_import_inputs
+from import_inputs import CATASTROPHIC, make_import_inputs
 from runmaker import make_run, parallel
 
 from spectra.architectures.fused import checked
@@ -28,7 +28,6 @@ from spectra.figures.panels import parse_blocks
 from spectra.limits import MAX_JSON_DEPTH, loads, read_json
 from spectra.timelimit import within
 
-CATASTROPHIC = "(" + "[a-z_.0-9]*" * 12 + ")$X"
 NAME = "model.layers.0.self_attn.q_proj"
 
 
