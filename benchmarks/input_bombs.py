@@ -11,6 +11,7 @@ request that is fine, such as a block range reaching beyond the blocks), ``trace
 benchmarks/results/input_bombs.json.
 
     python benchmarks/input_bombs.py [--limit-gib 10] [--timeout 300] [--only NAME ...]
+        [--output input_bombs.json]
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "data" / "tiny-llama"
 CATASTROPHIC = "(" + "[a-z_.0-9]*" * 12 + ")$X"
 # The child: optionally imports what the commands use, then times spectra's main() and writes
 # the time and its own peak RSS when it exits.
@@ -75,7 +75,9 @@ def make_inputs(root: Path) -> None:
     GPT2Model(GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
         root / "gpt2"
     )
-    shutil.copytree(TINY, root / "tiny")
+    from spectra import default
+
+    shutil.copytree(default.MODEL, root / "tiny")
     run = ["import", "ft", "--base", "base", "--out", "runs", "--name", "run"]
     for args in (run, ["compute", "runs/run"]):
         subprocess.run([sys.executable, "-m", "spectra", *args], cwd=root, check=True,
@@ -178,6 +180,7 @@ def main() -> None:
     parser.add_argument("--limit-gib", type=float, default=10)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--only", nargs="*", default=[])
+    parser.add_argument("--output", default="input_bombs.json", help="under benchmarks/results/")
     options = parser.parse_args()
     console = Console()
     results = {}
@@ -202,7 +205,7 @@ def main() -> None:
         table.add_row(name, cold["outcome"], f"{cold['peak_mib'] or nan:.0f}",
                       f"{warm['seconds'] or nan:.2f}", f"{cold['wall_s']:.1f}")  # fmt: skip
     console.print(table)
-    out = ROOT / "benchmarks" / "results" / "input_bombs.json"
+    out = ROOT / "benchmarks" / "results" / options.output
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     console.print(f"wrote {out}")
