@@ -108,6 +108,6 @@ def check_safetensors_header(path: Path) -> None:
         raise SpectraError(f"{path}: cannot be read ({exc.strerror})") from None
     if length > MAX_SAFETENSORS_HEADER:
         raise SpectraError(
-            f"{path}: corrupt or not safetensors (its header would be {length} bytes; "
+            f"{path}: corrupt or truncated safetensors file (its header would be {length} bytes; "
             f"spectra reads at most {MAX_SAFETENSORS_HEADER >> 20} MiB)"
         )
