@@ -16,6 +16,7 @@ import typer
 from spectra.errors import Interrupted, SpectraError, Terminated
 from spectra.figures import FIGURES
 from spectra.methods import NAMES as METHOD_NAMES
+from spectra.output import checked_stdout
 from spectra.terminal import shown
 
 STEP_HELP = (
@@ -381,7 +382,7 @@ def main() -> None:
     if len(sys.argv) <= 1:
         app()  # no arguments: the help
     try:
-        with _sigterm_as_ctrl_c():
+        with _sigterm_as_ctrl_c(), checked_stdout():  # an unwritable output: an error line too
             code = app(standalone_mode=False)
     except SpectraError as exc:
         _fail(str(exc))

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from spectra.atomic import atomic_write
 from spectra.columns import FINITE, KEY, REQUIRED, SCHEMA
 from spectra.errors import SpectraError
+from spectra.limits import loads
 from spectra.methods import label, order
 from spectra.run_files import PARQUET
 from spectra.typedjson import text
@@ -70,7 +71,7 @@ def drop_rows_after(path: str | Path, step: int, run_id: str | None, resumed: li
     another identity are left to the engine, which computes that run from scratch."""
     path = Path(path)
     table = pq.read_table(path)
-    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    meta = loads(table.schema.metadata[METADATA_KEY], path)
     if meta.get("run_id") != run_id:
         return
     kept = table.filter(pc.less_equal(table.column("step"), step))
@@ -137,13 +138,13 @@ def _read(path: str | Path) -> tuple[pd.DataFrame, dict]:
     table = _columns(table, metadata["run"], path)
     if metadata.get("run_dir"):  # stored relative to the Parquet file
         metadata["run_dir"] = str((path.parent / metadata["run_dir"]).resolve())
-    return table.to_pandas(), metadata
+    return table.replace_schema_metadata(None).to_pandas(), metadata  # (pandas': not spectra's)
 
 
 def _metadata(raw: bytes, path: Path) -> dict:
     """The spectra metadata of a Parquet file, its fields checked."""
     try:
-        metadata = json.loads(raw)
+        metadata = loads(raw, path)
     except ValueError:
         raise SpectraError(f"{path} has corrupt spectra metadata (not UTF-8 JSON)") from None
     if not isinstance(metadata, dict):

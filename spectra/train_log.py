@@ -41,7 +41,7 @@ def read_train_log(run_dir: str | Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        log = pq.read_table(path).to_pandas()
+        log = pq.read_table(path).replace_schema_metadata(None).to_pandas()  # no pandas metadata
     except (pa.ArrowException, OSError) as exc:
         raise SpectraError(f"{path} is not a readable train log: {exc}") from None
     if "step" not in log or not pd.api.types.is_integer_dtype(log["step"]):

@@ -1,6 +1,6 @@
 """Parsed JSON read into dataclasses, every value checked against its field's annotation.
 
-Understands the annotations the file formats use: ``bool``, ``int``, ``float``, ``str``
+Understands the annotations the file formats use: ``bool``, ``int`` (64-bit), ``float``, ``str``
 (valid UTF-8), ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``tuple[X, Y]``, ``dict`` and
 ``dict[str, X]``, and nested dataclasses. Lists become tuples where a tuple is annotated.
 An error names the field as a path (``targets['q'].shape``); the caller adds the file.
@@ -14,6 +14,7 @@ import types
 import typing
 
 from spectra.errors import SpectraError
+from spectra.limits import INT64, in_range
 
 NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -71,7 +72,9 @@ def _convert(value, tp, where: str):
     if tp is bool:
         return value if isinstance(value, bool) else _WRONG
     if tp is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
+        if not isinstance(value, int) or isinstance(value, bool):
+            return _WRONG
+        return in_range(value, INT64, where or "value")
     if tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return float(value) if ok else _WRONG

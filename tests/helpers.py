@@ -1,11 +1,14 @@
-"""Helpers the tests share: relative errors, a plain training loop, and torchrun launches."""
+"""Helpers the tests share: relative errors, a plain training loop, torchrun launches, and
+special files (FIFOs, symlink loops, links out of a folder) that inputs must refuse."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from tiny_models import batch
@@ -53,3 +56,25 @@ def torchrun(script, *args, nproc: int = 2, timeout: float = 180, env: dict | No
     if proc.returncode:
         print(err.decode()[-3000:])
     return proc.returncode
+
+
+def fifo(path: Path) -> None:
+    """``path`` replaced by a FIFO (its reader would wait for a writer forever)."""
+    if path.exists():
+        path.unlink()
+    os.mkfifo(path)
+
+
+def loop(path: Path) -> None:
+    """``path`` replaced by a symlink to itself."""
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.symlink_to(path.name)
+
+
+def moved_out(path: Path) -> None:
+    """``path`` moved to a sibling folder ``outside-<name>`` and replaced by a symlink to it."""
+    away = path.parent.parent / f"outside-{path.parent.name}" / path.name
+    away.parent.mkdir()
+    shutil.move(path, away)
+    path.symlink_to(os.path.relpath(away, path.parent))

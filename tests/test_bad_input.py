@@ -12,7 +12,10 @@ import errno
 import hashlib
 import json
 import os
+import pwd
 import shutil
+import struct
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +24,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from adapter_maker import adapter_tensors, as_int8, make_adapter, rank_three
+from helpers import fifo, loop, moved_out
+from import_inputs import (
+    ADAPTER_CONFIG,
+    CATASTROPHIC,
+    SECRET,
+    SHARDS,
+    edit_json,
+    first_shard,
+    make_import_inputs,
+    rename_shard,
+)
 from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
 
 from spectra.recipes import DEFAULT_MODEL
@@ -40,6 +54,7 @@ def template(tmp_path_factory) -> Path:
     shutil.copytree(DEFAULT_MODEL, root / "model")
     make_adapter(root / "model", root / "adapter")
     (root / "data.jsonl").write_text(GOOD_RECORD + "\n")
+    make_import_inputs(root)
     return root
 
 
@@ -547,6 +562,316 @@ CASES = [
 ]
 
 
+# --- paths contained, budgets before allocation, importer configs (issue 17, part B) ---------
+
+IMPORT_TO = ("--out", "imported", "--name", "run")
+DEEP = "[" * 10_000 + "]" * 10_000
+BIG = 2**70  # beyond int64
+EPOCHS = ("track", "--method", "ft", "--device", "cpu", "--out", "out")
+
+
+def imp(source, *more, base="base", prepare=None) -> Setup:
+    return cmd("import", source, "--base", base, *IMPORT_TO, *more, prepare=prepare)
+
+
+def at(path: str, change: Callable[[Path], object]) -> Callable:
+    """A prepare step applying ``change`` to ``root/path``."""
+    return lambda root, mp: change(root / path)
+
+
+def shard_named(name: Callable[[Path], str]) -> Callable[[Path], None]:
+    """The sharded folder with its first shard named ``name(root)`` in the index."""
+    return lambda folder: rename_shard(folder, first_shard(folder), name(folder.parent))
+
+
+def adapter(**fields) -> Setup:
+    return imp("lora", prepare=at(f"lora/{ADAPTER_CONFIG}", lambda p: edit_json(p, **fields)))
+
+
+def adapter_text(old: str, new: str) -> Setup:
+    def change(path: Path) -> None:
+        path.write_text(path.read_text().replace(old, new))
+
+    return imp("lora", prepare=at(f"lora/{ADAPTER_CONFIG}", change))
+
+
+def header(length: int, body: bytes = b"{}") -> Callable[[Path], None]:
+    return lambda path: path.write_bytes(struct.pack("<Q", length) + body)
+
+
+def homeless(root: Path, mp: pytest.MonkeyPatch) -> None:
+    """No $HOME, no $SPECTRA_CACHE and no password-database entry (``~`` cannot be found)."""
+
+    def unknown(uid):
+        raise KeyError(uid)
+
+    mp.delenv("HOME", raising=False)
+    mp.delenv("SPECTRA_CACHE", raising=False)
+    mp.setattr(pwd, "getpwuid", unknown)
+
+
+def full_stdout(root: Path, mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(sys, "stdout", open("/dev/full", "w"))  # noqa: SIM115 - closed at exit
+
+
+def pandas_metadata(path: Path, raw: bytes) -> None:
+    table = pq.read_table(path)
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata | {b"pandas": raw}), path)
+
+
+TRAINER = Path("out/checkpoint-2")
+HARDENING = [
+    # paths inside their folder
+    pytest.param(
+        imp("sharded", prepare=at("sharded", shard_named(lambda root: "../" + str(SECRET)))),
+        "is not a name inside the folder",
+        id="index shard ../outside",
+    ),
+    pytest.param(
+        imp("sharded", prepare=at("sharded", shard_named(lambda root: str(root / SECRET)))),
+        "is not a name inside the folder",
+        id="index shard absolute",
+    ),
+    pytest.param(
+        imp("sharded", prepare=at("sharded", lambda f: moved_out(f / first_shard(f)))),
+        "links to",
+        id="index shard symlinked out",
+    ),
+    pytest.param(
+        imp("sharded", prepare=at("sharded", shard_named(lambda root: "a\x00b"))),
+        "is missing",
+        id="index shard NUL",
+    ),
+    pytest.param(
+        imp("ft", prepare=at("base/model.safetensors", moved_out)),
+        "links to",
+        id="base weights out",
+    ),
+    pytest.param(
+        imp("lora", prepare=at("lora/adapter_model.safetensors", moved_out)),
+        "links to",
+        id="adapter weights out",
+    ),
+    pytest.param(
+        imp("lora", prepare=at(f"lora/{ADAPTER_CONFIG}", moved_out)),
+        "links to",
+        id="adapter config out",
+    ),
+    pytest.param(
+        imp("out", prepare=at("out/checkpoint-4", lambda p: p.symlink_to("../ft"))),
+        "links to",
+        id="checkpoint-N out",
+    ),
+    pytest.param(
+        imp("ft", prepare=at("ft/config.json", lambda p: (p.unlink(), p.symlink_to("gone")))),
+        "a symlink to nothing",
+        id="dangling config",
+    ),
+    # symlink loops, FIFOs and devices: refused, never opened
+    pytest.param(
+        cmd("import", "loop", "--base", "base", "--out", "imported", prepare=at("loop", loop)),
+        "a symlink loop",
+        id="source a symlink loop",
+    ),
+    pytest.param(
+        imp("ft", base="loop", prepare=at("loop", loop)), "a symlink loop", id="base loop"
+    ),
+    pytest.param(
+        imp("x.safetensors", prepare=at("x.safetensors", fifo)), "a FIFO", id="FIFO source"
+    ),
+    pytest.param(imp("ft", base="x.pt", prepare=at("x.pt", fifo)), "a FIFO", id="FIFO base"),
+    pytest.param(
+        imp("z.safetensors", prepare=at("z.safetensors", lambda p: p.symlink_to("/dev/zero"))),
+        "a device",
+        id="device source",
+    ),
+    pytest.param(imp("ft", prepare=at("ft/model.safetensors", fifo)), "a FIFO", id="FIFO weights"),
+    pytest.param(imp("ft", prepare=at("ft/config.json", fifo)), "a FIFO", id="FIFO config"),
+    pytest.param(
+        imp("lora", prepare=at(f"lora/{ADAPTER_CONFIG}", fifo)), "a FIFO", id="FIFO adapter config"
+    ),
+    pytest.param(
+        imp("lora", prepare=at("lora/adapter_model.safetensors", fifo)),
+        "a FIFO",
+        id="FIFO adapter weights",
+    ),
+    pytest.param(imp("sharded", prepare=at(f"sharded/{SHARDS}", fifo)), "a FIFO", id="FIFO index"),
+    pytest.param(
+        imp("sharded", prepare=at("sharded", lambda f: fifo(f / first_shard(f)))),
+        "a FIFO",
+        id="FIFO shard",
+    ),
+    pytest.param(
+        imp("sharded", prepare=at(f"sharded/{SHARDS}", loop)), "a symlink loop", id="index loop"
+    ),
+    pytest.param(
+        imp("out", prepare=at(str(TRAINER / "trainer_state.json"), fifo)),
+        "a FIFO",
+        id="FIFO trainer_state",
+    ),
+    pytest.param(
+        imp("out", prepare=at("out/checkpoint-4", loop)), "a symlink loop", id="checkpoint-N loop"
+    ),
+    pytest.param(model(lambda m: fifo(m / "config.json")), "a FIFO", id="track FIFO config"),
+    # budgets before allocation
+    pytest.param(
+        imp(
+            "gpt2",
+            base="gpt2",
+            prepare=at("gpt2/config.json", lambda p: edit_json(p, n_embd=10**12)),
+        ),
+        "n_embd = 1000000000000 exceeds the module's",
+        id="gpt2 n_embd 1e12",
+    ),
+    pytest.param(config(hidden_size=10**12), "hidden_size = 1000000000000", id="hidden 1e12"),
+    pytest.param(config(vocab_size=10**12), "vocab_size = 1000000000000", id="vocab 1e12"),
+    pytest.param(config(num_hidden_layers=10**6), "num_hidden_layers = 1000000", id="layers 1e6"),
+    pytest.param(adapter(r=10**9), "rank 1000000000 is larger than any matrix", id="r 1e9"),
+    pytest.param(adapter(rank_pattern={"q_proj": 10**9}), "rank 1000000000", id="rank_pattern 1e9"),
+    pytest.param(
+        cmd("plot", A, "--layers", "1000000-1000000000", "--out", "figs"),
+        "select no layer",
+        id="--layers far beyond",
+    ),
+    pytest.param(
+        imp("h.safetensors", prepare=at("h.safetensors", header(2**63))),
+        "spectra reads at most 8 MiB",
+        id="header length 2^63",
+    ),
+    pytest.param(
+        imp("h.safetensors", prepare=at("h.safetensors", header(9 << 20, b" " * (9 << 20)))),
+        "spectra reads at most 8 MiB",
+        id="header 9 MiB",
+    ),
+    pytest.param(
+        model(lambda m: header(2**40)(m / "extra.safetensors")),
+        "spectra reads at most 8 MiB",
+        id="track header 1 TiB",
+    ),
+    pytest.param(write(MANIFEST, DEEP.encode()), "nested more than 64 deep", id="deep manifest"),
+    pytest.param(
+        parquet(lambda p: damage_metadata(p, raw=DEEP.encode())), "nested more", id="deep metadata"
+    ),
+    pytest.param(
+        imp("ft", prepare=at("ft/config.json", lambda p: p.write_text(DEEP))),
+        "nested more",
+        id="deep config",
+    ),
+    pytest.param(
+        imp("lora", prepare=at(f"lora/{ADAPTER_CONFIG}", lambda p: p.write_text(DEEP))),
+        "nested more",
+        id="deep adapter config",
+    ),
+    pytest.param(
+        adapter_text('"r": 4', '"r": 4, "zz": ' + "[" * 900 + "]" * 900),
+        "nested more",
+        id="deep adapter field",
+    ),
+    pytest.param(
+        imp("sharded", prepare=at(f"sharded/{SHARDS}", lambda p: p.write_text(DEEP))),
+        "nested more",
+        id="deep index",
+    ),
+    pytest.param(
+        imp("out", prepare=at(str(TRAINER / "trainer_state.json"), lambda p: p.write_text(DEEP))),
+        "nested more",
+        id="deep trainer_state",
+    ),
+    pytest.param(
+        track("--data", "deep.jsonl", prepare=at("deep.jsonl", lambda p: p.write_text(DEEP))),
+        "nested more",
+        id="deep data line",
+    ),
+    pytest.param(model(lambda m: (m / "config.json").write_text(DEEP)), "nested", id="deep model"),
+    pytest.param(manifest(steps=[0, 1, BIG]), "steps[2]: 1180591620717411303424", id="step 2^70"),
+    pytest.param(manifest(resumed=[BIG]), "is out of range", id="resumed 2^70"),
+    pytest.param(manifest(rank=BIG), "rank: 1180591620717411303424", id="rank 2^70"),
+    pytest.param(manifest(every=BIG), "every: 1180591620717411303424", id="every 2^70"),
+    pytest.param(
+        compute(
+            lambda r: damage_manifest(
+                r, lambda raw: raw.update(finished=False, writer={"host": "h", "pid": 2**40})
+            ),
+            DENSE,
+            "--follow",
+        ),
+        "writer.pid: 1099511627776 is out of range",
+        id="pid 2^40",
+    ),
+    pytest.param(imp("ft", "--steps", str(BIG)), "fit in 64 bits", id="import --steps 2^70"),
+    pytest.param(
+        imp("out", prepare=at(str(TRAINER), lambda p: p.rename(p.with_name(f"checkpoint-{BIG}")))),
+        "fit in 64 bits",
+        id="checkpoint-2^70",
+    ),
+    pytest.param(
+        imp(
+            "out",
+            prepare=at(
+                str(TRAINER / "trainer_state.json"),
+                lambda p: p.write_text(json.dumps({"log_history": [{"step": BIG}]})),
+            ),
+        ),
+        "beyond a 64-bit integer",
+        id="trainer_state step 2^70",
+    ),
+    pytest.param(track("--steps", str(BIG)), "--steps: 1180591620717411303424", id="--steps 2^70"),
+    pytest.param(track("--every", str(BIG)), "--every: 1180591620717411303424", id="--every 2^70"),
+    pytest.param(cmd(*EPOCHS, "--epochs", "nan"), "positive finite number", id="--epochs nan"),
+    pytest.param(cmd(*EPOCHS, "--epochs", "inf"), "positive finite number", id="--epochs inf"),
+    pytest.param(cmd(*EPOCHS, "--epochs", "1e300"), "fit 64 bits", id="--epochs 1e300"),
+    # regular expressions from configs: bounded in time
+    pytest.param(adapter(target_modules=CATASTROPHIC), "longer than 1 s", id="regex targets"),
+    pytest.param(adapter(exclude_modules=CATASTROPHIC), "longer than 1 s", id="regex exclude"),
+    pytest.param(adapter(rank_pattern={CATASTROPHIC: 4}), "longer than 1 s", id="regex ranks"),
+    pytest.param(adapter(alpha_pattern={CATASTROPHIC: 8}), "longer than 1 s", id="regex alphas"),
+    pytest.param(
+        adapter(layers_to_transform=[0], layers_pattern=CATASTROPHIC),
+        "longer than 1 s",
+        id="regex layers",
+    ),
+    pytest.param(adapter(modules_to_save=[CATASTROPHIC]), "longer than 1 s", id="regex to save"),
+    pytest.param(adapter(target_modules="("), "not a usable regular expression", id="regex bad"),
+    # adapter configs
+    pytest.param(adapter(target_modules=None), "target_modules = None", id="targets null"),
+    pytest.param(adapter(target_modules="all-linear"), "'all-linear'", id="targets all-linear"),
+    pytest.param(adapter(target_modules=5), "target_modules = 5", id="targets a number"),
+    pytest.param(adapter(target_modules=[]), "target_modules = []", id="targets empty"),
+    pytest.param(adapter(r=0), "r = 0; expected a positive integer", id="r 0"),
+    pytest.param(adapter(r=-1), "r = -1", id="r negative"),
+    pytest.param(adapter(r=4.5), "r = 4.5", id="r a float"),
+    pytest.param(adapter(r="4"), "r = '4'", id="r a string"),
+    pytest.param(adapter(r=8), "has rank 4, but", id="r not the tensors'"),
+    pytest.param(adapter(lora_alpha="x"), "lora_alpha = 'x'", id="alpha a string"),
+    pytest.param(adapter_text('"lora_alpha": 8', '"lora_alpha": NaN'), "nan", id="alpha NaN"),
+    pytest.param(
+        adapter(alpha_pattern="q_proj"), "alpha_pattern = 'q_proj'", id="alpha_pattern str"
+    ),
+    pytest.param(adapter(alpha_pattern={"q_proj": "x"}), "alpha_pattern", id="alpha_pattern value"),
+    pytest.param(adapter(rank_pattern=[1]), "rank_pattern = [1]", id="rank_pattern a list"),
+    pytest.param(adapter(rank_pattern={"q_proj": 0}), "rank_pattern", id="rank_pattern 0"),
+    pytest.param(
+        adapter(init_lora_weights="pissa_niter_abc"), "pissa_niter_abc", id="pissa_niter garbage"
+    ),
+    pytest.param(adapter(init_lora_weights="pissa_niter_0"), "pissa_niter_0", id="pissa_niter 0"),
+    pytest.param(
+        adapter(init_lora_weights="pissa_niter_1000000000"), "K in 1..1000", id="pissa_niter 1e9"
+    ),
+    pytest.param(adapter(use_dora="yes"), "use_dora = 'yes'", id="use_dora a string"),
+    pytest.param(adapter(layers_to_transform="0"), "layers_to_transform", id="layers a string"),
+    pytest.param(adapter(lora_dropout="x"), "lora_dropout = 'x'", id="dropout a string"),
+    pytest.param(adapter(lora_dropout=2), "expected a probability", id="dropout 2"),
+    # the environment
+    pytest.param(cmd("compute", DENSE, prepare=homeless), "$HOME is not set", id="HOME unset"),
+    pytest.param(
+        cmd("analyze", A, B, prepare=full_stdout),
+        "cannot write the output: No space left on device",
+        id="stdout /dev/full",
+        marks=pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full"),
+    ),
+]
+
+
 def tree(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``."""
     return {
@@ -556,8 +881,16 @@ def tree(root: Path) -> dict[str, str]:
     }
 
 
+def never_read(root: Path) -> list[Path]:
+    """The files outside every input, their access times set back (any read moves them)."""
+    outside = [p for p in root.rglob("*") if p.is_file() and p.parent.name.startswith("outside")]
+    for path in outside:
+        os.utime(path, (0, path.stat().st_mtime))
+    return outside
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("setup", "fragment"), CASES)
+@pytest.mark.parametrize(("setup", "fragment"), CASES + HARDENING)
 def test_bad_input_is_one_error_line_and_damages_nothing(
     setup, fragment, template, tmp_path, monkeypatch, cli
 ):
@@ -566,7 +899,11 @@ def test_bad_input_is_one_error_line_and_damages_nothing(
     monkeypatch.chdir(work)
     arguments = setup(work, monkeypatch)
     before = tree(work)
+    outside = never_read(work)
     cli(arguments).error_line(fragment)
+    assert [p for p in outside if p.stat().st_atime != 0] == [], "a file outside was read"
     after = tree(work)
     assert {k: after.get(k) for k in before} == before, "a file that existed was changed"
-    assert not list(work.rglob("*.tmp")), "a temporary file was left behind"
+    left = [p for p in work.rglob("*") if p.suffix == ".tmp" or ".importing-" in p.name]
+    assert not left, "a temporary file was left behind"
+    assert not (work / "imported").exists() or not any((work / "imported").iterdir())

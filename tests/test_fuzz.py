@@ -1,12 +1,18 @@
 """Fuzzing: crafted manifests, step files and Parquet metadata fed to compute, compute --follow,
-analyze and plot end in a result or in SpectraError, never in any other exception; crafted
+analyze and plot, and crafted safetensors headers, shard indexes and adapter configs fed to
+import, end in a result or in SpectraError, never in any other exception; imports also never
+hang (each example is bounded in time) and never read a file outside their inputs; crafted
 SVD cache entries are computed again (or used, when they are an SVD of W_0), and the rows
 equal a clean computation."""
 
 from __future__ import annotations
 
+import copy
+import faulthandler
 import json
+import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +25,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from import_inputs import ADAPTER_CONFIG, CATASTROPHIC, SECRET, SHARDS, make_import_inputs
 from runmaker import LAYER, damage_tensors, make_run, make_run_dir, parallel
 from safetensors.torch import save
 
@@ -27,6 +34,7 @@ from spectra.columns import SCHEMA
 from spectra.engine import base_path, compute_run, weight_key
 from spectra.errors import SpectraError
 from spectra.follow import compute_until_finished
+from spectra.importer import import_run
 from spectra.metrics import SVD, svd
 from spectra.plotting import plot_runs
 from spectra.report import render
@@ -94,9 +102,10 @@ def paths(value, prefix=()) -> list[tuple]:
 
 
 def mutate(raw, path: tuple, value):
-    """``raw`` with the value at ``path`` replaced by ``value`` (or removed: DELETE)."""
+    """A copy of ``raw`` with the value at ``path`` replaced by ``value`` (or removed: DELETE)."""
     if not path:
         return value if value is not DELETE else {}
+    raw = copy.deepcopy(raw)  # never the caller's value, nor a strategy's shared constant
     parent = raw
     for key in path[:-1]:
         parent = parent[key]
@@ -312,3 +321,123 @@ def test_crafted_cache_entries_are_computed_again(template, clean, data):
         event("used" if entry.read_bytes() == before else "computed again")
         pd.testing.assert_frame_equal(rows, clean, check_exact=False, rtol=1e-9, atol=1e-12)
         assert not isinstance(svd_cache_module.read_entry(entry, key, (6, 4)), str)
+
+
+# --- import: safetensors headers, shard indexes, adapter configs ------------------------------
+
+EXAMPLE_SECONDS = 120  # far beyond any example; a hang ends the test run with its traceback
+TRICKY_NAMES = st.sampled_from(
+    ["../outside/secret.safetensors", "../../etc/passwd", "/dev/zero", "", ".", "..",
+     "model-00001-of-00003.safetensors/../model-00002-of-00003.safetensors", "a\x00b",
+     "outside", "model.safetensors.index.json", CATASTROPHIC]
+)  # fmt: skip
+NESTED: list = []
+for _ in range(100):
+    NESTED = [NESTED]
+TRICKY_CONFIG = st.sampled_from(
+    [CATASTROPHIC, "(", ".*", "all-linear", 10**9, 2**70, -1, 0, float("nan"), float("inf"),
+     "pissa_niter_x", "pissa_niter_1000000000", {CATASTROPHIC: 4}, {"q_proj": 10**9},
+     [CATASTROPHIC], NESTED]
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> Path:
+    return make_import_inputs(tmp_path_factory.mktemp("checkpoints"))
+
+
+def imported(inputs: Path, source: str) -> None:
+    """Import ``inputs/source`` onto ``inputs/base``: a run, or SpectraError and nothing
+    written; never another exception, a hang or a read of ``outside/``."""
+    secret = inputs / SECRET
+    os.utime(secret, (0, secret.stat().st_mtime))  # any read of it moves its access time
+    faulthandler.dump_traceback_later(EXAMPLE_SECONDS, exit=True)
+    try:
+        only_spectra_errors(lambda: import_run([inputs / source], inputs / "base",
+                                               out=inputs / "runs", name="run"))  # fmt: skip
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert secret.stat().st_atime == 0, "a file outside the inputs was read"
+    runs = inputs / "runs"
+    assert not runs.exists() or all(not p.name.startswith(".") for p in runs.iterdir())
+
+
+@contextmanager
+def scratch_inputs(checkpoints: Path) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(dir=checkpoints.parent) as work:
+        shutil.copytree(checkpoints, Path(work) / "in", symlinks=True)
+        yield Path(work) / "in"
+
+
+def read_header(path: Path) -> tuple[dict, bytes]:
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
+
+
+@st.composite
+def safetensors_files(draw, good: dict, body: bytes) -> bytes:
+    """A good safetensors file with one header value replaced or removed (offsets, dtypes,
+    shapes, names), its length field or its data changed, or a few random bytes."""
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return draw(st.binary(max_size=64))
+    text = json.dumps(good)
+    if choice <= 6:
+        path = draw(st.sampled_from(paths(good)))
+        value = draw(json_values | st.just(DELETE) | st.lists(st.integers(-1, 2**65), max_size=3))
+        text = json.dumps(mutate(good, path, value))
+    length = len(text.encode())
+    if choice == 7:
+        length = draw(st.sampled_from([0, 1, length - 1, length + 1, 2**32, 2**63, 2**64 - 1]))
+    if choice == 8:
+        body = body[: draw(st.integers(0, len(body)))]
+    return struct.pack("<Q", length) + text.encode() + body
+
+
+@FUZZ
+@given(adapter=st.booleans(), data=st.data())
+def test_crafted_safetensors_headers_imported(checkpoints, adapter, data):
+    source = "lora" if adapter else "ft"
+    weights = "adapter_model.safetensors" if adapter else "model.safetensors"
+    with scratch_inputs(checkpoints) as inputs:
+        good, body = read_header(inputs / source / weights)
+        (inputs / source / weights).write_bytes(data.draw(safetensors_files(good, body)))
+        imported(inputs, source)
+
+
+@FUZZ
+@given(data=st.data())
+def test_crafted_shard_indexes_imported(checkpoints, data):
+    with scratch_inputs(checkpoints) as inputs:
+        good = json.loads((inputs / "sharded" / SHARDS).read_text())
+        if data.draw(st.booleans()):  # a tensor moved to a tricky shard name
+            tensor = data.draw(st.sampled_from(sorted(good["weight_map"])))
+            good["weight_map"][tensor] = data.draw(TRICKY_NAMES)
+            text = json.dumps(good)
+        else:
+            text = data.draw(manifest_texts(good)).decode("utf-8", "replace")
+        if data.draw(st.booleans()):  # a shard replaced by a symlink out, a loop or a FIFO
+            shard = sorted((inputs / "sharded").glob("*.safetensors"))[0]
+            shard.unlink()
+            how = data.draw(st.sampled_from(["out", "loop", "fifo"]))
+            if how == "fifo":
+                os.mkfifo(shard)
+            else:
+                shard.symlink_to(f"../{SECRET}" if how == "out" else shard.name)
+        (inputs / "sharded" / SHARDS).write_text(text)
+        imported(inputs, "sharded")
+
+
+@FUZZ
+@given(adapter=st.sampled_from(["lora", "adalora"]), data=st.data())
+def test_crafted_adapter_configs_imported(checkpoints, adapter, data):
+    with scratch_inputs(checkpoints) as inputs:
+        config = inputs / adapter / ADAPTER_CONFIG
+        good = json.loads(config.read_text())
+        field = data.draw(st.sampled_from(sorted(good)))
+        value = data.draw(TRICKY_CONFIG | json_values | st.just(DELETE))
+        text = json.dumps(mutate(good, (field,), value))
+        garbled = manifest_texts(good).map(lambda b: b.decode("utf-8", "replace"))
+        config.write_text(data.draw(st.just(text) | garbled))
+        imported(inputs, adapter)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from helpers import fifo, loop, moved_out
 from safetensors.torch import load_file
 from sharded import (
     LAYERS,
@@ -313,6 +314,9 @@ BAD = {
               "holds torch.float32, but the metadata says torch.float16"),
     "no record": (metadata_row(lambda m: m.storage_data.pop(next(
         i for i in m.storage_data if i.fqn == Q and i.offset[0] > 0))), "no storage record"),
+    "shard linked out": (lambda f, m: moved_out(f / "__1_0.distcp"), "links to"),
+    "shard a FIFO": (lambda f, m: fifo(f / "__1_0.distcp"), "a FIFO"),
+    "metadata a loop": (lambda f, m: loop(f / ".metadata"), "a symlink loop"),
     "escape": (metadata_row(lambda m: setattr(info(m), "relative_path", "../x.distcp")),
                "is not a file name"),
     "transform": (metadata_row(lambda m: setattr(info(m), "transform_descriptors",

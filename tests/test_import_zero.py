@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoint_train import FROZEN_TARGET, tiny_llama
+from helpers import fifo, moved_out
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
@@ -282,6 +283,12 @@ BAD = {
         "frozen_param_fragments"].update({FROZEN_TARGET + ".weight": torch.zeros(3)})),
                         "no fragment of 264 elements for frozen parameter"),
     "latest": (write("latest", b"global_step9"), "names 'global_step9', which is not a folder"),
+    "rank linked out": (lambda ck, m: moved_out(ck / rank("optim")), "links to"),
+    "rank a FIFO": (lambda ck, m: fifo(ck / rank("model")), "a FIFO"),
+    "latest a FIFO": (lambda ck, m: fifo(ck / "latest"), "a FIFO"),
+    "tag linked out": (lambda ck, m: (shutil.move(ck / "global_step4", ck.parent / "elsewhere"),
+                                      (ck / "global_step4").symlink_to("../elsewhere")),
+                       "links to"),
     "two tags": (lambda ck, m: ((ck / "latest").unlink(), shutil.copytree(
         ck / "global_step4", ck / "global_step2")), "2 global_step folders and no latest file"),
     "garbage": (write(rank("optim"), b"PK\x03\x04 not a zip"),

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from spectra.architectures.baichuan import BAICHUAN
 from spectra.architectures.falcon import FALCON
-from spectra.architectures.fused import SLICES, Fused, checked, grouped
+from spectra.architectures.fused import SLICES, Fused, checked, fit, grouped
 from spectra.architectures.gpt2 import GPT2
 from spectra.architectures.gpt_neox import GPT_NEOX
 from spectra.architectures.phi3 import PHI3
@@ -125,5 +125,6 @@ def spec_rows(spec: str, config, out_features: int) -> dict[str, Rows]:
         raise SpectraError(
             f"fused layout {spec!r} is neither 'Q,K,V', 'N*Q,K,V' nor one of {', '.join(FUSED)}"
         )
-    groups, q, k, v = (int(x) if x else 1 for x in found.groups())
-    return checked(grouped(groups, q, k, v), out_features, f"fused layout {spec!r}")
+    what = f"fused layout {spec!r}"
+    groups, q, k, v = (fit(int(x) if x else 1, out_features, what) for x in found.groups())
+    return checked(grouped(groups, q, k, v), out_features, what)

@@ -22,16 +22,54 @@ class Fused:
 
     def slices(self, config: Mapping, out_features: int) -> dict[str, Rows]:
         """The rows of q, k and v, checked to take each of the ``out_features`` rows once."""
-        return checked(self.rows(config, out_features), out_features, f"the {self.model_type} "
-                       f"config's q/k/v sizes for {self.module}")  # fmt: skip
+        what = f"the {self.model_type} config's q/k/v sizes for {self.module}"
+        return checked(self.rows(Sizes(config, out_features, what), out_features), out_features,
+                       what)  # fmt: skip
+
+
+class Sizes(Mapping):
+    """A config whose numbers are checked as a layout reads them: none can exceed the fused
+    matrix's output rows (no head count or size does), so a layout never builds more row
+    ranges than the matrix has rows."""
+
+    def __init__(self, config: Mapping, out_features: int, what: str):
+        self.config, self.out_features, self.what = config, out_features, what
+
+    def __getitem__(self, key):
+        value = self.config[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            fit(value, self.out_features, f"{self.what}: {key}")
+        return value
+
+    def __iter__(self):
+        return iter(self.config)
+
+    def __len__(self) -> int:
+        return len(self.config)
+
+
+def fit(value: float, out_features: int, what: str) -> float:
+    """``value``, or SpectraError when it exceeds the module's ``out_features`` rows."""
+    if value > out_features:
+        raise SpectraError(f"{what} = {value} exceeds the module's {out_features} output rows")
+    return value
 
 
 def checked(slices: dict[str, Rows], out_features: int, what: str) -> dict[str, Rows]:
-    """``slices``, or SpectraError naming ``what`` unless they take every output row once."""
-    taken = sorted(i for rows in slices.values() for a, b in rows for i in range(a, b))
-    if taken != list(range(out_features)):
-        raise SpectraError(f"{what} do not add up to the module's {out_features} output rows")
-    return slices
+    """``slices``, or SpectraError naming ``what`` unless they take every output row once
+    (checked on the row ranges, never on a list of every row)."""
+    spans = [(a, b) for rows in slices.values() for a, b in rows]
+    if not all(isinstance(x, int) for span in spans for x in span):
+        raise SpectraError(f"{what} are not whole numbers")
+    end = 0
+    for start, stop in sorted((a, b) for a, b in spans if b > a):
+        if start != end:
+            break
+        end = stop
+    else:
+        if end == out_features:
+            return slices
+    raise SpectraError(f"{what} do not add up to the module's {out_features} output rows")
 
 
 def grouped(groups: int, q: int, k: int, v: int) -> dict[str, Rows]:

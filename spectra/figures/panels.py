@@ -209,18 +209,19 @@ def readable(
     return keep
 
 
-def parse_blocks(text: str) -> list[int]:
-    """Block numbers from "0-3,31" (numbers and inclusive ranges)."""
-    blocks: list[int] = []
+def parse_blocks(text: str) -> list[range]:
+    """Block numbers from "0-3,31" (numbers and inclusive ranges), as ranges: never a list of
+    every number, however far a range reaches."""
+    spans: list[range] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         found = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
         if not found:
             raise SpectraError(f"--layers: {item!r} is not a block number or range like 0-3")
         start, stop = int(found[1]), int(found[2] or found[1])
-        blocks += range(start, stop + 1)
-    if not blocks:
+        spans.append(range(start, stop + 1))
+    if not any(spans):
         raise SpectraError("--layers: no block numbers given")
-    return blocks
+    return spans
 
 
 def select_layers(runs: Runs, layers: str | None = None, modules: str | None = None) -> Runs:
@@ -228,7 +229,11 @@ def select_layers(runs: Runs, layers: str | None = None, modules: str | None = N
     ("q_proj,v_proj") only."""
     frame = chosen = runs.rows
     if layers:
-        chosen = chosen[chosen["block"].isin(parse_blocks(layers))]
+        blocks = chosen["block"]
+        keep = np.zeros(len(chosen), dtype=bool)
+        for span in parse_blocks(layers):
+            keep |= blocks.between(span.start, span.stop - 1).fillna(False).to_numpy(dtype=bool)
+        chosen = chosen[keep]
     if modules:
         names = [m.strip() for m in modules.split(",") if m.strip()]
         chosen = chosen[chosen["module"].isin(names)]

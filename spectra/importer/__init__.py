@@ -80,6 +80,7 @@ def import_run(
     origin = {0: base_model} | {c.step: c.reader for c in checkpoints}
     references = ByReference(job, {} if copy else origin)
     state = trainer_state(checkpoints[-1].path)  # the training log, of a Trainer run
+    log = train_log(state) if state else {}
     with progress_bar(f"importing {run_dir.name}", len(origin), progress) as advance:
 
         def provenance() -> dict:
@@ -97,7 +98,6 @@ def import_run(
         frozen = job.frozen()
         manifest = job.manifest(run_dir.name, str(getattr(base, "path", base)))
         manifest.ordinal_steps = not all(c.numbered for c in checkpoints)
-        log = train_log(state) if state else {}
         with staged(run_dir, overwrite) as tmp:
             write_run_dir(tmp, manifest, frozen, job.steps(), log, provenance, advance, references)
     return run_dir

@@ -15,6 +15,7 @@ by peft's own matching (a list of names, or a regular expression).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -22,7 +23,9 @@ from pathlib import Path
 import torch
 
 from spectra.capture import PEFT_PREFIX
-from spectra.errors import SpectraError
+from spectra.contained import find_inside, inside
+from spectra.errors import SpectraError, first_line
+from spectra.importer import adapter_config
 from spectra.importer.model import read_config
 from spectra.importer.tensors import Tensors
 from spectra.methods import of_adapter
@@ -46,8 +49,8 @@ SAME_CONFIG = (
 
 
 def is_adapter(folder: Path) -> bool:
-    """Whether ``folder`` holds a peft adapter."""
-    return (folder / ADAPTER_CONFIG).is_file()
+    """Whether ``folder`` holds a peft adapter (whatever its config is: it is checked when read)."""
+    return os.path.lexists(folder / ADAPTER_CONFIG)
 
 
 def approximate_init(config: dict) -> bool:
@@ -75,6 +78,7 @@ class Adapter:
     config: object  # peft's config object (peft is imported only when an adapter is read)
     tensors: Tensors
     modules: dict[str, dict[str, str]] = field(default_factory=dict)  # path → {attr: name}
+    layers: dict[str, list] = field(default_factory=dict)  # path → [rank, alpha] of its layer
 
     @property
     def config_file(self) -> Path:
@@ -140,11 +144,21 @@ class Adapter:
                     f"but the base's {module}.weight ({out}×{cols}) needs {expected[attr]}"
                 )
         mask = self.rank_masks().get(module)
+        full = self.layers[module][0]
+        if rank != full and (mask is None or len(mask) != full):
+            raise SpectraError(
+                f"{self.tensors.files[names['lora_A']]}: tensor {names['lora_A']} has rank "
+                f"{rank}, but {self.config_file} gives {module} rank {full}"
+            )
         if mask is not None and rank not in (len(mask), sum(mask)):
             raise SpectraError(
                 f"{self.tensors.files[names['lora_A']]}: {module} has {rank} triplets, but "
                 f"rank_pattern in {self.config_file} keeps {sum(mask)} of {len(mask)}"
             )
+
+    def layer_config(self, module: str):
+        """The peft config that builds ``module``'s layer: its name, rank and alpha, no pattern."""
+        return adapter_config.literal(self.config, module, *self.layers[module])
 
     def parts(self, module: str) -> dict[str, torch.Tensor]:
         """The layer's adapter tensors ({attribute: tensor}) as the layer held them."""
@@ -187,7 +201,7 @@ def _module_tensors(tensors: Tensors, saved: dict[str, str]) -> dict[str, dict[s
 
 def open_adapter(folder: Path) -> Adapter:
     """The adapter in ``folder``; SpectraError for what spectra cannot import."""
-    config_file = folder / ADAPTER_CONFIG
+    config_file = inside(folder, ADAPTER_CONFIG)
     raw = read_config(config_file)
     peft_type = raw.get("peft_type")
     if peft_type not in SAVED:
@@ -195,15 +209,8 @@ def open_adapter(folder: Path) -> Adapter:
             f"{config_file}: peft_type {peft_type!r} is not one spectra imports (LORA, ADALORA)"
         )
     _check_init(raw, config_file)
-    import_module("spectra.capture.quant")  # peft (and bitsandbytes) imported quietly, first
-    from peft import PeftConfig
-    from peft.tuners.tuners_utils import check_target_module_exists
-
-    try:
-        config = PeftConfig.from_peft_type(**raw)
-    except (TypeError, ValueError) as exc:
-        raise SpectraError(f"{config_file}: not a valid peft config ({exc})") from None
-    weights = next((folder / n for n in ADAPTER_WEIGHTS if (folder / n).is_file()), None)
+    adapter_config.check_fields(raw, config_file)
+    weights = next(filter(None, (find_inside(folder, n) for n in ADAPTER_WEIGHTS)), None)
     if weights is None:
         raise SpectraError(f"{folder}: no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
     tensors = Tensors(folder, [weights])
@@ -215,8 +222,14 @@ def open_adapter(folder: Path) -> Adapter:
         missing = [suffix for attr, suffix in saved.items() if attr not in parts]
         if missing:
             raise SpectraError(f"{weights}: no tensor {module}.{missing[0]}")
-        if not raw.get("target_parameters") and not check_target_module_exists(config, module):
-            raise SpectraError(
-                f"{weights}: holds {module}, which target_modules in {config_file} does not select"
-            )
-    return Adapter(folder, raw, config, tensors, modules)
+    largest = max(max(tensors.shapes[n], default=0) for p in modules.values() for n in p.values())
+    adapter_config.check_ranks(raw, largest, config_file)
+    import_module("spectra.capture.quant")  # peft (and bitsandbytes) imported quietly, first
+    from peft import PeftConfig
+
+    try:
+        config = PeftConfig.from_peft_type(**raw)
+    except Exception as exc:  # peft raises many kinds for configs it refuses
+        raise SpectraError(f"{config_file}: not a valid peft config ({first_line(exc)})") from None
+    layers = adapter_config.resolve(config, list(modules), config_file)
+    return Adapter(folder, raw, config, tensors, modules, layers)

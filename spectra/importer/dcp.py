@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from spectra.contained import find_inside
 from spectra.errors import SpectraError, first_line
 from spectra.importer.tensors import _reason
 
@@ -145,10 +146,10 @@ class _Checker:
         if not isinstance(name, str) or pathlib.PurePath(name).name != name or name in ("", ".."):
             raise self.fail(key, f"shard name {name!r} is not a file name in {self.folder}")
         if name not in self.sizes:
-            try:
-                self.sizes[name] = (self.folder / name).stat().st_size
-            except (OSError, ValueError):
-                raise self.fail(key, f"its shard {name} is missing") from None
+            found = find_inside(self.folder, name)  # a link outside, a FIFO, a loop: refused
+            if found is None:
+                raise self.fail(key, f"its shard {name} is missing")
+            self.sizes[name] = found.stat().st_size
         return self.sizes[name]
 
     def chunk(self, key: str, chunk, shape: tuple[int, ...]) -> Chunk:
@@ -289,8 +290,10 @@ class DcpTensors:
 
 
 def dcp_folder(folder: Path) -> Path | None:
-    """The DCP folder of a checkpoint folder: itself, or accelerate's ``pytorch_model_fsdp_0/``."""
-    return next((f for f in (folder, folder / ACCELERATE) if (f / METADATA).is_file()), None)
+    """The DCP folder of a checkpoint folder: itself, or accelerate's ``pytorch_model_fsdp_0/``
+    (its metadata file inside ``folder`` after symlinks, a regular file)."""
+    names = (METADATA, f"{ACCELERATE}/{METADATA}")
+    return next((found.parent for n in names if (found := find_inside(folder, n))), None)
 
 
 def open_dcp(folder: Path) -> DcpTensors | None:

@@ -11,13 +11,13 @@ tensor is asked for.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from spectra.capture import PEFT_PREFIX
+from spectra.contained import find_inside, source
 from spectra.errors import SpectraError
 from spectra.importer.tensors import (
     SAFETENSORS,
@@ -25,6 +25,7 @@ from spectra.importer.tensors import (
     Tensors,
     open_index,
 )
+from spectra.limits import read_json
 
 CONFIG = "config.json"
 # Weight files of a save_pretrained folder, in the order transformers looks for them.
@@ -39,10 +40,7 @@ WEIGHT = ".weight"
 
 def read_config(path: Path) -> dict:
     """A JSON object file (config.json, adapter_config.json); SpectraError otherwise."""
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SpectraError(f"{path}: not a readable JSON file ({exc})") from None
+    config = read_json(path)
     if not isinstance(config, dict):
         raise SpectraError(f"{path}: not a JSON object")
     return config
@@ -82,7 +80,7 @@ class Model:
 
 def weight_file(folder: Path) -> Path | None:
     """The weight file (or index) of a save_pretrained folder, or None."""
-    return next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    return next(filter(None, (find_inside(folder, n) for n in WEIGHT_FILES)), None)
 
 
 def _sharded(folder: Path):
@@ -95,9 +93,7 @@ def _sharded(folder: Path):
 
 def open_model(path: Path) -> Model:
     """The model at ``path``: a save_pretrained folder, a .safetensors or a torch.save file."""
-    if not path.exists():
-        raise SpectraError(f"{path}: no such file or folder")
-    if path.is_file():
+    if source(path).is_file():
         if path.suffix not in (SAFETENSORS, *TORCH_SUFFIXES):
             raise SpectraError(f"{path}: not a weight file (.safetensors, .bin, .pt or .pth)")
         return Model(path, Tensors(path, [path]))
@@ -108,9 +104,9 @@ def open_model(path: Path) -> Model:
             f"{path}: no weights (looked for adapter_config.json, {', '.join(WEIGHT_FILES)}, "
             "a torch.distributed.checkpoint .metadata, DeepSpeed ZeRO-3 global_stepN/)"
         )
-    config_path = path / CONFIG
-    config = read_config(config_path) if config_path.is_file() else None
-    meta = [config_path] if config is not None else []
+    config_path = find_inside(path, CONFIG)
+    config = read_config(config_path) if config_path else None
+    meta = [config_path] if config_path else []
     if sharded is not None:
         return Model(path, sharded, config, [*meta, *sharded.meta_files])
     if found.name.endswith(".index.json"):

@@ -19,7 +19,7 @@ import torch
 
 from spectra.architectures import COMMON, default_targets, fused_rows, model_type
 from spectra.capture.names import matches, resolve, slice_name, split_slice
-from spectra.errors import SpectraError
+from spectra.errors import SpectraError, first_line
 from spectra.factors import Rows, row_count
 from spectra.importer.adapter import approximate_init
 from spectra.importer.align import align
@@ -216,7 +216,14 @@ class AdapterImport(Import):
 
         for module in self.modules:
             weight = self.base.weight(self.base_of[module])
-            self.layers[module] = adapted_layer(module, weight, self.first.config)
+            try:
+                layer = adapted_layer(module, weight, self.first.layer_config(module))
+            except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+                raise SpectraError(
+                    f"{self.first.config_file}: peft cannot build {module} from it "
+                    f"({first_line(exc)})"
+                ) from None
+            self.layers[module] = layer
             self.init[module] = layout(self.layers[module])
         for layer, target in self.targets.items():
             init = self.init[split_slice(layer)[0]]

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spectra.contained import source as existing
 from spectra.errors import SpectraError
 from spectra.importer.adapter import Adapter, is_adapter, open_adapter
 from spectra.importer.model import Model, open_model
 from spectra.importer.trainer import checkpoint_step, checkpoints
+from spectra.limits import INT64
 
 
 @dataclass
@@ -41,10 +43,8 @@ def _expand(sources: Sequence[Path | Model]) -> list[tuple[Path | Model, int | N
     for source in sources:
         if isinstance(source, Model):
             found.append((source, None))
-        elif not source.exists():
-            raise SpectraError(f"{source}: no such file or folder")
         else:
-            inside = checkpoints(source) if source.is_dir() else []
+            inside = checkpoints(source) if existing(source).is_dir() else []
             found += [(p, step) for step, p in inside] or [(source, checkpoint_step(source))]
     return found
 
@@ -62,9 +62,10 @@ def _steps(found: list[tuple[Path | Model, int | None]], steps: Sequence[int] | 
     seen: dict[int, Path] = {}
     for (source, _), step in zip(found, numbers, strict=True):
         path = source.path if isinstance(source, Model) else source
-        if step < 1:
+        if not 1 <= step <= INT64[1]:
             raise SpectraError(
-                f"{path} would be step {step}; steps start at 1 (step 0 is the base)"
+                f"{path} would be step {step}; steps start at 1 (step 0 is the base) and fit "
+                "in 64 bits"
             )
         if step in seen:
             raise SpectraError(
@@ -99,7 +100,7 @@ def find_checkpoints(
 def default_name(sources: Sequence[Path]) -> str:
     """A run name from the sources: the first one's folder name (its parent's for a
     ``checkpoint-N`` folder or a file)."""
-    first = Path(sources[0]).resolve()
+    first = existing(sources[0]).resolve()
     return (
         first.parent.name if first.is_file() or checkpoint_step(first) is not None else first.name
     )

@@ -14,13 +14,15 @@ tensors is ever read.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from spectra.contained import inside
 from spectra.errors import SpectraError, first_line
+from spectra.limits import check_safetensors_header, read_json
 
 SAFETENSORS = ".safetensors"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -36,6 +38,7 @@ def _reason(exc: BaseException) -> str:
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """{name: shape} from a safetensors header (no tensor data is read)."""
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             names = f.keys()
@@ -142,23 +145,34 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
-def index_files(index: Path) -> list[Path]:
-    """The shard files that a ``*.index.json`` maps tensors to, in order of first mention."""
+def _weight_map(index: Path) -> dict[str, str]:
+    """{tensor: shard name} of a ``*.index.json``."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = list(dict.fromkeys(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        weight_map = read_json(index)["weight_map"]
+    except (KeyError, TypeError) as exc:
         raise SpectraError(f"{index}: not a readable shard index ({first_line(exc)})") from None
-    missing = [s for s in shards if not (index.parent / s).is_file()]
-    if missing:
-        raise SpectraError(f"{index}: shard {missing[0]} is missing")
-    return [index.parent / s for s in shards]
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise SpectraError(f"{index}: its weight_map is not an object of tensor → shard file")
+    return weight_map
+
+
+def index_files(index: Path) -> list[Path]:
+    """The shard files that a ``*.index.json`` maps tensors to, in order of first mention,
+    each checked to be a file inside the index's folder."""
+    shards = dict.fromkeys(_weight_map(index).values())
+    return [_shard(index, shard) for shard in shards]
+
+
+def _shard(index: Path, shard: str) -> Path:
+    if not os.path.lexists(index.parent / shard):
+        raise SpectraError(f"{index}: shard {shard} is missing")
+    return inside(index.parent, shard)
 
 
 def open_index(index: Path) -> Tensors:
     """The tensors of a sharded model, checked against its index."""
-    tensors = Tensors(index.parent, index_files(index))
-    weight_map = json.loads(index.read_text())["weight_map"]
+    weight_map = _weight_map(index)
+    tensors = Tensors(index.parent, [_shard(index, s) for s in dict.fromkeys(weight_map.values())])
     for name, shard in weight_map.items():
         if tensors.files.get(name) != index.parent / shard:
             raise SpectraError(f"{index}: tensor {name} is not in shard {shard}")

@@ -7,11 +7,12 @@ Only the weights (an adapter or a full model, read by their own readers) and
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from spectra.errors import SpectraError
+from spectra.contained import FOLDER, find_inside, inside
+from spectra.errors import SpectraError, first_line
+from spectra.limits import INT64, read_json
 from spectra.train_log import from_trainer
 
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -25,25 +26,27 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every ``checkpoint-N/`` in a Trainer output folder, by step."""
+    """(step, folder) of every ``checkpoint-N/`` in a Trainer output folder, by step; each
+    checked to be a folder inside it."""
     found = [
-        (step, p)
+        (step, inside(folder, p.name, FOLDER))
         for p in folder.iterdir()
-        if p.is_dir() and (step := checkpoint_step(p)) is not None
+        if (step := checkpoint_step(p)) is not None
     ]
     return sorted(found)
 
 
 def trainer_state(checkpoint: Path) -> Path | None:
     """``checkpoint-N/trainer_state.json`` (the training log up to N), if it has one."""
-    path = checkpoint / TRAINER_STATE
-    return path if checkpoint_step(checkpoint) is not None and path.is_file() else None
+    if checkpoint_step(checkpoint) is None:
+        return None
+    return find_inside(checkpoint, TRAINER_STATE)
 
 
 def train_log(path: Path) -> dict[int, dict[str, float]]:
     """{step: values} of the training log in a trainer_state.json."""
     try:
-        history = json.loads(path.read_text())["log_history"]
+        history = read_json(path)["log_history"]
         rows: dict[int, dict[str, float]] = {}
         for entry in history:
             values = {
@@ -51,7 +54,10 @@ def train_log(path: Path) -> dict[int, dict[str, float]]:
                 for k, v in from_trainer(entry).items()
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
             }
-            rows.setdefault(int(entry["step"]), {}).update(values)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SpectraError(f"{path}: not a readable trainer state ({exc})") from None
+            step = int(entry["step"])
+            if not INT64[0] <= step <= INT64[1]:
+                raise ValueError(f"step {step} is beyond a 64-bit integer")
+            rows.setdefault(step, {}).update(values)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+        raise SpectraError(f"{path}: not a readable trainer state ({first_line(exc)})") from None
     return rows

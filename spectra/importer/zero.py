@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from spectra.contained import FOLDER, find_inside, inside
 from spectra.errors import SpectraError
 from spectra.importer.tensors import _reason, tensor_sha256
+from spectra.limits import read_bounded
 
 LATEST = "latest"
 TAG = re.compile(r"global_step\d+")
@@ -92,7 +94,7 @@ def _rank_files(folder: Path) -> dict[str, dict[int, Path]]:
             )
         if rank in found[kind]:
             raise SpectraError(f"{path} and {found[kind][rank]} are both rank {rank}'s states")
-        found[kind][rank] = path
+        found[kind][rank] = inside(folder, path.name)  # no link outside, FIFO or loop
     return found
 
 
@@ -239,19 +241,19 @@ def zero_folder(folder: Path) -> Path | None:
     ``global_stepN/``, or ``folder`` itself when it holds rank files; None if there is none."""
     if any(RANK_FILE.fullmatch(p.name) for p in folder.iterdir()):
         return folder
-    latest = folder / LATEST
-    if latest.is_file():
+    latest = find_inside(folder, LATEST)
+    if latest is not None:
         try:
-            tag = latest.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
+            tag = read_bounded(latest).decode().strip()
+        except UnicodeDecodeError as exc:
             raise SpectraError(f"{latest}: not a readable tag ({exc})") from None
         if not tag or Path(tag).name != tag or not (folder / tag).is_dir():
             raise SpectraError(f"{latest}: names {tag!r}, which is not a folder in {folder}")
-        return folder / tag
+        return inside(folder, tag, FOLDER)
     tags = sorted(p for p in folder.iterdir() if p.is_dir() and TAG.fullmatch(p.name))
     if len(tags) > 1:
         raise SpectraError(f"{folder}: {len(tags)} global_step folders and no {LATEST} file")
-    return tags[0] if tags else None
+    return inside(folder, tags[0].name, FOLDER) if tags else None
 
 
 def open_zero(folder: Path) -> ZeroTensors | None:
@@ -259,5 +261,5 @@ def open_zero(folder: Path) -> ZeroTensors | None:
     tag = zero_folder(folder)
     if tag is None:
         return None
-    latest = folder / LATEST
-    return ZeroTensors(tag, [latest] if tag != folder and latest.is_file() else [])
+    latest = find_inside(folder, LATEST)
+    return ZeroTensors(tag, [latest] if tag != folder and latest is not None else [])

@@ -7,12 +7,12 @@ default that ships inside the package (:mod:`spectra.default`)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -28,8 +28,10 @@ from spectra import default
 from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
+from spectra.limits import INT64, finite_positive, in_range
 from spectra.methods import NAMES, get
 from spectra.overwrite import check_replaceable
+from spectra.recipes.model_sizes import check_config_file, check_sizes, weight_shapes
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
 from spectra.run_files import parquet_path
@@ -100,7 +102,11 @@ def _causal_lm_config(model: str):
     if not Path(model).exists() and not _hub_id(model):
         raise SpectraError(f"{model}: no such model folder")
     try:
+        if Path(model).is_dir():
+            check_config_file(Path(model))
         config = AutoConfig.from_pretrained(model)
+    except SpectraError as exc:
+        raise SpectraError(f"{model}: not a transformers model ({exc})") from None
     except (OSError, *CONFIG_ERRORS) as exc:
         raise SpectraError(f"{model}: not a transformers model ({first_line(exc)})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -109,7 +115,7 @@ def _causal_lm_config(model: str):
     if heads and not CAUSAL_HEADS & set(heads):
         raise SpectraError(f"{model}: a {heads[0]} has no causal language-model head")
     if Path(model).is_dir():
-        _check_weights(Path(model))
+        _check_weights(Path(model), config)
     return config
 
 
@@ -122,16 +128,12 @@ def _hub_id(name: str) -> bool:
     return True
 
 
-def _check_weights(folder: Path) -> None:
-    """SpectraError unless the model folder has weights, every safetensors file whole."""
+def _check_weights(folder: Path, config) -> None:
+    """SpectraError unless the model folder has weights, every safetensors file whole and
+    large enough for what the config describes."""
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise SpectraError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
-    for path in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt"):  # reads the header, checks the length
-                pass
-        except (SafetensorError, OSError) as exc:
-            raise SpectraError(f"{path}: corrupt or truncated weights ({exc})") from None
+    check_sizes(config, weight_shapes(folder), str(folder))
 
 
 def _resolve_targets(
@@ -206,9 +208,13 @@ def plan(
         raise SpectraError(f"unknown worker {worker!r} (expected one of {', '.join(WORKERS)})")
     if steps is not None and epochs is not None:
         raise SpectraError("give --steps or --epochs, not both")
+    if epochs is not None:
+        finite_positive(epochs, "--epochs")
     for name, value in (("steps", steps), ("epochs", epochs), ("every", every), ("rank", rank)):
         if value is not None and value <= 0:
             raise SpectraError(f"--{name} must be positive, got {value}")
+        if value is not None and name != "epochs":
+            in_range(value, INT64, f"--{name}")
     chosen = PRESETS[preset]
     chosen = replace(
         chosen,
@@ -232,10 +238,22 @@ def plan(
         worker=worker,
         fused=tuple(fused.items()),
     )
-    load_examples(job.data, chosen.examples)
+    _check_steps(chosen, len(load_examples(job.data, chosen.examples)))
     load_tokenizer(job.model)
     _check_outputs(job)
     return job
+
+
+def _check_steps(preset: Preset, examples: int) -> None:
+    """SpectraError unless the optimizer steps (``--epochs`` over the data) fit in 64 bits."""
+    from spectra.recipes.training import total_steps
+
+    try:
+        steps = total_steps(preset, examples)
+    except OverflowError:  # epochs × batches is an infinite float
+        steps = math.inf
+    if steps > INT64[1]:
+        raise SpectraError(f"--epochs {preset.epochs} makes more optimizer steps than fit 64 bits")
 
 
 def _check_outputs(job: Plan) -> None:

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from spectra.errors import SpectraError, first_line
+from spectra.limits import loads
 
 PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
@@ -43,7 +44,7 @@ def _record(line: str, where: str) -> dict[str, str]:
     if not line.strip():
         raise SpectraError(f"{where}: empty line (expected one JSON object per line)")
     try:
-        record = json.loads(line)
+        record = loads(line, where)
     except json.JSONDecodeError as exc:
         raise SpectraError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(record, dict):

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from spectra import __version__
 from spectra.errors import SpectraError
 from spectra.factors import KINDS, Rows, row_count
+from spectra.limits import PID, in_range, loads
 from spectra.typedjson import at, read_dataclass
 
 FORMAT_VERSION = 2  # the newest format this spectra reads
@@ -144,7 +145,7 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
         """The manifest in ``text``; SpectraError naming ``where`` and the field if it is bad."""
         try:
-            raw = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+            raw = loads(text.decode("utf-8") if isinstance(text, bytes) else text, where)
         except UnicodeDecodeError:
             raise SpectraError(f"{where} is not UTF-8 text") from None
         except ValueError as exc:
@@ -191,8 +192,8 @@ def check_manifest(manifest: Manifest) -> None:
         raise SpectraError("referenced: lists steps that steps does not")
     if manifest.referenced and manifest.format < REFERENCES_FORMAT:
         raise SpectraError(f"referenced: needs format {REFERENCES_FORMAT}, got {manifest.format}")
-    if manifest.writer is not None and manifest.writer.pid < 1:
-        raise SpectraError(f"writer.pid: must be positive, got {manifest.writer.pid}")
+    if manifest.writer is not None:
+        in_range(manifest.writer.pid, PID, "writer.pid")
     if manifest.distributed is not None:
         _check_distributed(manifest.distributed)
     for key in ("status", "error"):

@@ -20,6 +20,7 @@ from spectra.factors import (
     slice_rows,
     step_parts,
 )
+from spectra.limits import read_bounded
 from spectra.run_files import FROZEN, MANIFEST, reference_file, step_file
 from spectra.snapshots.manifest import Manifest
 from spectra.snapshots.tensor_files import one_expert, read_tensors
@@ -35,11 +36,7 @@ class Run:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise SpectraError(f"not a spectra run directory (no {MANIFEST}): {self.path}")
-        try:
-            text = manifest_path.read_bytes()
-        except OSError as exc:
-            raise SpectraError(f"cannot read {manifest_path}: {exc.strerror}") from None
-        self.manifest = Manifest.from_json(text, str(manifest_path))
+        self.manifest = Manifest.from_json(read_bounded(manifest_path), str(manifest_path))
 
     @property
     def name(self) -> str:

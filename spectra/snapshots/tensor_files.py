@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
+from spectra.limits import check_safetensors_header
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -32,6 +33,7 @@ def read_tensors(
     corrupt or truncated."""
     if not path.is_file():
         raise SpectraError(f"snapshot file missing: {path}")
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             present = set(f.keys())

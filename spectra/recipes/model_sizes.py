@@ -1,0 +1,63 @@
+"""A model folder's config checked against its weight files before a model is built from it.
+
+transformers builds whatever a config describes: ``hidden_size = 10**12`` or a million layers
+make a (weightless) model of that many Python objects before loading finds that the weights do
+not fit. So every size or count a config gives must be at most what its weights could hold:
+their largest tensor dimension, or their number of tensors (each layer and expert has one at
+least). ``config.json`` itself is read first as a regular JSON file of bounded size and depth.
+Only the safetensors headers are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from spectra.contained import inside
+from spectra.errors import SpectraError
+from spectra.limits import check_safetensors_header, read_json
+
+# Config attributes (transformers' names; aliases like GPT-2's n_embd map to them) that size
+# or count the modules and parameters a model is built with.
+SIZES = (
+    "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "num_hidden_layers", "num_local_experts", "num_experts",
+    "n_routed_experts", "moe_intermediate_size",
+)  # fmt: skip
+
+
+def check_config_file(folder: Path) -> None:
+    """SpectraError unless ``folder/config.json`` is a regular JSON file of bounded size and
+    depth (before transformers parses it without either bound)."""
+    read_json(inside(folder, "config.json"))
+
+
+def weight_shapes(folder: Path) -> list[tuple[int, ...]]:
+    """The shape of every tensor in the folder's safetensors files (headers only); each file
+    checked to be whole."""
+    shapes = []
+    for path in sorted(folder.glob("*.safetensors")):
+        check_safetensors_header(inside(folder, path.name))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                names = f.keys()
+                shapes += [tuple(f.get_slice(name).get_shape()) for name in names]
+        except (SafetensorError, OSError) as exc:
+            raise SpectraError(f"{path}: corrupt or truncated weights ({exc})") from None
+    return shapes
+
+
+def check_sizes(config, shapes: list[tuple[int, ...]], where: str) -> None:
+    """SpectraError when a size or count of ``config`` exceeds what tensors of ``shapes``
+    could hold (nothing is checked without shapes: a folder of torch.save weights)."""
+    if not shapes:
+        return
+    bound = max(len(shapes), *(d for shape in shapes for d in shape))
+    for name in SIZES:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > bound:
+            raise SpectraError(
+                f"{where}: config.json gives {name} = {value}, more than its weights hold "
+                f"({len(shapes)} tensors, none with a dimension above {bound})"
+            )
