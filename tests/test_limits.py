@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from import_inputs import CATASTROPHIC, make_import_inputs
@@ -26,6 +27,7 @@ from spectra.contained import FOLDER, find_inside, inside, source
 from spectra.errors import SpectraError
 from spectra.figures.panels import parse_blocks
 from spectra.limits import MAX_JSON_DEPTH, loads, read_json
+from spectra.snapshots import open_run
 from spectra.timelimit import within
 
 NAME = "model.layers.0.self_attn.q_proj"
@@ -90,8 +92,11 @@ def test_a_model_in_the_hf_cache_imports_like_the_same_folder(tmp_path):
     snapshot = hf_cache_snapshot(tmp_path / "hub", files)
     runs = [import_run([folder], inputs / "base", out=tmp_path / "runs", name=name)
             for folder, name in ((inputs / "sharded", "plain"), (snapshot, "cached"))]  # fmt: skip
-    for step in ("step_00000000.safetensors", "step_00000001.safetensors"):
-        assert (runs[0] / step).read_bytes() == (runs[1] / step).read_bytes()
+    plain, cached = (open_run(r) for r in runs)
+    assert plain.steps == cached.steps == [0, 1] and plain.layers == cached.layers
+    for step in plain.steps:
+        for layer in plain.layers:
+            assert torch.equal(plain.weight(step, layer), cached.weight(step, layer))
 
 
 # --- budgets ---------------------------------------------------------------------------------

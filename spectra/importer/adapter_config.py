@@ -84,6 +84,7 @@ FIELDS = {
     "layers_pattern": (_optional(lambda v: isinstance(v, str) or _names(v)), "names"),
     "modules_to_save": (_optional(_names), "a list of names"),
     "alpha_pattern": (_optional(_mapping(_number)), "an object of finite numbers"),
+    "target_parameters": (_optional(_names), "a list of parameter names"),
 }  # fmt: skip
 RANK_PATTERN = {
     "LORA": (_optional(_mapping(_positive)), "an object of positive integers"),
@@ -100,9 +101,11 @@ def check_fields(raw: dict, where: Path) -> None:
     targets = raw.get("target_modules")
     if (isinstance(targets, str) and targets != "all-linear") or (_names(targets) and targets):
         return
+    if raw.get("target_parameters") and not targets:
+        return  # MoE expert parameters alone
     raise SpectraError(
         f"{where}: target_modules = {_shown(targets)}; expected the adapted modules' names or "
-        "a regular expression (a saved adapter lists them)"
+        "a regular expression (a saved adapter lists them, or target_parameters instead)"
     )
 
 
