@@ -108,3 +108,12 @@ def test_experts_figure_is_delta_d_and_sigma_per_block_and_expert(tmp_path):
     assert "-matched" in draw(runs, "experts", matched=True)[0]
     with pytest.raises(NotApplicable, match="figure experts needs MoE expert layers"):
         figures.experts_figure(load_runs([make_run(tmp_path / "q", "q", "ft", parallel(0.01))]))
+
+
+def test_rank_legend_keys_every_module_of_every_run(tmp_path):
+    paths = [make_run(tmp_path, "q", "ft", parallel(0.01)),
+             make_run(tmp_path, "moe", "ft", routed(2), experts=2)]  # fmt: skip
+    fig = figures.rank_figure(load_runs([str(p) for p in paths]))
+    keyed = [t.name for t in fig.data if t.showlegend is not False]
+    modules = ("down_proj", "gate_up_proj", "q_proj", "v_proj")
+    assert sorted(keyed) == [f"{m} (mean)" for m in modules]

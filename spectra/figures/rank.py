@@ -45,6 +45,7 @@ def rank_figure(runs: Runs) -> go.Figure:
     )  # fmt: skip
     modules = sorted(data["module"].unique())
     tints = {module: color(i) for i, module in enumerate(modules)}
+    legend: set[str] = set()  # modules with a legend entry: each once, whichever run has it
     for i, run in enumerate(drawn):
         rows, where = data[data["run"] == run], g.at(i)
         for module, part in rows.groupby("module", sort=True):
@@ -63,13 +64,14 @@ def rank_figure(runs: Runs) -> go.Figure:
             g.fig.add_trace(
                 go.Scatter(
                     x=mean.index, y=mean.to_numpy(), mode="lines", name=f"{module} (mean)",
-                    legendgroup=module, showlegend=i == 0,
+                    legendgroup=module, showlegend=module not in legend,
                     line={"color": tints[module], "width": 3},
                     hovertemplate=f"{run} {module}<br>step %{{x}}<br>mean dw_rank90 %{{y:.1f}}"
                     "<extra></extra>",
                 ),
                 **where,
             )  # fmt: skip
+            legend.add(module)
         span = [rows["step"].min(), rows["step"].max()]
         by_k: dict[int, list[str]] = {}
         for module, k in module_ks(rows).items():
