@@ -323,6 +323,11 @@ CASES = [
         id="step file truncated",
     ),
     pytest.param(compute(lambda r: (r / step_file(1)).unlink()), "missing", id="step file missing"),
+    pytest.param(
+        compute(lambda r: moved_out(r / step_file(1))), "outside", id="step file linked outside"
+    ),
+    pytest.param(compute(lambda r: fifo(r / step_file(1))), "a FIFO", id="step file FIFO"),
+    pytest.param(compute(lambda r: loop(r / FROZEN), LOWRANK), "loop", id="frozen file loop"),
     # outputs, cache and options
     pytest.param(cmd("compute", DENSE, "--out", "nope/d.parquet"), "nope", id="--out no parent"),
     pytest.param(cmd("compute", DENSE, "--out", "runs"), "not a spectra run", id="--out a dir"),

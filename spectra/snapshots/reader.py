@@ -5,10 +5,12 @@ shape; from them it makes the effective weight and the principal factors in floa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from spectra.contained import inside
 from spectra.errors import SpectraError
 from spectra.factors import (
     FROZEN_PARTS,
@@ -50,6 +52,12 @@ class Run:
     def layers(self) -> list[str]:
         return list(self.manifest.targets)
 
+    def _own(self, name: str) -> Path:
+        """The run directory's file ``name``; SpectraError when it is a link that leads out of
+        the run directory or not a regular file (a missing one is the reader's to report)."""
+        path = self.path / name
+        return inside(self.path, name) if os.path.lexists(path) else path
+
     def _step(self, step: int, keys: list[str], expert: int | None) -> dict[str, torch.Tensor]:
         """The tensors of ``keys`` at ``step`` (of stacked experts, expert ``expert``): from its
         file, or where it references them."""
@@ -59,7 +67,7 @@ class Run:
             where = self.path / reference_file(step)
             parts = read_referenced(self.path, self.manifest.run_id, step, keys)
             return {k: one_expert(v, expert, k, where) for k, v in parts.items()}
-        return read_tensors(self.path / step_file(step), keys, expert)
+        return read_tensors(self._own(step_file(step)), keys, expert)
 
     def parts(self, step: int, layer: str, sliced: bool = True) -> dict[str, torch.Tensor]:
         """The stored tensors of ``layer`` at ``step`` (frozen ones included), sliced to the
@@ -71,7 +79,7 @@ class Run:
         parts = self._step(step, keys, target.expert)
         if FROZEN_PARTS[target.kind]:
             keys = [f"{module}/{p}" for p in FROZEN_PARTS[target.kind]]
-            parts |= read_tensors(self.path / FROZEN, keys, target.expert)
+            parts |= read_tensors(self._own(FROZEN), keys, target.expert)
         parts = {k.rsplit("/", 1)[1]: v for k, v in parts.items()}
         frozen = f" + {FROZEN}" if FROZEN_PARTS[target.kind] else ""
         stored = reference_file(step) if step in self.manifest.referenced else step_file(step)
