@@ -456,6 +456,16 @@ CASES = [
     ),
     pytest.param(track("--data", "runs"), "no such data file", id="data a directory"),
     pytest.param(
+        track("--data", "fifo.jsonl", prepare=lambda root, mp: fifo(root / "fifo.jsonl")),
+        "a FIFO",
+        id="data a FIFO",
+    ),
+    pytest.param(
+        track("--data", "loop.jsonl", prepare=lambda root, mp: loop(root / "loop.jsonl")),
+        "a symlink loop",
+        id="data a symlink loop",
+    ),
+    pytest.param(
         model(lambda m: [(m / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")]),
         "no usable tokenizer",
         id="model without a tokenizer",

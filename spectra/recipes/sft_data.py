@@ -6,11 +6,13 @@ them the loss) cover the response only."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from spectra.contained import FILE, source
 from spectra.errors import SpectraError, first_line
 from spectra.limits import loads
 
@@ -23,8 +25,9 @@ IGNORE = -100  # label of prompt and padding tokens
 
 def load_examples(path: Path, limit: int | None = None) -> list[dict[str, str]]:
     """JSONL records with non-empty string ``query`` and ``response``; SpectraError otherwise."""
-    if not path.is_file():
+    if not os.path.lexists(path) or path.is_dir():
         raise SpectraError(f"{path}: no such data file")
+    source(path, FILE)  # a FIFO, device or symlink loop: one line, never a wait
     records = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, 1):
