@@ -27,6 +27,7 @@ FROZEN = "frozen.safetensors"
 TRAIN_LOG = "train_log.parquet"
 PARQUET = ".parquet"
 STEP_FILE = re.compile(r"step_(\d{8,})\.safetensors")
+REFERENCE_FILE = re.compile(r"step_(\d{8,})\.reference\.json")
 
 
 def step_file(step: int) -> str:
@@ -63,6 +64,7 @@ def is_run_file(name: str) -> bool:
     """Whether a file called ``name`` in a run directory is one spectra writes (temporary
     files included)."""
     known = name in (MANIFEST, FROZEN, TRAIN_LOG) or step_of(name) is not None
+    known = known or REFERENCE_FILE.fullmatch(name) is not None
     return known or TEMPORARY.fullmatch(name) is not None
 
 

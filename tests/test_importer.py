@@ -459,7 +459,8 @@ def test_existing_run_needs_overwrite(trained, tmp_path, cli):
     compute_run(tmp_path / "ft")  # the rows of the run that will be replaced
     code, _, err = cli(args)
     assert code == 2 and err.startswith("error: ") and "--overwrite" in err
-    assert cli([*args, "--overwrite"])[0] == 0
+    result = cli([*args, "--overwrite"])
+    assert result.code == 0, result
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # the stale rows are gone
     (tmp_path / "ft.parquet").write_text("not a run file: never removed")
     cli([*args, "--overwrite"]).error_line("ft.parquet is not a spectra run file")
