@@ -32,10 +32,10 @@ run: setup
 test: setup chromium
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory wheel-test docs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n auto --dist loadfile -m "not slow"
 
 # The wheel a user installs, in a fresh venv, run outside the checkout (tests/wheel_test.sh).
 wheel-test: setup
