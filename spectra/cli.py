@@ -261,6 +261,10 @@ def track(
 
         follow_run(follow)
         return
+    if model is not None and Path(model).is_dir():
+        from spectra.model_sizes import check_model_folder
+
+        check_model_folder(Path(model))  # before torch and transformers load (~450 MiB)
     from spectra import recipes
 
     job = recipes.plan(

@@ -30,8 +30,8 @@ from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
 from spectra.limits import INT64, finite_positive, in_range
 from spectra.methods import NAMES, get
+from spectra.model_sizes import check_config_file, check_sizes, config_sizes, weight_shapes
 from spectra.overwrite import check_replaceable
-from spectra.recipes.model_sizes import check_config_file, check_sizes, weight_shapes
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
 from spectra.run_files import parquet_path
@@ -133,7 +133,7 @@ def _check_weights(folder: Path, config) -> None:
     large enough for what the config describes."""
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise SpectraError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
-    check_sizes(config, weight_shapes(folder), str(folder))
+    check_sizes(config_sizes(config), weight_shapes(folder), str(folder))
 
 
 def _resolve_targets(

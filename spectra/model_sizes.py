@@ -5,7 +5,9 @@ make a (weightless) model of that many Python objects before loading finds that 
 not fit. So every size or count a config gives must be at most what its weights could hold:
 their largest tensor dimension, or their number of tensors (each layer and expert has one at
 least). ``config.json`` itself is read first as a regular JSON file of bounded size and depth.
-Only the safetensors headers are read.
+Only the safetensors headers are read, and nothing here imports torch or transformers:
+``spectra track`` checks a model folder's ``config.json`` with :func:`check_model_folder`
+before it loads them (a refusal then takes ~60 MiB, not 500).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ SIZES = (
     "num_key_value_heads", "head_dim", "num_hidden_layers", "num_local_experts", "num_experts",
     "n_routed_experts", "moe_intermediate_size",
 )  # fmt: skip
+# The same sizes under other names in config.json (transformers' attribute maps).
+ALIASES = (
+    "n_embd", "n_layer", "n_head", "n_inner", "d_model", "num_layers", "num_heads", "d_ff",
+    "ffn_dim", "n_experts",
+)  # fmt: skip
 
 
 def check_config_file(folder: Path) -> None:
@@ -40,7 +47,7 @@ def weight_shapes(folder: Path) -> list[tuple[int, ...]]:
     for path in sorted(folder.glob("*.safetensors")):
         check_safetensors_header(inside(folder, path.name))
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="numpy") as f:
                 names = f.keys()
                 shapes += [tuple(f.get_slice(name).get_shape()) for name in names]
         except (SafetensorError, OSError) as exc:
@@ -48,14 +55,31 @@ def weight_shapes(folder: Path) -> list[tuple[int, ...]]:
     return shapes
 
 
-def check_sizes(config, shapes: list[tuple[int, ...]], where: str) -> None:
-    """SpectraError when a size or count of ``config`` exceeds what tensors of ``shapes``
-    could hold (nothing is checked without shapes: a folder of torch.save weights)."""
+def check_model_folder(folder: Path) -> None:
+    """SpectraError when ``folder/config.json`` gives a size (under its own name or an alias)
+    that its safetensors weights could not hold; a config that is not a JSON object is left to
+    transformers (and its one-line refusal)."""
+    try:
+        raw = read_json(inside(folder, "config.json"))
+    except SpectraError:
+        raw = None
+    if not isinstance(raw, dict):
+        return
+    check_sizes({n: raw.get(n) for n in (*SIZES, *ALIASES)}, weight_shapes(folder), str(folder))
+
+
+def config_sizes(config) -> dict[str, object]:
+    """The sizes and counts a transformers config builds a model with."""
+    return {name: getattr(config, name, None) for name in SIZES}
+
+
+def check_sizes(sizes: dict[str, object], shapes: list[tuple[int, ...]], where: str) -> None:
+    """SpectraError when one of ``sizes`` exceeds what tensors of ``shapes`` could hold
+    (nothing is checked without shapes: a folder of torch.save weights)."""
     if not shapes:
         return
     bound = max(len(shapes), *(d for shape in shapes for d in shape))
-    for name in SIZES:
-        value = getattr(config, name, None)
+    for name, value in sizes.items():
         if isinstance(value, int) and not isinstance(value, bool) and value > bound:
             raise SpectraError(
                 f"{where}: config.json gives {name} = {value}, more than its weights hold "
