@@ -17,7 +17,6 @@ from pathlib import Path
 from spectra.errors import SpectraError
 from spectra.run_files import MANIFEST, is_run_file, parquet_path
 from spectra.snapshots import Manifest, open_run
-from spectra.store import run_metadata
 
 
 def _run_dir_manifest(run_dir: Path) -> Manifest | None:
@@ -41,6 +40,8 @@ def _run_dir_manifest(run_dir: Path) -> Manifest | None:
 
 def _check_run_file(parquet: Path, run_dir: Path, manifest: Manifest | None, run: str) -> None:
     """SpectraError unless ``parquet`` is the spectra run file of the run being replaced."""
+    from spectra.store import run_metadata  # pandas and pyarrow: only when there is a run file
+
     if parquet.is_dir() and not parquet.is_symlink():
         raise SpectraError(f"{parquet} is a folder, not a spectra run file; not replacing it")
     try:

@@ -9,9 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
 from spectra.run_files import TRAIN_LOG
@@ -24,6 +21,9 @@ LOG_COLUMNS = ("step", "loss", "reg_loss", "grad_norm", "lr")
 
 def write_train_log(run_dir: Path, rows: dict[int, dict[str, float]]) -> None:
     """train_log.parquet: one row per step, the standard columns first, then extras, sorted."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     extras = sorted({k for row in rows.values() for k in row} - set(LOG_COLUMNS))
     steps = sorted(rows)
     columns = {"step": pa.array(steps, pa.int64())}
@@ -36,6 +36,8 @@ def write_train_log(run_dir: Path, rows: dict[int, dict[str, float]]) -> None:
 def read_train_log(run_dir: str | Path) -> pd.DataFrame | None:
     """The run's training log (a ``step`` column, then float columns), or None if it has none."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     path = Path(run_dir) / TRAIN_LOG
     if not path.is_file():
