@@ -160,20 +160,20 @@ class Engine:
             return 0
         if 0 not in self.run.steps:
             raise SpectraError(f"{self.run.path}: no step-0 snapshot, nothing to compare with")
-        with (
-            self._executor() as executor,
-            progress_bar(self.run.name, len(tasks), self.progress) as advance,
-        ):
-            layers = [layer for layer in self.run.layers if layer not in self._bases]
-            base_args = [(self.run_dir, layer, self.cache_dir, self.settings) for layer in layers]
-            for (_, layer, *_), entry in run_tasks(executor, base_task, base_args):
-                self._bases[layer] = entry
-            args = [
-                (self.run_dir, step, layer, self._bases[layer], self.settings)
-                for step, layer in tasks
-            ]
-            new, added, last_write = [], 0, time.monotonic()
-            try:
+        new, added, last_write = [], 0, time.monotonic()
+        try:  # the pool ends (queued tasks cancelled) before the rows so far are written
+            with (
+                self._executor() as executor,
+                progress_bar(self.run.name, len(tasks), self.progress) as advance,
+            ):
+                missing = [layer for layer in self.run.layers if layer not in self._bases]
+                base_args = [(self.run_dir, m, self.cache_dir, self.settings) for m in missing]
+                for (_, layer, *_), entry in run_tasks(executor, base_task, base_args):
+                    self._bases[layer] = entry
+                args = [
+                    (self.run_dir, step, layer, self._bases[layer], self.settings)
+                    for step, layer in tasks
+                ]
                 for _, row in run_tasks(executor, matrix_task, args):
                     advance()
                     if row.pop("nonfinite", False):
@@ -184,11 +184,11 @@ class Engine:
                     if time.monotonic() - last_write >= self.write_every:
                         self._write(new)
                         new, last_write = [], time.monotonic()
-            except BaseException:  # an error or a Ctrl-C: the rows computed so far are kept
-                if new:
-                    self._write(new)
-                raise
-            self._write(new)
+        except BaseException:  # an error or a Ctrl-C: the rows computed so far are kept
+            if new:
+                self._write(new)
+            raise
+        self._write(new)
         return added
 
     def _executor(self):
