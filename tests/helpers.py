@@ -3,13 +3,17 @@ special files (FIFOs, symlink loops, links out of a folder) that inputs must ref
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 from tiny_models import batch
 
@@ -78,3 +82,19 @@ def moved_out(path: Path) -> None:
     away.parent.mkdir()
     shutil.move(path, away)
     path.symlink_to(os.path.relpath(away, path.parent))
+
+
+@contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` with ``options`` (needs root; the test is skipped where it
+    cannot be mounted), unmounted after the block."""
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        gc.collect()  # files a failed writer left open keep the mount busy until collected
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)

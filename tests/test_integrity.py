@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import os
 import stat
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import adamw, train
+from helpers import adamw, tmpfs, train
 from runmaker import make_run_dir, paper_like
 from safetensors.torch import load_file
 from tiny_models import RandomTokens, base_model, with_method
@@ -328,15 +327,8 @@ def test_a_damaged_cache_entry_is_computed_again(tmp_path, svd_cache, damage):
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 256 KiB tmpfs (needs root); skipped where it cannot be mounted."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    gc.collect()  # files a failed writer left open keep the mount busy until collected
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    with tmpfs(tmp_path / "disk", "size=256k") as mount:
+        yield mount
 
 
 def test_a_read_only_file_system_is_one_error(tmp_path, tiny_disk, cli):

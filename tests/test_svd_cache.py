@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import tmpfs
 from runmaker import LAYER, make_run_dir
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -196,14 +197,8 @@ def test_an_unusable_cache_is_not_used_with_one_warning(tmp_path, cli, kind):
 @pytest.fixture
 def read_only_cache(tmp_path):
     """A read-only tmpfs (needs root); skipped where it cannot be mounted."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
+        yield mount
 
 
 def test_a_read_only_cache_is_not_used_with_one_warning(tmp_path, read_only_cache, cli):
