@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import transformers as tf
+from ranks import finish, watch  # the script's folder is on sys.path
 from safetensors.torch import save_file
-from tiny_models import SMALL, RandomTokens, batch  # the script's folder is on sys.path
+from tiny_models import SMALL, RandomTokens, batch
 
 import spectra
 
@@ -158,6 +159,7 @@ def train_zero3(out: Path, model: torch.nn.Module, lora: bool) -> None:
 
 
 def main(kind: str, out: Path) -> None:
+    watch()
     dist.init_process_group("gloo")
     model = tiny_llama()
     if dist.get_rank() == 0:
@@ -169,8 +171,7 @@ def main(kind: str, out: Path) -> None:
         train_dcp(out, model)
     else:
         train_zero3(out, model, lora=kind == "zero3-lora")
-    dist.barrier()
-    dist.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tiny_models import base_model, batch, with_method  # the script's folder is on sys.path
+from ranks import finish, watch  # the script's folder is on sys.path
+from tiny_models import base_model, batch, with_method
 from torch.nn.parallel import DistributedDataParallel
 
 import spectra
@@ -26,6 +27,7 @@ def train(out: str | Path) -> None:
     """Train STEPS steps and track them into ``out`` (under DDP when launched by torchrun)."""
     distributed = "RANK" in os.environ
     if distributed:
+        watch()
         dist.init_process_group("gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     model = with_method(base_model("llama"), "lora", TARGETS)
@@ -44,8 +46,7 @@ def train(out: str | Path) -> None:
     tracker.close()
     if distributed:
         del net  # DDP's reducer must go before its process group, or gloo can hang at exit
-        dist.barrier()
-        dist.destroy_process_group()
+        finish()
 
 
 if __name__ == "__main__":

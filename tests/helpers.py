@@ -58,7 +58,7 @@ def torchrun(script, *args, nproc: int = 2, timeout: float = 180, env: dict | No
         proc.communicate()
         raise
     if proc.returncode:
-        print(err.decode()[-3000:])
+        print(err.decode()[-8000:])  # a fatal signal's stacks too
     return proc.returncode
 
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 import transformers  # noqa: F401  (model classes before deepspeed.zero.Init, DeepSpeed's rule)
+from ranks import finish, watch  # the script's folder is on sys.path
 from safetensors.torch import save_file
-from tiny_models import base_model, batch, reference_weights, with_method  # the script's folder
+from tiny_models import base_model, batch, reference_weights, with_method
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
@@ -47,6 +48,7 @@ ZERO3 = {
 
 def init() -> tuple[int, int]:
     """Start the process group (gloo); (rank, world size)."""
+    watch()
     if os.environ.get("DS_ACCELERATOR"):
         import deepspeed
 
@@ -198,5 +200,4 @@ if __name__ == "__main__":
     extra = {"zero3": ("lora-bf16",), "fsdp1": ("ft-flat",)}.get(sys.argv[1], ())
     for run in ("ft", "lora", *extra):
         train(sys.argv[1], run, Path(sys.argv[2]), rank, world)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    finish()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from ranks import finish, watch
 from tiny_models import RandomTokens, base_model, with_method
 from tracking_train import EVERY, STEPS, TARGETS, ZERO3, dump  # the script's folder is on sys.path
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -35,6 +36,7 @@ class Reference(TrainerCallback):
 
 
 def main(engine: str, out: Path) -> None:
+    watch()
     model = with_method(base_model("llama"), "lora", TARGETS)
     replica = copy.deepcopy(model)
     zero3 = ZERO3 | {
@@ -55,6 +57,7 @@ def main(engine: str, out: Path) -> None:
     rank = torch.distributed.get_rank()
     if callback.tracker.writing != (rank == 0) or (callback.tracker.metrics_file is None) != rank:
         raise SystemExit(f"rank {rank}: writing={callback.tracker.writing}")
+    finish()
 
 
 if __name__ == "__main__":
