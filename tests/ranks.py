@@ -16,9 +16,9 @@ def watch() -> None:
 
 def finish() -> None:
     """Wait for every rank, destroy the process group and exit at once, skipping the
-    interpreter's finalization: there the last references to FSDP's meshes and gloo's pending
-    work are dropped, and gloo can abort ("terminate called without an active exception",
-    SIGABRT; seen once in CI, after a rank had written everything)."""
+    interpreter's finalization, where the last references to FSDP's meshes and gloo's work
+    are dropped: a teardown that can abort in gloo ("terminate called without an active
+    exception", SIGABRT; seen once in CI, in a rank of the DCP training)."""
     dist.barrier()
     dist.destroy_process_group()
     sys.stdout.flush()

@@ -27,7 +27,7 @@ LAYERS = [f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in TARGETS]
 def train_sharded(kind: str, root: Path) -> Path:
     """``checkpoint_train.py KIND root`` under torchrun, 2 processes (gloo, CPU); returns root."""
     env = {"DS_ACCELERATOR": "cpu"}
-    assert torchrun(str(SCRIPT), kind, str(root), timeout=600, env=env) == 0, kind
+    assert torchrun(SCRIPT, kind, out=root, timeout=600, env=env) == 0, kind
     return root
 
 

@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).with_name("ddp_train.py")
 
 
 def test_ddp_rank0_writes_and_matches_single_process(tmp_path):
-    assert torchrun(str(SCRIPT), str(tmp_path / "ddp")) == 0
+    assert torchrun(SCRIPT, out=tmp_path / "ddp") == 0
     train(tmp_path / "single")
 
     runs = [open_run(tmp_path / name) for name in ("ddp", "single")]

@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
         if engine not in done:
             out = tmp_path_factory.mktemp(engine)
             env = ZERO3_ENV if engine == "zero3" else {}
-            assert torchrun(HERE / "tracking_train.py", engine, out, env=env, timeout=240) == 0
+            assert torchrun(HERE / "tracking_train.py", engine, out=out, env=env, timeout=240) == 0
             done[engine] = out
         return done[engine]
 
@@ -92,7 +92,7 @@ def test_trainer_with_deepspeed_zero3_and_the_callback(tmp_path):
     """Trainer + accelerate's DeepSpeed plugin (ZeRO-3), SpectraCallback in inline mode: rank 0
     writes and computes the Parquet file while training runs."""
     script = HERE / "trainer_sharded_train.py"
-    assert torchrun(script, "zero3", tmp_path, env=ZERO3_ENV, timeout=240) == 0
+    assert torchrun(script, "zero3", out=tmp_path, env=ZERO3_ENV, timeout=240) == 0
     run = open_run(tmp_path / "lora")
     assert run.manifest.distributed == Distributed("zero3", 2, "fp32_master")
     assert (tmp_path / "lora.parquet").is_file()  # the inline worker's, complete
@@ -101,7 +101,7 @@ def test_trainer_with_deepspeed_zero3_and_the_callback(tmp_path):
 
 
 def test_lightning_callback_under_fsdp(tmp_path):
-    assert torchrun(HERE / "lightning_train.py", "fsdp", tmp_path, timeout=240) == 0
+    assert torchrun(HERE / "lightning_train.py", "fsdp", out=tmp_path, timeout=240) == 0
     run = open_run(tmp_path / "lora")
     assert run.manifest.finished
     assert run.manifest.distributed == Distributed("fsdp1", 2, "parameters")
