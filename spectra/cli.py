@@ -15,6 +15,7 @@ import typer
 
 from spectra.errors import Interrupted, SpectraError, Terminated
 from spectra.figures import FIGURES
+from spectra.limits import check_epochs
 from spectra.methods import NAMES as METHOD_NAMES
 from spectra.output import checked_stdout
 from spectra.terminal import shown
@@ -261,6 +262,8 @@ def track(
 
         follow_run(follow)
         return
+    if epochs is not None:
+        check_epochs(epochs)  # at one batch per epoch, before torch and transformers load
     if model is not None and Path(model).is_dir():
         from spectra.model_sizes import check_model_folder
 

@@ -41,6 +41,16 @@ def finite_positive(value: float, what: str) -> float:
     return value
 
 
+def check_epochs(epochs: float, batches: int = 1) -> float:
+    """``epochs``, or SpectraError unless it is positive, finite and its optimizer steps
+    (``batches`` per epoch, ⌈epochs · batches⌉) fit 64 bits; with one batch, before any data
+    is read."""
+    finite_positive(epochs, "--epochs")
+    if epochs * batches > INT64[1]:  # ⌈x⌉ > M ⇔ x > M for a whole M
+        raise SpectraError(f"--epochs {epochs} makes more optimizer steps than fit 64 bits")
+    return epochs
+
+
 def _depth(value) -> int:
     """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion)."""
     deepest, todo = 0, [(value, 1)]

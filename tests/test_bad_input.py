@@ -835,6 +835,9 @@ HARDENING = [
     pytest.param(cmd(*EPOCHS, "--epochs", "nan"), "positive finite number", id="--epochs nan"),
     pytest.param(cmd(*EPOCHS, "--epochs", "inf"), "positive finite number", id="--epochs inf"),
     pytest.param(cmd(*EPOCHS, "--epochs", "1e300"), "fit 64 bits", id="--epochs 1e300"),
+    pytest.param(  # fits alone, not at the embedded data's 500 batches per epoch
+        cmd(*EPOCHS, "--epochs", "1e17"), "1e+17 makes more optimizer steps", id="--epochs 1e17"
+    ),
     # regular expressions from configs: bounded in time
     pytest.param(adapter(target_modules=CATASTROPHIC), "longer than 1 s", id="regex targets"),
     pytest.param(adapter(exclude_modules=CATASTROPHIC), "longer than 1 s", id="regex exclude"),

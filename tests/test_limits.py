@@ -7,6 +7,7 @@ The refusals themselves are rows of the bad-input table (test_bad_input.py) and 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -26,7 +27,7 @@ from spectra.architectures.fused import checked
 from spectra.contained import FOLDER, find_inside, inside, source
 from spectra.errors import SpectraError
 from spectra.figures.panels import parse_blocks
-from spectra.limits import MAX_JSON_DEPTH, loads, read_json
+from spectra.limits import INT64, MAX_JSON_DEPTH, check_epochs, loads, read_json
 from spectra.snapshots import open_run
 from spectra.timelimit import within
 
@@ -226,3 +227,17 @@ def test_an_adapter_with_patterns_gets_peft_s_ranks_and_scales(tmp_path):
     }
     assert layers == want
     assert len({v["scale"] for v in want.values()}) == 2  # the alpha pattern applies to one
+
+
+@given(
+    epochs=st.floats(min_value=1e-3, max_value=1e20) | st.sampled_from([2.0**63, 2.0**62]),
+    batches=st.integers(1, 10**6),
+)
+def test_check_epochs_refuses_exactly_the_runs_beyond_64_bits(epochs, batches):
+    """check_epochs refuses iff the recipes' step count, ⌈epochs · batches⌉, exceeds int64."""
+    steps = math.ceil(epochs * batches)
+    if steps > INT64[1]:
+        with pytest.raises(SpectraError, match="than fit 64 bits"):
+            check_epochs(epochs, batches)
+    else:
+        assert check_epochs(epochs, batches) == epochs

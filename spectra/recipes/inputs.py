@@ -28,7 +28,7 @@ from spectra import default
 from spectra.callback import WORKERS
 from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
-from spectra.limits import INT64, finite_positive, in_range
+from spectra.limits import INT64, check_epochs, in_range
 from spectra.methods import NAMES, get
 from spectra.model_sizes import check_config_file, check_sizes, config_sizes, weight_shapes
 from spectra.overwrite import check_replaceable
@@ -209,7 +209,7 @@ def plan(
     if steps is not None and epochs is not None:
         raise SpectraError("give --steps or --epochs, not both")
     if epochs is not None:
-        finite_positive(epochs, "--epochs")
+        check_epochs(epochs)
     for name, value in (("steps", steps), ("epochs", epochs), ("every", every), ("rank", rank)):
         if value is not None and value <= 0:
             raise SpectraError(f"--{name} must be positive, got {value}")
@@ -246,14 +246,8 @@ def plan(
 
 def _check_steps(preset: Preset, examples: int) -> None:
     """SpectraError unless the optimizer steps (``--epochs`` over the data) fit in 64 bits."""
-    from spectra.recipes.training import total_steps
-
-    try:
-        steps = total_steps(preset, examples)
-    except OverflowError:  # epochs × batches is an infinite float
-        steps = math.inf
-    if steps > INT64[1]:
-        raise SpectraError(f"--epochs {preset.epochs} makes more optimizer steps than fit 64 bits")
+    if preset.steps is None:
+        check_epochs(preset.epochs, math.ceil(examples / preset.batch_size))
 
 
 def _check_outputs(job: Plan) -> None:
