@@ -41,8 +41,8 @@ def reference_file(step: int) -> str:
 
 
 def step_of(name: str) -> int | None:
-    """The step of a snapshot file name, or None when the name is not one."""
-    found = STEP_FILE.fullmatch(name)
+    """The step of a snapshot or references file name, or None when the name is not one."""
+    found = STEP_FILE.fullmatch(name) or REFERENCE_FILE.fullmatch(name)
     return int(found[1]) if found else None
 
 
@@ -64,7 +64,6 @@ def is_run_file(name: str) -> bool:
     """Whether a file called ``name`` in a run directory is one spectra writes (temporary
     files included)."""
     known = name in (MANIFEST, FROZEN, TRAIN_LOG) or step_of(name) is not None
-    known = known or REFERENCE_FILE.fullmatch(name) is not None
     return known or TEMPORARY.fullmatch(name) is not None
 
 

@@ -22,7 +22,7 @@ from spectra.engine import compute_run
 from spectra.errors import SpectraError
 from spectra.importer import import_run
 from spectra.run_files import MANIFEST, reference_file, step_file
-from spectra.snapshots import open_run
+from spectra.snapshots import RunWriter, open_run
 from spectra.snapshots.references import key_path
 
 Q0 = "model.layers.0.self_attn.q_proj"
@@ -224,3 +224,20 @@ def test_manifests_listing_references_are_checked(sources, tmp_path):
         (run_dir / MANIFEST).write_text(json.dumps(manifest | change))
         with pytest.raises(SpectraError, match=says):
             open_run(run_dir)
+
+
+def test_a_resumed_writer_keeps_the_steps_stored_by_reference(sources, tmp_path):
+    """RunWriter(resume=True) with a fresh manifest (as Tracker resuming gives) keeps which
+    steps are references; discarding the steps after 2 removes their references too."""
+    run_dir = import_run([sources / "out"], sources / "base", out=tmp_path / "runs")
+    before = rows(run_dir)
+    fresh = copy.deepcopy(open_run(run_dir).manifest)
+    fresh.referenced, fresh.format, fresh.steps = [], 1, []
+    writer = RunWriter(run_dir, fresh, resume=True)
+    resumed = open_run(run_dir).manifest
+    assert resumed.referenced == [0, 2, 4] and resumed.format == 2
+    pd.testing.assert_frame_equal(rows(run_dir), before, check_exact=True)
+    writer.discard_after(2)
+    assert open_run(run_dir).manifest.referenced == [0, 2]
+    assert not (run_dir / reference_file(4)).exists() and (run_dir / reference_file(2)).is_file()
+    pd.testing.assert_frame_equal(rows(run_dir), before[before["step"] <= 2], check_exact=True)

@@ -52,6 +52,7 @@ class RunWriter:
             old = open_run(self.path).manifest
             manifest.steps, manifest.finished = old.steps, False
             manifest.run_id, manifest.resumed = old.run_id, old.resumed
+            manifest.referenced, manifest.format = old.referenced, max(manifest.format, old.format)
         else:
             manifest.run_id = manifest.run_id or uuid.uuid4().hex
         remove_temporary_files(self.path)
@@ -71,7 +72,7 @@ class RunWriter:
         self.manifest.referenced = [s for s in self.manifest.referenced if s <= step]
         self.manifest.resumed = [*self.manifest.resumed, step]
         self._write_manifest()
-        for path in self.path.glob("step_*.safetensors"):
+        for path in self.path.glob("step_*"):
             number = step_of(path.name)
             if number is not None and number > step:
                 path.unlink(missing_ok=True)
