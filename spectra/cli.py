@@ -61,10 +61,9 @@ def _root(
     ] = False,
 ) -> None:
     """Spectral drift analysis of fine-tuning."""
-    if not verbose:
-        from spectra.quiet import quiet
+    from spectra import quiet
 
-        ctx.with_resource(quiet())
+    ctx.with_resource(quiet.verbose() if verbose else quiet.quiet())
 
 
 @app.command()

@@ -5,7 +5,8 @@ warn and log about their own affairs: deprecations, optional kernels they could 
 progress bars. None of it is about the user's command, so while :func:`quiet` is active every
 warning and every log record below ERROR is dropped, here and in the processes started
 meanwhile; spectra's own warnings (their message starts ``spectra:``) still show, one
-``warning:`` line each.
+``warning:`` line each. Under :func:`verbose` the libraries' warnings and log lines show, with
+their control characters escaped (they may quote names from files).
 """
 
 from __future__ import annotations
@@ -27,6 +28,35 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
     """Show a spectra warning as one safe ``warning:`` line on stderr (it may quote a name)."""
     text = " ".join(str(message).removeprefix(OWN).split())
     print(f"warning: {shown(text)}", file=file or sys.stderr, flush=True)
+
+
+def _escaped_lines(text: str) -> str:
+    """``text`` with every line made safe to display, its line breaks kept."""
+    return "\n".join(map(shown, text.split("\n")))
+
+
+def _escaped_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
+    print(_escaped_lines(text), file=file or sys.stderr, flush=True)
+
+
+@contextmanager
+def verbose() -> Iterator[None]:
+    """Show every warning and log line, each with its control characters escaped."""
+    factory = logging.getLogRecordFactory()
+
+    def escaped_record(*args, **kwargs) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.msg, record.args = _escaped_lines(record.getMessage()), None
+        return record
+
+    logging.setLogRecordFactory(escaped_record)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _escaped_warning
+            yield
+    finally:
+        logging.setLogRecordFactory(factory)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import warnings
 import pytest
 from tiny_models import base_model, perturb, with_method
 
-from spectra.quiet import quiet
+from spectra.quiet import quiet, verbose
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,6 +39,25 @@ def test_quiet_drops_library_noise_and_keeps_spectras_warnings(capsys, caplog):
     assert capsys.readouterr().err == "warning: NaN or Inf weights at step 3 in 1 target\n"
     assert [r.getMessage() for r in caplog.records] == ["a real error"]  # errors still log
     assert os.environ.get("PYTHONWARNINGS") != "ignore"
+
+
+def test_verbose_shows_library_lines_with_control_characters_escaped(capsys):
+    """Under ``-v`` the libraries' warnings and log lines show, but a name they quote from a
+    file cannot clear the screen or write the clipboard (OSC 52)."""
+    clear, clipboard = "\x1b[2J", "\x1b]52;c;ZXZpbA==\x07"
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger("some.library").addHandler(handler)
+    try:
+        with verbose():
+            warnings.warn(f"module {clear}q_proj is deprecated", FutureWarning, stacklevel=1)
+            logging.getLogger("some.library").warning("target %s\nnot found", clipboard)
+    finally:
+        logging.getLogger("some.library").removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "module \\x1b[2Jq_proj is deprecated" in err and "FutureWarning" in err
+    assert "target \\x1b]52;c;ZXZpbA==\\x07\nnot found\n" in err  # its line break kept
+    assert logging.getLogRecordFactory() is logging.LogRecord  # restored
 
 
 @pytest.mark.slow
