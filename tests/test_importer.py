@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from spectra.importer.layer import adapted_layer
 from spectra.metrics import drift
 from spectra.run_files import FROZEN, step_file
 from spectra.snapshots import open_run
+from spectra.snapshots.raw import read_tensor
 
 pytestmark = pytest.mark.slow  # multi-process, training or long runs: not in make test-fast
 
@@ -288,31 +290,14 @@ def test_sharded_checkpoints_read_only_the_target_tensors(tmp_path, monkeypatch)
     assert (folder / "model.safetensors.index.json").is_file()
 
     read = []
-    real = tensors_module.safe_open
+    real = tensors_module.read_tensor
 
-    class Spy:
-        def __init__(self, path, **kwargs):
-            self.inner = real(path, **kwargs)
-
-        def __enter__(self):
-            self.f = self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.inner.__exit__(*exc)
-
-        def keys(self):
-            return self.f.keys()
-
-        def get_slice(self, name):
-            return self.f.get_slice(name)
-
-        def get_tensor(self, name):
-            read.append(name)
-            return self.f.get_tensor(name)
+    def spy(path, name):
+        read.append(name)
+        return real(path, name)
 
     with monkeypatch.context() as spying:  # undone alone: the isolated caches stay
-        spying.setattr(tensors_module, "safe_open", Spy)
+        spying.setattr(tensors_module, "read_tensor", spy)
         sharded = open_run(import_run([tmp_path / "out"], tmp_path / "base", out=tmp_path / "runs"))
     weights = [f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in TARGETS]
     assert sorted(read) == sorted(weights * 2)  # base and checkpoint: the targets only
@@ -510,3 +495,41 @@ def test_align_refuses_two_equally_good_mappings():
         align(core, base, Path("ckpt"), Path("base"))
     with pytest.raises(SpectraError, match=r"no base tensor for layers\.1\.q\.weight"):
         align(core, ["layers.0.q", "layers.2.q"], Path("ckpt"), Path("base"))
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int8,
+          torch.float8_e4m3fn]  # fmt: skip
+
+
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=3), min_size=1, max_size=4),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_read_tensor_equals_safetensors_own_read(tmp_path_factory, shapes, dtype, seed):
+    """Every tensor that read_tensor reads (header and bytes only) equals safetensors' own
+    read, dtype and all, and its digest is the SHA-256 of its stored bytes."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {f"t{i}": (torch.randn(shape, generator=gen) * 4).to(dtype)
+               for i, shape in enumerate(shapes)}  # fmt: skip
+    path = tmp_path_factory.mktemp("raw") / "w.safetensors"
+    save_file(tensors, path)
+    for name, want in load_file(path).items():
+        got, digest = read_tensor(path, name)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+        assert digest == tensors_module.tensor_sha256(want)
+
+
+def test_read_tensor_refuses_a_short_file_a_missing_name_and_a_fifo(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(4, 4)}, path)
+    with pytest.raises(SpectraError, match="no tensor b"):
+        read_tensor(path, "b")
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(SpectraError, match="tensors end at"):
+        read_tensor(path, "a")
+    fifo = tmp_path / "f.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(SpectraError, match="not a regular file"):
+        read_tensor(fifo, "a")

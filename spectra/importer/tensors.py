@@ -2,13 +2,13 @@
 
 A :class:`Tensors` spans one or more files: a single ``.safetensors`` file, the shards of a
 ``*.safetensors.index.json`` (or a sharded ``pytorch_model.bin.index.json``), or ``torch.save``
-files. Safetensors files are opened per tensor with ``safe_open`` and only their headers are
-read up front (names, shapes), so reading the q/v projections of a sharded model touches only
-those bytes. ``torch.save`` files are loaded with ``torch.load(weights_only=True, mmap=True)``,
-never a full unpickle, and must hold tensors only (a dict of name → tensor, possibly nested).
-For the run's provenance, the files whose tensors were read are recorded, and the SHA-256 of
-each safetensors tensor read (of its bytes as stored), so that no byte beyond the target
-tensors is ever read.
+files. Only the headers of safetensors files are read up front (names, shapes), and each
+tensor is read alone, without readahead, so reading the q/v projections of a sharded model
+reads only those bytes from storage. ``torch.save`` files are loaded with
+``torch.load(weights_only=True, mmap=True)``, never a full unpickle, and must hold tensors only
+(a dict of name → tensor, possibly nested). For the run's provenance, the files whose tensors
+were read are recorded, and the SHA-256 of each safetensors tensor read (of its bytes as
+stored), so that no byte beyond the target tensors is ever read.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from spectra.contained import inside
 from spectra.errors import SpectraError, first_line
 from spectra.limits import check_safetensors_header, read_json
+from spectra.snapshots.raw import read_tensor
 
 SAFETENSORS = ".safetensors"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -116,12 +117,7 @@ class Tensors:
             self.read_files.append(file)
         if name in self._loaded:
             return self._loaded[name]
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                tensor = f.get_tensor(name)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise SpectraError(f"{file}: cannot read tensor {name} ({first_line(exc)})") from None
-        self.digests.setdefault(file, {})[name] = tensor_sha256(tensor)
+        tensor, self.digests.setdefault(file, {})[name] = read_tensor(file, name)
         return tensor
 
     def read_expert(self, name: str, expert: int) -> torch.Tensor:

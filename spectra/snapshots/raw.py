@@ -1,16 +1,23 @@
 """Safetensors files as bytes: a header parsed and checked, a tensor made from its own bytes.
 
 For reading a tensor whose bytes were fetched or hashed separately from the file (a Hub range,
-a step stored by reference): :func:`parse_header` checks that the tensors tile the file after
-the header exactly, each sized by its dtype and shape; :func:`tensor_from_bytes` hands the
-bytes to safetensors itself (a one-tensor buffer), so dtypes and byte order are its own.
+a step stored by reference, an imported weight): :func:`parse_header` checks that the tensors
+tile the file after the header exactly, each sized by its dtype and shape;
+:func:`tensor_from_bytes` hands the bytes to safetensors itself (a one-tensor buffer), so
+dtypes and byte order are its own; :func:`read_tensor` reads a header and one tensor's bytes
+from storage and nothing around them (a memory map's readahead reads several times more).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -83,3 +90,36 @@ def tensor_from_bytes(name: str, slot: Slot, data: bytes, where: str) -> torch.T
         return load(len(header).to_bytes(HEADER_LENGTH, "little") + header + data)[name]
     except SafetensorError as exc:
         raise SpectraError(f"{where}: cannot read tensor {name} ({exc})") from None
+
+
+def open_random(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading without readahead, so that only the bytes read are read
+    from storage; a FIFO or device in its place is refused, not waited on. OSError when it
+    cannot be opened, SpectraError when it is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SpectraError(f"{path} is not a regular file")
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return os.fdopen(fd, "rb")
+
+
+def read_tensor(path: Path, name: str) -> tuple[torch.Tensor, str]:
+    """Tensor ``name`` of a safetensors file and the SHA-256 of its bytes as stored, reading
+    only the file's header and those bytes."""
+    try:
+        with open_random(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            first = f.read(HEADER_LENGTH)
+            slot = parse_header(first + f.read(header_length(first, size, str(path))), size,
+                                str(path)).get(name)  # fmt: skip
+            if slot is None:
+                raise SpectraError(f"{path}: no tensor {name}")
+            f.seek(slot.start)
+            data = f.read(slot.end - slot.start)
+    except OSError as exc:
+        raise SpectraError(f"{path}: cannot read tensor {name} ({exc.strerror})") from None
+    if len(data) != slot.end - slot.start:
+        raise SpectraError(f"{path}: cannot read tensor {name} (the file ends before it)")
+    return tensor_from_bytes(name, slot, data, str(path)), hashlib.sha256(data).hexdigest()

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +35,13 @@ import torch
 from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
 from spectra.run_files import reference_file
-from spectra.snapshots.raw import HEADER_LENGTH, header_length, parse_header, tensor_from_bytes
+from spectra.snapshots.raw import (
+    HEADER_LENGTH,
+    header_length,
+    open_random,
+    parse_header,
+    tensor_from_bytes,
+)
 from spectra.typedjson import read_dataclass
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -153,20 +158,16 @@ def _changed(path: str, what: str) -> SpectraError:
 
 
 def _open(path: str, where: Path) -> BinaryIO:
-    """The regular file ``path``, opened for reading (a FIFO put in its place must not hang),
-    without readahead: only the header's and the tensor's bytes are read."""
+    """The regular file ``path``, opened for reading without readahead (a FIFO put in its
+    place must not hang): only the header's and the tensor's bytes are read."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return open_random(path)
     except FileNotFoundError:
         raise SpectraError(f"{path} is gone (a source of {where}); import the run again") from None
     except OSError as exc:
         raise SpectraError(f"cannot read {path} (a source of {where}): {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise SpectraError(f"{path} is not a regular file (a source of {where})")
-    if hasattr(os, "posix_fadvise"):  # a header and one tensor: no readahead around them
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-    return os.fdopen(fd, "rb")
+    except SpectraError:
+        raise SpectraError(f"{path} is not a regular file (a source of {where})") from None
 
 
 def _read(ref: Reference, where: Path) -> torch.Tensor:
