@@ -74,6 +74,7 @@ def test_runs_without_the_columns_are_not_applicable(tmp_path):
             draw(old, name)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(figures.browser() is None, reason="no Chrome/Chromium for kaleido")
 def test_pngs_at_32_blocks(tmp_path):
     runs = load_runs([str(p) for p in large(tmp_path / "large")])

@@ -13,6 +13,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+import pytest
 import tomllib
 
 import spectra
@@ -52,6 +53,7 @@ def test_package_data_lists_every_default_file() -> None:
     assert shipped == on_disk
 
 
+@pytest.mark.slow
 def test_a_copy_of_the_package_alone_plans_the_default_track(tmp_path) -> None:
     """Nothing but the package folder: track's plan takes the model and data inside it."""
     shutil.copytree(REPO / "spectra", tmp_path / "site" / "spectra")
@@ -81,6 +83,7 @@ def test_version_is_the_distributions(cli) -> None:
     assert cli(["--version"]) == (0, f"spectra {version}\n", "")
 
 
+@pytest.mark.slow
 def test_track_with_a_missing_model_folder_says_so(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "spectra", "track", "--model", "./missing"],

@@ -226,6 +226,7 @@ def test_manifests_listing_references_are_checked(sources, tmp_path):
             open_run(run_dir)
 
 
+@pytest.mark.slow
 def test_a_resumed_writer_keeps_the_steps_stored_by_reference(sources, tmp_path):
     """RunWriter(resume=True) with a fresh manifest (as Tracker resuming gives) keeps which
     steps are references; discarding the steps after 2 removes their references too."""
