@@ -15,9 +15,10 @@ import typer
 
 from spectra.errors import Interrupted, SpectraError, Terminated
 from spectra.figures import FIGURES
-from spectra.limits import check_epochs
+from spectra.limits import check_epochs, precheck_json
 from spectra.methods import NAMES as METHOD_NAMES
 from spectra.output import checked_stdout
+from spectra.run_files import MANIFEST
 from spectra.terminal import shown
 
 STEP_HELP = (
@@ -108,6 +109,8 @@ def compute(
     """Compute the drift metrics of run directories into runs/<run>.parquet (resumable)."""
     from contextlib import nullcontext
 
+    for run in runs:  # a manifest's kind, size and depth, before torch and pandas load
+        precheck_json(run / MANIFEST)
     from spectra.engine import Settings, compute_run, dask_executor
 
     if out is not None and len(runs) > 1:

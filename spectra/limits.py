@@ -9,6 +9,7 @@ counts taken from options must be finite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -97,6 +98,15 @@ def read_bounded(path: Path) -> bytes:
             return f.read(MAX_JSON_BYTES + 1)
     except OSError as exc:
         raise SpectraError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def precheck_json(path: Path) -> None:
+    """SpectraError when the regular file ``path`` is too large or JSON nested too deep; nothing
+    when it is not a regular file or not JSON (its reader says so later, in its own words). For
+    a refusal before the modules that read it in full are loaded."""
+    if path.is_file():
+        with contextlib.suppress(ValueError):
+            loads(read_bounded(path), path)
 
 
 def read_json(path: Path):

@@ -1,5 +1,6 @@
-"""What spectra loads before it answers: reading and drawing runs load no torch, and `track`
-refuses a resource bomb in its options or model config before torch and transformers load."""
+"""What spectra loads before it answers: reading and drawing runs load no torch, `track`
+refuses a resource bomb in its options or model config before torch and transformers load, and
+`import` refuses a backtracking pattern in an adapter config before peft loads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import sys
 from importlib.resources import files
 
 import pytest
+from import_inputs import CATASTROPHIC
+from peft import LoraConfig, get_peft_model
+from tiny_models import base_model
 
 pytestmark = pytest.mark.slow  # subprocesses: not in make test-fast
 
@@ -55,3 +59,23 @@ def test_track_refuses_a_config_bomb_before_torch_loads(field, tmp_path):
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps(config | {field: 10**12}))
     assert heavy_loaded(refused("track", "--model", str(model), "--out", str(tmp_path))) == []
+
+
+@pytest.mark.parametrize("field", ["target_modules", "exclude_modules", "rank_pattern"])
+def test_import_refuses_a_backtracking_pattern_before_peft_loads(field, tmp_path):
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    get_peft_model(base_model("llama"), lora).save_pretrained(tmp_path / "lora")
+    base_model("llama").save_pretrained(tmp_path / "base")
+    config = tmp_path / "lora" / "adapter_config.json"
+    value = {CATASTROPHIC: 4} if field == "rank_pattern" else CATASTROPHIC
+    config.write_text(json.dumps(json.loads(config.read_text()) | {field: value}))
+    argv = ("import", str(tmp_path / "lora"), "--base", str(tmp_path / "base"),
+            "--out", str(tmp_path / "runs"))  # fmt: skip
+    assert heavy_loaded(refused(*argv)) == ["torch"]  # not transformers, not peft
+
+
+def test_compute_refuses_a_deep_manifest_before_torch_loads(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("[" * 10_000 + "]" * 10_000)
+    assert heavy_loaded(refused("compute", str(run))) == []

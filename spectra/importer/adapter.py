@@ -224,6 +224,7 @@ def open_adapter(folder: Path) -> Adapter:
             raise SpectraError(f"{weights}: no tensor {module}.{missing[0]}")
     largest = max(max(tensors.shapes[n], default=0) for p in modules.values() for n in p.values())
     adapter_config.check_ranks(raw, largest, config_file)
+    adapter_config.bound_patterns(raw, list(modules), config_file)
     import_module("spectra.capture.quant")  # peft (and bitsandbytes) imported quietly, first
     from peft import PeftConfig
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from spectra.errors import SpectraError, first_line
 from spectra.timelimit import within
 
-MATCH_SECONDS = 1.0  # peft's matching of every saved module, together
+MATCH_SECONDS = 1.0  # matching every saved module's name, together
 MAX_NITER = 1000  # pissa_niter_K: subspace iterations of PiSSA's fast SVD
 # The fields the layers are built from: the rank field, and the patterns a literal config drops.
 RANK_FIELD = {"LORA": "r", "ADALORA": "init_r"}
@@ -128,6 +128,30 @@ def check_ranks(raw: dict, largest: int, where: Path) -> None:
             f"{where}: rank {too_large[0]} is larger than any matrix of the adapter "
             f"(at most {largest} rows or columns)"
         )
+
+
+def bound_patterns(raw: dict, modules: list[str], where: Path) -> None:
+    """SpectraError when the strings of ``raw`` that peft matches as regular expressions take
+    more than MATCH_SECONDS to search the saved modules' names with Python's ``re``: their cost
+    is bounded before peft loads. Which modules they select stays peft's decision
+    (:func:`resolve`, bounded the same way)."""
+    texts = []
+    if raw["peft_type"] == "LORA":
+        texts += [*(raw.get("rank_pattern") or {}), *(raw.get("alpha_pattern") or {})]
+    for name in ("target_modules", "exclude_modules", "layers_pattern", "modules_to_save"):
+        value = raw.get(name)
+        texts += [value] if isinstance(value, str) else value if _names(value) else []
+
+    def search() -> None:
+        for text in texts:
+            try:
+                pattern = re.compile(text)
+            except (re.error, RecursionError, OverflowError):
+                continue  # a literal name, or a pattern peft refuses later
+            for module in modules:
+                pattern.search(module)
+
+    within(MATCH_SECONDS, f"{where}: matching its module patterns", search)
 
 
 def resolve(config, modules: list[str], where: Path) -> dict[str, list]:
