@@ -372,6 +372,47 @@ def test_images_without_a_browser_say_how_to_get_one(frame, tmp_path, monkeypatc
     assert not (tmp_path / "figure2.png").exists()
 
 
+def flaky_kaleido(monkeypatch, fails: dict[str, int]) -> list[list[str]]:
+    """pio.write_images as kaleido behaves: each image named in ``fails`` fails that many
+    times, its file removed (kaleido unlinks what it could not render, and plotly does not
+    say); the others are written. Returns the names asked for, call by call."""
+    calls = []
+
+    def write_images(figs, files, format, **options):
+        calls.append([".".join(file.name.split(".")[1:3]) for file in files])  # .NAME.hex.tmp
+        for file, name in zip(files, calls[-1], strict=True):
+            file.touch()  # kaleido claims the name first
+            if fails.get(name, 0) > 0:
+                fails[name] -= 1
+                file.unlink()
+            else:
+                file.write_bytes(b"image of " + name.encode())
+
+    monkeypatch.setattr(export, "browser", lambda: "chromium")
+    monkeypatch.setattr(export.pio, "write_images", write_images)
+    return calls
+
+
+def test_an_image_kaleido_fails_on_once_is_rendered_again(frame, tmp_path, monkeypatch):
+    calls = flaky_kaleido(monkeypatch, {"figure2.png": 1})
+    fig = figures.drift_figure(frame)
+    written = figures.export_figures({"figure2": fig}, tmp_path, ["png", "svg"])
+    assert calls == [["figure2.png", "figure2.svg"], ["figure2.png"]]
+    assert (tmp_path / "figure2.png").read_bytes() == b"image of figure2.png"
+    assert [p.name for p in written] == ["figure2.html", "figure2.png", "figure2.svg"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_image_kaleido_fails_on_twice_is_one_error_and_no_image(frame, tmp_path, monkeypatch):
+    calls = flaky_kaleido(monkeypatch, {"figure2.svg": 2})
+    fig = figures.drift_figure(frame)
+    with pytest.raises(SpectraError, match=r"kaleido could not render .*figure2\.svg"):
+        figures.export_figures({"figure2": fig}, tmp_path, ["png", "svg"])
+    assert len(calls) == 2
+    assert not (tmp_path / "figure2.png").exists() and not (tmp_path / "figure2.svg").exists()
+    assert (tmp_path / "figure2.html").is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(figures.browser() is None, reason="no Chrome/Chromium for kaleido")
 def test_png_and_svg_are_rendered(frame, tmp_path):

@@ -66,13 +66,28 @@ def export_figures(
         )
     paths = [out / f"{stem}.{fmt}" for fmt in images for stem in figures]
     if paths:
-        figs = [figures[path.stem] for path in paths]
-        sizes = {"width": [f.layout.width for f in figs], "height": [f.layout.height for f in figs]}
         with ExitStack() as stack:  # each image renamed into place once all are rendered
-            tmps = [stack.enter_context(atomic_path(path)) for path in paths]
-            formats = [path.suffix[1:] for path in paths]
-            pio.write_images(figs, tmps, format=formats, scale=2, **sizes)
+            tmps = {path: stack.enter_context(atomic_path(path)) for path in paths}
+            _render(figures, tmps)
+            failed = [path for path, tmp in tmps.items() if not tmp.exists()]
+            if failed:  # kaleido removes what it failed to render (a timeout under load): again
+                _render(figures, {path: tmps[path] for path in failed})
+            failed = [path for path, tmp in tmps.items() if not tmp.exists()]
+            if failed:
+                raise SpectraError(
+                    f"kaleido could not render {failed[0]} (Chrome/Chromium failed or timed out, "
+                    f"twice); the HTML figures are in {out}"
+                )
     return written + paths
+
+
+def _render(figures: dict[str, go.Figure], tmps: dict[Path, Path]) -> None:
+    """Render the image of each ``{path: temporary file}`` (its figure is ``path.stem``) into
+    the temporary file, in one kaleido session; a figure kaleido fails on is left absent."""
+    figs = [figures[path.stem] for path in tmps]
+    sizes = {"width": [f.layout.width for f in figs], "height": [f.layout.height for f in figs]}
+    formats = [path.suffix[1:] for path in tmps]
+    pio.write_images(figs, list(tmps.values()), format=formats, scale=2, **sizes)
 
 
 def _write_bundle(path: Path) -> None:
