@@ -70,7 +70,7 @@ def export_figures(
             tmps = {path: stack.enter_context(atomic_path(path)) for path in paths}
             _render(figures, tmps)
             failed = [path for path, tmp in tmps.items() if not tmp.exists()]
-            if failed:  # kaleido removes what it failed to render (a timeout under load): again
+            if failed:  # kaleido removes an image it failed to render (timeout, browser error)
                 _render(figures, {path: tmps[path] for path in failed})
             failed = [path for path, tmp in tmps.items() if not tmp.exists()]
             if failed:

@@ -105,15 +105,21 @@ def open_random(path: str | Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def read_header(f: BinaryIO, where: str) -> tuple[bytes, int]:
+    """(the header, its 8-byte length and JSON; the file's size) of the safetensors file open
+    as ``f``; SpectraError when its first bytes cannot be a header's length."""
+    size = os.fstat(f.fileno()).st_size
+    first = f.read(HEADER_LENGTH)
+    return first + f.read(header_length(first, size, where)), size
+
+
 def read_tensor(path: Path, name: str) -> tuple[torch.Tensor, str]:
     """Tensor ``name`` of a safetensors file and the SHA-256 of its bytes as stored, reading
     only the file's header and those bytes."""
     try:
         with open_random(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            first = f.read(HEADER_LENGTH)
-            slot = parse_header(first + f.read(header_length(first, size, str(path))), size,
-                                str(path)).get(name)  # fmt: skip
+            header, size = read_header(f, str(path))
+            slot = parse_header(header, size, str(path)).get(name)
             if slot is None:
                 raise SpectraError(f"{path}: no tensor {name}")
             f.seek(slot.start)

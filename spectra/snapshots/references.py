@@ -35,13 +35,7 @@ import torch
 from spectra.atomic import atomic_write
 from spectra.errors import SpectraError
 from spectra.run_files import reference_file
-from spectra.snapshots.raw import (
-    HEADER_LENGTH,
-    header_length,
-    open_random,
-    parse_header,
-    tensor_from_bytes,
-)
+from spectra.snapshots.raw import open_random, parse_header, read_header, tensor_from_bytes
 from spectra.typedjson import read_dataclass
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -178,10 +172,8 @@ def _read(ref: Reference, where: Path) -> torch.Tensor:
     if not (SHA256.fullmatch(ref.header_sha256) and SHA256.fullmatch(ref.sha256)):
         raise SpectraError(f"{where}: the checksums of {ref.tensor} are not SHA-256 hex digests")
     with _open(path, where) as f:
-        size = os.fstat(f.fileno()).st_size
-        first = f.read(HEADER_LENGTH)
         try:
-            header = first + f.read(header_length(first, size, path))
+            header, size = read_header(f, path)
         except SpectraError:
             raise _changed(path, "not a safetensors file") from None
         if hashlib.sha256(header).hexdigest() != ref.header_sha256:
