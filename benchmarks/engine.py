@@ -62,7 +62,7 @@ from rich.table import Table
 
 from spectra.certified import certified_amplification
 from spectra.engine import Settings, base_task, matrix_task, update_metrics
-from spectra.engine.svd_cache import load_base
+from spectra.engine.svd_cache import load_base, open_cache
 from spectra.metrics import drift_from_svd, fixed_by_certificate, svd, vector_drift
 from spectra.snapshots import Manifest, RunWriter, Target, open_run
 
@@ -227,9 +227,10 @@ def measure_update(n: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = str(write_pairs(Path(tmp), n))
         run = open_run(run_dir)
+        cache = open_cache(tmp)
         for layer in ("lora", "ft", "ft-powerlaw"):
-            base_file = base_task(run_dir, layer, tmp)
-            base = load_base(base_file)
+            base_file = base_task(run_dir, layer, cache)
+            base = load_base(base_file, run_dir, layer)
             w, factors = run.weight_and_principal(1, layer)
             cur = svd(w)
             columns = partial(update_metrics, run, 1, layer, w, factors, base, cur, SETTINGS)

@@ -1,6 +1,6 @@
 """Importing sharded checkpoints (DCP, ZeRO-3): the bytes read against the checkpoints' size.
 
-Trains the four runs of ``tests/sharded_train.py`` (2 ranks, gloo, CPU; a tiny Llama with
+Trains the four runs of ``tests/checkpoint_train.py`` (2 ranks, gloo, CPU; a tiny Llama with
 33-wide hidden states, checkpoints at steps 2 and 4): Trainer + accelerate FSDP
 (``SHARDED_STATE_DICT``), FSDP2 + ``dcp.save``, Trainer + DeepSpeed ZeRO-3 (FT) and ZeRO-3 with
 LoRA. Then imports each (the q/v projections) in this process, once to load the modules and
@@ -63,7 +63,7 @@ class Counted(io.FileIO):
 def train(kind: str, root: Path) -> None:
     env = os.environ | {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "DS_ACCELERATOR": "cpu"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", str(TESTS / "sharded_train.py"), kind, str(root)]  # fmt: skip
+               "2", str(TESTS / "checkpoint_train.py"), kind, str(root)]  # fmt: skip
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=900)
 
 

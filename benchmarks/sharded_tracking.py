@@ -15,6 +15,7 @@ before it; ``setup s`` and ``in setup MiB`` the same for the tracker's construct
 frozen bases, the step-0 snapshot); ``step s`` a training step without tracking.
 
     python benchmarks/sharded_tracking.py [--engines fsdp2,zero3] [--methods ft,lora] [--steps 2]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -167,8 +168,11 @@ def main() -> None:
     parser.add_argument("--engines", default="fsdp2,zero3")
     parser.add_argument("--methods", default="ft,lora")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < EVERY:
+        parser.error(f"--steps must be at least {EVERY}: a snapshot is taken every {EVERY} steps")
     if args.worker:
         engine, method, track, steps, out = args.worker
         worker(engine, method, track == "1", int(steps), Path(out))
@@ -204,12 +208,12 @@ def main() -> None:
             f"{r['setup_mib']:.0f}", f"{r['step_s']:.2f}",
         )  # fmt: skip
         table.add_row(r["engine"], r["method"], str(r["rank"]), *figures)
-    Console().print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    Console(width=120).print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "steps": args.steps,
             "every": EVERY, "llama": LLAMA}  # fmt: skip
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"wrote {RESULTS}")
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

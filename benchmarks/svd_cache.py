@@ -14,7 +14,7 @@ For each size n (square n×n W_0, an entry of u, s, vh in float64):
 The page cache is warm (the entry was just written), as it is for every read but the first.
 Figures go to stdout and benchmarks/results/svd_cache.json.
 
-    python benchmarks/svd_cache.py [--sizes 1024 2048 4096] [--repeats 3]
+    python benchmarks/svd_cache.py [--sizes 1024 2048 4096] [--repeats 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "svd_cache.json"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(n, args.repeats, Path(tmp)) for n in args.sizes]
@@ -87,11 +90,10 @@ def main() -> None:
             f"{r['probe_s']:.4f}", f"{r['key_s']:.3f}", f"{100 * r['added_over_svd']:.1f}%",
         )  # fmt: skip
     Console(width=140).print(table)
-    out = Path(__file__).parent / "results" / "svd_cache.json"
-    out.parent.mkdir(exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"platform": platform.platform(), "threads": torch.get_num_threads()}
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ default, so that on a 2-core machine the worker has a core of its own. The scrip
 writes one snapshot per method and reports its size against the full q/v matrices that the
 paper's notebook saves per step, on this model and extrapolated to Llama-2-7B (r = 128).
 
-    python benchmarks/tracking_overhead.py [--steps 60] [--rounds 5] [--threads 1]
+    python benchmarks/tracking_overhead.py [--steps 60] [--rounds 5] [--threads 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch threads for training (1 leaves a core to the worker on a 2-core machine)",
@@ -213,16 +214,17 @@ def main() -> None:
         root = Path(tmp)
         os.environ["SPECTRA_CACHE"] = str(root / "cache")  # inherited by the worker process
         result = {
-            "settings": vars(args) | {"every": EVERY, "torch_threads": torch.get_num_threads()},
+            "settings": {k: v for k, v in vars(args).items() if k != "out"}
+            | {"every": EVERY, "torch_threads": torch.get_num_threads()},
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "overhead": overhead(args, root),
             "snapshot_bytes": snapshot_bytes(root),
             "llama7b_bytes": llama7b_bytes(),
         }
     show(result, Console(width=110))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
