@@ -55,6 +55,20 @@ def weight_shapes(folder: Path) -> list[tuple[int, ...]]:
     return shapes
 
 
+def check_model_exists(model: str) -> None:
+    """SpectraError unless ``model`` is an existing path or could name a model on the Hub
+    (huggingface_hub's own rule: ``./missing`` cannot)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(model).exists():
+        return
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise SpectraError(f"{model}: no such model folder") from None
+
+
 def check_model_folder(folder: Path) -> None:
     """SpectraError when ``folder/config.json`` gives a size (under its own name or an alias)
     that its safetensors weights could not hold; a config that is not a JSON object is left to

@@ -1,5 +1,5 @@
 """What spectra loads before it answers: reading and drawing runs load no torch, `track`
-refuses a resource bomb in its options or model config before torch and transformers load, and
+refuses a missing model or a resource bomb in its options or model config before torch and transformers load, and
 `import` refuses a backtracking pattern in an adapter config before peft loads."""
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ def test_track_refuses_a_config_bomb_before_torch_loads(field, tmp_path):
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps(config | {field: 10**12}))
     assert heavy_loaded(refused("track", "--model", str(model), "--out", str(tmp_path))) == []
+
+
+@pytest.mark.parametrize("model", ["./missing", "no/such/folder", "a b"])
+def test_track_refuses_a_missing_model_before_torch_loads(model, tmp_path):
+    assert heavy_loaded(refused("track", "--model", model, "--out", str(tmp_path))) == []
 
 
 @pytest.mark.parametrize("field", ["target_modules", "exclude_modules", "rank_pattern"])

@@ -59,10 +59,12 @@ def track(
         return
     if epochs is not None:
         check_epochs(epochs)  # at one batch per epoch, before torch and transformers load
-    if model is not None and Path(model).is_dir():
-        from spectra.model_sizes import check_model_folder
+    if model is not None:  # before torch and transformers load (~450 MiB)
+        from spectra.model_sizes import check_model_exists, check_model_folder
 
-        check_model_folder(Path(model))  # before torch and transformers load (~450 MiB)
+        check_model_exists(model)
+        if Path(model).is_dir():
+            check_model_folder(Path(model))
     from spectra import recipes
 
     job = recipes.plan(

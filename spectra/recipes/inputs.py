@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -30,7 +29,13 @@ from spectra.capture import find_layers, module_paths
 from spectra.errors import SpectraError, first_line
 from spectra.limits import INT64, check_epochs, in_range
 from spectra.methods import NAMES, get
-from spectra.model_sizes import check_config_file, check_sizes, config_sizes, weight_shapes
+from spectra.model_sizes import (
+    check_config_file,
+    check_model_exists,
+    check_sizes,
+    config_sizes,
+    weight_shapes,
+)
 from spectra.overwrite import check_replaceable
 from spectra.recipes.presets import ADALORA_INIT, PRESETS, Preset, adalora_ranks
 from spectra.recipes.sft_data import load_examples, load_tokenizer
@@ -99,8 +104,7 @@ def parse_fused(values: list[str] | None) -> dict[str, str]:
 
 def _causal_lm_config(model: str):
     """The model's config, or SpectraError when it is not a causal LM transformers can load."""
-    if not Path(model).exists() and not _hub_id(model):
-        raise SpectraError(f"{model}: no such model folder")
+    check_model_exists(model)
     try:
         if Path(model).is_dir():
             check_config_file(Path(model))
@@ -117,15 +121,6 @@ def _causal_lm_config(model: str):
     if Path(model).is_dir():
         _check_weights(Path(model), config)
     return config
-
-
-def _hub_id(name: str) -> bool:
-    """Whether ``name`` could name a model on the Hugging Face Hub (``./missing`` cannot)."""
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _check_weights(folder: Path, config) -> None:
