@@ -1,6 +1,7 @@
 """What spectra loads before it answers: reading and drawing runs load no torch, `track`
-refuses a missing model or a resource bomb in its options or model config before torch and transformers load, and
-`import` refuses a backtracking pattern in an adapter config before peft loads."""
+refuses a missing model or a resource bomb in its options or model config before torch and
+transformers load, and `import` refuses a backtracking pattern in an adapter config before peft
+loads."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from tiny_models import base_model
 import spectra
 from spectra.engine import compute_run
 from spectra.errors import SpectraError
+from spectra.importer import compare_runs
 from spectra.snapshots import open_run
 
 pytestmark = pytest.mark.slow  # builds models
@@ -92,3 +93,18 @@ def test_tracker_overwrite_replaces_an_orphan_of_its_name(tmp_path):
     shutil.rmtree(tmp_path / "run")
     spectra.Tracker(base_model("llama"), tmp_path / "run", mode="deferred", overwrite=True).close()
     assert not (tmp_path / "run.parquet").exists()
+
+
+@pytest.mark.parametrize("case", list(OCCUPIED))
+def test_compare_overwrite_refuses_what_is_not_the_run_before_importing_any(tmp_path, case):
+    make, message = OCCUPIED[case]
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    runs.mkdir()
+    make(runs)
+    for name, seed in (("base", 0), ("ok", 1), ("run", 2)):
+        base_model("llama", seed=seed).save_pretrained(models / name)
+    before = tree(runs)
+    with pytest.raises(SpectraError) as exc:
+        compare_runs(models / "base", [models / "ok", models / "run"], out=runs, overwrite=True)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert tree(runs) == before  # "ok", checked first, was not imported either
