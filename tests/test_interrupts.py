@@ -1,7 +1,8 @@
 """Interrupts and half states, with real processes and real signals (every wait bounded): Ctrl-C
 and SIGTERM end `compute --workers 2` at once (queued tasks cancelled, workers ended); an
 import ended by SIGTERM removes its hidden staging folder, and one killed outright has it
-removed by the next import; temporary files of a killed writer do not outlive a reopening."""
+removed by the next import; temporary files of a killed writer do not outlive a reopening; a
+`track` ended by SIGTERM keeps its snapshots and says how to start again."""
 
 from __future__ import annotations
 
@@ -269,3 +270,32 @@ def test_workers_never_take_ctrl_c_even_while_starting():
         masks = [pool.submit(_blocked).result(timeout=WAIT_S) for _ in range(2)]
     assert all(signal.SIGINT in mask for mask in masks)
     assert signal.SIGINT not in _blocked()
+
+
+def test_sigterm_mid_track_keeps_the_snapshots_and_says_how_to_start_again(tmp_path):
+    """`kill PID` of a `spectra track` (a scheduler's preemption): one line, exit 143, the
+    stopped run's snapshots kept and marked failed, the next method never started."""
+    proc = start("track", "--method", "ft,lora", "--steps", "2000", "--every", "2",
+                 "--out", "runs", cwd=tmp_path)  # fmt: skip
+    ft = tmp_path / "runs" / "ft"
+
+    def snapshots() -> int:
+        try:
+            return len(json.loads((ft / "manifest.json").read_text())["steps"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    wait_for(lambda: snapshots() >= 3, "ft's first snapshots")
+    proc.send_signal(signal.SIGTERM)  # the main process only, as kill does
+    returncode, _, stderr = finish(proc)
+    lines = stderr.strip().splitlines()
+    assert returncode == 143 and len(lines) == 1, stderr
+    run = open_run(ft)
+    assert run.manifest.failed and 3 <= len(run.steps) < 1001
+    assert lines[0] == (
+        f"interrupted: ft stopped (its snapshots: up to step {run.steps[-1]} in runs/ft, "
+        "marked failed); spectra track --overwrite starts again"
+    )
+    assert not (tmp_path / "runs" / "lora").exists()
+    rows, _ = read_run(compute_run(ft))  # what was kept is a whole run to compute
+    assert sorted(set(rows["step"])) == run.steps
