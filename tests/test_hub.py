@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fake_hub import FakeHub
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -296,6 +297,36 @@ def test_adapters_revisions_and_local_sources_mix_with_hub_models(hub, models, t
         tmp_path / "r" / f"ft1@{commit}.parquet", oracle(models["base"], models["ft1"])
     )
     assert open_run(tmp_path / "r" / f"ft1@{commit}").manifest.referenced == [0]  # the local base
+
+
+@pytest.mark.parametrize("original", [False, True], ids=["3-D stacks", "a matrix per expert"])
+def test_moe_experts_on_the_hub_import_as_from_files(hub, tmp_path, cli, original):
+    """A Mixtral saved with its experts as 3-D stacks (or in the original format, one matrix per
+    expert), on the Hub: imported by range reads, every expert's weights equal the import of
+    the same files on disk and what transformers' from_pretrained loads."""
+    from test_experts import MOE, PARAMS
+
+    config_class, model_class, values = MOE["mixtral"]
+    torch.manual_seed(0)
+    model = model_class(config_class(**values))
+    model.save_pretrained(tmp_path / "base", save_original_format=original)
+    perturb(model, seed=3, size=0.05)
+    model.save_pretrained(tmp_path / "ft", save_original_format=original)
+    for name in ("base", "ft"):
+        hub.add(f"org/moe-{name}", tmp_path / name)
+    targets = ",".join(PARAMS)
+    for source, base, out in (("org/moe-ft", "org/moe-base", "hub"),
+                              (tmp_path / "ft", tmp_path / "base", "disk")):  # fmt: skip
+        code, _, err = cli(["import", source, "--base", base, "--targets", targets,
+                            "--out", tmp_path / out, "--name", "moe"])  # fmt: skip
+        assert code == 0, err
+    on_hub, on_disk = open_run(tmp_path / "hub" / "moe"), open_run(tmp_path / "disk" / "moe")
+    assert on_hub.layers == on_disk.layers and len(on_hub.layers) == 16  # 2 blocks × 2 × 4
+    loaded = dict(model_class.from_pretrained(tmp_path / "ft").named_parameters())
+    for layer in on_hub.layers:
+        assert on_hub.weight(1, layer).equal(on_disk.weight(1, layer)), layer
+        stack, expert = layer.rsplit("[", 1)
+        assert on_hub.weight(1, layer).equal(loaded[stack][int(expert[:-1])].double()), layer
 
 
 # --- the Hugging Face cache ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ mapping that ``from_pretrained`` applies (``get_model_conversion_mapping``,
 ``rename_source_key``); expert e of a stack is assembled from its expert's tensors alone by
 the converter's own operations (``MergeModulelist`` over one expert, then ``Concatenate``…).
 A checkpoint that already stores the 3-D stack (``save_pretrained(save_original_format=
-False)``) is read from it, one expert's bytes at a time.
+False)``) is read from it whole, by any reader (files, the Hub, sharded checkpoints).
 """
 
 from __future__ import annotations
@@ -143,20 +143,17 @@ def find_stacks(tensors: Tensors, config: dict | None) -> dict[str, Stack]:
 
 
 def expert_matrix(tensors: Tensors, stack: Stack, expert: int) -> torch.Tensor:
-    """Expert ``expert``'s matrix (out × in, as stored: dtype unchanged), read alone."""
-    if stack.stored is not None:
-        matrix = tensors.read_expert(stack.stored, expert)
-    else:
-        converter = stack.converter
-        names = zip(converter.source_patterns, stack.sources[expert], strict=True)
-        parts = {pattern: [tensors.read(name)] for pattern, name in names}
-        for op in converter.operations:
-            parts = op.convert(parts, source_patterns=converter.source_patterns,
-                               target_patterns=converter.target_patterns,
-                               full_layer_name=stack.path)  # fmt: skip
-        (merged,) = parts.values()
-        matrix = merged[0]
-    matrix = matrix.T if stack.transposed else matrix
+    """Expert ``expert``'s matrix (out × in, as stored: dtype unchanged), assembled from its
+    own tensors by the converter's operations."""
+    converter = stack.converter
+    names = zip(converter.source_patterns, stack.sources[expert], strict=True)
+    parts = {pattern: [tensors.read(name)] for pattern, name in names}
+    for op in converter.operations:
+        parts = op.convert(parts, source_patterns=converter.source_patterns,
+                           target_patterns=converter.target_patterns,
+                           full_layer_name=stack.path)  # fmt: skip
+    (merged,) = parts.values()
+    matrix = merged[0].T if stack.transposed else merged[0]
     if tuple(matrix.shape) != stack.shape:
         raise SpectraError(
             f"{tensors.where}: expert {expert} of {stack.path} has shape {tuple(matrix.shape)}, "
@@ -173,8 +170,18 @@ def stack_tensors(stack: Stack) -> list[str]:
 
 
 def stacked(tensors: Tensors, stack: Stack) -> torch.Tensor:
-    """Every expert's matrix, [E, out, in] (torch layout), read expert by expert."""
-    return torch.stack([expert_matrix(tensors, stack, e) for e in range(stack.count)])
+    """Every expert's matrix, [E, out, in] (torch layout): the stored 3-D tensor, read once,
+    or each expert assembled from its own tensors."""
+    if stack.stored is None:
+        return torch.stack([expert_matrix(tensors, stack, e) for e in range(stack.count)])
+    whole = tensors.read(stack.stored)  # 3-D: find_stacks takes no other as stored
+    whole = whole.mT if stack.transposed else whole
+    if tuple(whole.shape) != (stack.count, *stack.shape):
+        raise SpectraError(
+            f"{tensors.where}: {stack.stored} has shape {tuple(whole.shape)}, the config says "
+            f"{stack.count} experts of {stack.shape}"
+        )
+    return whole.contiguous()
 
 
 class ExpertLayers:

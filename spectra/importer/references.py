@@ -27,7 +27,7 @@ class ByReference:
     def __init__(self, job: Import, origin: dict[int, Model]):
         self.job, self.steps, self.headers = job, {}, {}
         if not isinstance(job, FullImport) or job.experts.targets():
-            return  # adapters; MoE expert stacks (a stack is read one expert at a time)
+            return  # adapters; MoE expert stacks (assembled, then stored as one tensor)
         read = {id(model): names for model, names in job.reads()}
         for step, model in origin.items():
             names = read[id(model)]

@@ -18,12 +18,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from spectra.contained import inside
 from spectra.errors import SpectraError, first_line
 from spectra.limits import check_safetensors_header, read_json
-from spectra.snapshots.raw import read_tensor
+from spectra.snapshots.raw import Slot, open_random, parse_header, read_header, read_tensor
 
 SAFETENSORS = ".safetensors"
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -37,15 +36,15 @@ def _reason(exc: BaseException) -> str:
     return why or (lines[0] if lines else type(exc).__name__)
 
 
-def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """{name: shape} from a safetensors header (no tensor data is read)."""
+def _safetensors_slots(path: Path) -> dict[str, Slot]:
+    """{name: slot} from a safetensors header, read alone (no tensor data, no readahead)."""
     check_safetensors_header(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            names = f.keys()
-            return {name: tuple(f.get_slice(name).get_shape()) for name in names}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise SpectraError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
+        with open_random(path) as f:
+            header, size = read_header(f, str(path))
+    except OSError as exc:
+        raise SpectraError(f"{path}: cannot be read ({exc.strerror})") from None
+    return parse_header(header, size, str(path))
 
 
 def _flatten(value, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -86,12 +85,14 @@ class Tensors:
         self.where = where  # the folder or file the tensors belong to, for messages
         self.files: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self._slots: dict[str, Slot] = {}  # where each safetensors tensor is in its file
         self._loaded: dict[str, torch.Tensor] = {}  # tensors of torch.save files
         self.read_files: list[Path] = []  # files whose tensor data was read, in order
         self.digests: dict[Path, dict[str, str]] = {}  # safetensors file → {tensor: sha256}
         for file in files:
             if file.suffix == SAFETENSORS:
-                shapes = _safetensors_shapes(file)
+                slots = _safetensors_slots(file)
+                shapes = {name: slot.shape for name, slot in slots.items()}
             else:
                 tensors = load_torch_file(file)
                 self._loaded |= tensors
@@ -100,14 +101,15 @@ class Tensors:
             if duplicate is not None:
                 raise SpectraError(f"{file}: tensor {duplicate} is also in {self.files[duplicate]}")
             self.shapes |= shapes
+            if file.suffix == SAFETENSORS:
+                self._slots |= slots
             self.files |= dict.fromkeys(shapes, file)
 
     def floating(self, name: str) -> bool:
         """Whether tensor ``name`` is stored as floating point (from its header: no data read)."""
         if name in self._loaded:
             return self._loaded[name].is_floating_point()
-        with safe_open(str(self.files[name]), framework="pt") as f:
-            dtype = f.get_slice(name).get_dtype()  # F64, F32, F16, BF16, F8_E4M3, I8, U8, …
+        dtype = self._slots[name].dtype  # F64, F32, F16, BF16, F8_E4M3, I8, U8, …
         return dtype.startswith("F") or dtype == "BF16"
 
     def read(self, name: str) -> torch.Tensor:
@@ -118,21 +120,6 @@ class Tensors:
         if name in self._loaded:
             return self._loaded[name]
         tensor, self.digests.setdefault(file, {})[name] = read_tensor(file, name)
-        return tensor
-
-    def read_expert(self, name: str, expert: int) -> torch.Tensor:
-        """Slice ``expert`` of the 3-D tensor ``name`` (of a safetensors file, only its bytes)."""
-        file = self.files[name]
-        if file not in self.read_files:
-            self.read_files.append(file)
-        if name in self._loaded:
-            return self._loaded[name][expert]
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                tensor = f.get_slice(name)[expert : expert + 1][0]
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise SpectraError(f"{file}: cannot read tensor {name} ({first_line(exc)})") from None
-        self.digests.setdefault(file, {})[f"{name}[{expert}]"] = tensor_sha256(tensor)
         return tensor
 
 
