@@ -111,3 +111,28 @@ def test_adapters_on_modules_and_parameters_at_once_are_refused(tmp_path):
     config_file.write_text(json.dumps(config | {"target_parameters": ["experts.nothing"]}))
     with pytest.raises(SpectraError, match="select no expert stack"):
         import_run([tmp_path / "out" / "checkpoint-5"], tmp_path / "base", out=tmp_path / "r")
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp.save in one process
+@pytest.mark.parametrize("arch", ["mixtral", "gpt_oss"])  # GPT-OSS stores its stacks transposed
+def test_dcp_checkpoints_of_experts_equal_the_trained_ones(tmp_path, arch):
+    """dcp.save of the model's own state dict (3-D expert parameters, no config.json beside
+    it): every step's experts are found through the base's config and read exactly."""
+    import torch.distributed.checkpoint as dcp
+
+    config_class, model_class, values = MOE[arch]
+    torch.manual_seed(0)
+    model = model_class(config_class(**values))
+    model.save_pretrained(tmp_path / "base")
+    truth = {0: expert_weights(model, "ft")}
+    for step in (2, 4):
+        perturb(model, seed=step, size=0.05)
+        dcp.save(model.state_dict(), checkpoint_id=str(tmp_path / f"step-{step}"))
+        truth[step] = expert_weights(model, "ft")
+    folders = [tmp_path / "step-2", tmp_path / "step-4"]
+    run = open_run(import_run(folders, tmp_path / "base", out=tmp_path / "runs", steps=[2, 4],
+                              targets=list(PARAMS)))  # fmt: skip
+    assert run.steps == [0, 2, 4] and sorted(run.layers) == sorted(truth[0])
+    for step, weights in truth.items():
+        for layer in run.layers:
+            assert torch.equal(run.weight(step, layer), weights[layer]), (step, layer)

@@ -190,7 +190,7 @@ class ExpertLayers:
 
     def __init__(self, first, base, config: dict | None):
         self.stacks = {first.path: find_stacks(first.tensors, config)}
-        self.base, self.first = base, first
+        self.base, self.first, self.config = base, first, config
         self.paths: list[str] = []
         self.base_of: dict[str, str] = {}
 
@@ -216,7 +216,7 @@ class ExpertLayers:
     def of(self, model) -> dict[str, Stack]:
         """The stacks of ``model`` (found once per model)."""
         if model.path not in self.stacks:
-            self.stacks[model.path] = find_stacks(model.tensors, model.config or self.first.config)
+            self.stacks[model.path] = find_stacks(model.tensors, model.config or self.config)
         return self.stacks[model.path]
 
     def check(self, model, found: Stack | None, want: Stack) -> None:
