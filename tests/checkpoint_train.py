@@ -10,7 +10,9 @@ KIND is one of:
 - ``dcp``: a plain loop under FSDP2 (``fully_shard``), ``dcp.save`` of the sharded model state
   dict every SAVE steps into ``OUT/dcp/step-N/``, with the same references;
 - ``zero3``: Trainer + DeepSpeed ZeRO-3 (CPU accelerator), full fine-tuning, one frozen target;
-- ``zero3-lora``: Trainer + DeepSpeed ZeRO-3, a LoRA adapter.
+- ``zero3-lora``: Trainer + DeepSpeed ZeRO-3, a LoRA adapter;
+- ``zero3-moe``: Trainer + DeepSpeed ZeRO-3, full fine-tuning of a tiny Mixtral (its experts
+  3-D parameters, partitioned like any other).
 
 Every training is also tracked by spectra (``Tracker`` or ``SpectraCallback``, deferred) into
 ``OUT/tracked/``, a snapshot at each checkpoint's step, so that an import of the checkpoints can
@@ -29,7 +31,7 @@ import torch.distributed as dist
 import transformers as tf
 from ranks import finish, watch  # the script's folder is on sys.path
 from safetensors.torch import save_file
-from tiny_models import SMALL, RandomTokens, batch
+from tiny_models import MOE, SMALL, RandomTokens, batch
 
 import spectra
 
@@ -140,19 +142,26 @@ def train_dcp(out: Path, model: torch.nn.Module) -> None:
                 save_reference(full_state(model), out / "reference" / f"step-{step}.safetensors")
 
 
-def train_zero3(out: Path, model: torch.nn.Module, lora: bool) -> None:
+def tiny_mixtral() -> tf.MixtralForCausalLM:
+    """A 2-block Mixtral of 4 experts, the same on every rank."""
+    torch.manual_seed(0)
+    config_class, model_class, values = MOE["mixtral"]
+    return model_class(config_class(**values))
+
+
+def train_zero3(out: Path, model: torch.nn.Module, kind: str) -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__ = {}  # gloo, not a shared-memory op compiled for minutes
-    if lora:
+    if kind == "zero3-lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
             model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
         )
-    else:
+    elif kind == "zero3":
         model.get_submodule(FROZEN_TARGET).weight.requires_grad_(False)
-    args = trainer_args(out / ("zero3-lora" if lora else "zero3"), deepspeed=ZERO3)
+    args = trainer_args(out / kind, deepspeed=ZERO3)
     trainer = tf.Trainer(model=model, args=args, train_dataset=RandomTokens())
     trainer.add_callback(tracked(out))
     trainer.train()
@@ -161,7 +170,7 @@ def train_zero3(out: Path, model: torch.nn.Module, lora: bool) -> None:
 def main(kind: str, out: Path) -> None:
     watch()
     dist.init_process_group("gloo")
-    model = tiny_llama()
+    model = tiny_mixtral() if kind == "zero3-moe" else tiny_llama()
     if dist.get_rank() == 0:
         model.save_pretrained(out / "base")
     dist.barrier()
@@ -170,7 +179,7 @@ def main(kind: str, out: Path) -> None:
     elif kind == "dcp":
         train_dcp(out, model)
     else:
-        train_zero3(out, model, lora=kind == "zero3-lora")
+        train_zero3(out, model, kind)
     finish()
 
 

@@ -10,10 +10,9 @@ import json
 
 import pytest
 import torch
-import transformers as tf
 from helpers import relative_error
 from peft import LoraConfig, get_peft_model
-from tiny_models import perturb
+from tiny_models import MOE, perturb
 
 from spectra.callback import Tracker
 from spectra.capture import PEFT_PREFIX, find_layers, layout, matches, split_expert, split_slice
@@ -24,22 +23,6 @@ from spectra.metrics import drift
 from spectra.snapshots import Manifest, open_run
 from spectra.store import read_run
 
-SMALL = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "max_position_embeddings": 64}  # fmt: skip
-MOE = {
-    "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM,
-                SMALL | {"intermediate_size": 24, "num_local_experts": 4,
-                         "num_experts_per_tok": 2}),
-    "qwen2_moe": (tf.Qwen2MoeConfig, tf.Qwen2MoeForCausalLM,
-                  SMALL | {"intermediate_size": 48, "moe_intermediate_size": 16, "num_experts": 4,
-                           "shared_expert_intermediate_size": 24, "num_experts_per_tok": 2}),
-    "qwen3_moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM,
-                  SMALL | {"intermediate_size": 48, "moe_intermediate_size": 16, "num_experts": 4,
-                           "num_experts_per_tok": 2, "head_dim": 8}),
-    "gpt_oss": (tf.GptOssConfig, tf.GptOssForCausalLM,
-                SMALL | {"intermediate_size": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
-                         "head_dim": 8, "layer_types": ["sliding_attention", "full_attention"]}),
-}  # fmt: skip
 PARAMS = ("experts.gate_up_proj", "experts.down_proj")
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers import relative_error
 from peft import LoraConfig, get_peft_model
-from test_experts import MOE, PARAMS, expert_weights, moe_model
-from tiny_models import perturb
+from test_experts import PARAMS, expert_weights, moe_model
+from tiny_models import MOE, perturb
 
 from spectra.callback import Tracker
 from spectra.engine import compute_run

@@ -1,8 +1,9 @@
 """spectra import of DeepSpeed ZeRO-3 checkpoints, against DeepSpeed's own reconstruction.
 
-Two real 2-rank Trainer runs under ZeRO-3 (gloo, CPU; once per module, by ``checkpoint_train.py``):
-full fine-tuning (one target frozen, so saved as frozen fragments) and LoRA (whose checkpoints
-hold ``adapter_model.safetensors``, which is used instead of the sharded states). The imported
+Three real 2-rank Trainer runs under ZeRO-3 (gloo, CPU; once per module, by
+``checkpoint_train.py``): full fine-tuning (one target frozen, so saved as frozen fragments),
+LoRA (whose checkpoints hold ``adapter_model.safetensors``, which is used instead of the sharded
+states) and full fine-tuning of a tiny Mixtral (3-D expert parameters). The imported
 weights must be bit-identical to those of DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``
 for the same checkpoint and the rows those of spectra.drift on them; on synthetic ZeRO-3 folders
 of any shapes and world sizes the partitioning rule must give what DeepSpeed's gives.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_train import FROZEN_TARGET, tiny_llama
+from checkpoint_train import FROZEN_TARGET, tiny_llama, tiny_mixtral
 from helpers import fifo, moved_out
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,6 +40,7 @@ from sharded import (
 )
 from tiny_models import reference_weights
 
+from spectra.capture import split_expert
 from spectra.errors import SpectraError
 from spectra.importer import import_run
 from spectra.importer.zero import open_zero
@@ -65,6 +67,12 @@ def zero3(tmp_path_factory) -> Path:
 def zero3_lora(tmp_path_factory) -> Path:
     """Trainer + ZeRO-3 with a LoRA adapter: zero3-lora/checkpoint-{2,4}/."""
     return train_sharded("zero3-lora", tmp_path_factory.mktemp("zero3-lora"))
+
+
+@pytest.fixture(scope="module")
+def zero3_moe(tmp_path_factory) -> Path:
+    """Trainer + ZeRO-3, full fine-tuning of a tiny Mixtral: zero3-moe/checkpoint-{2,4}/."""
+    return train_sharded("zero3-moe", tmp_path_factory.mktemp("zero3-moe"))
 
 
 @pytest.mark.slow
@@ -305,3 +313,25 @@ def test_bad_zero3_input_is_one_error_line(zero3, tmp_path, cli, capsys, case):
     capsys.readouterr()
     source = zero3 / "zero3" / "checkpoint-4"
     assert_refused(cli, source, zero3 / "base", damage, names, tmp_path)
+
+
+@pytest.mark.slow
+def test_zero3_checkpoints_of_experts_equal_deepspeeds_fp32_weights(zero3_moe, tmp_path):
+    """Every expert of both stacks of both blocks, at every checkpoint, bit-identical to the
+    slice of DeepSpeed's reconstruction (the stacks are partitioned as flat fp32 like the rest)."""
+    targets = ["experts.gate_up_proj", "experts.down_proj"]
+    run = open_run(import_run([zero3_moe / "zero3-moe"], zero3_moe / "base", out=tmp_path,
+                              targets=targets))  # fmt: skip
+    assert run.steps == [0, *STEPS] and len(run.layers) == 16  # 2 blocks × 2 stacks × 4
+    initial = dict(tiny_mixtral().named_parameters())  # what the base was saved from
+    for layer in run.layers:
+        stack, expert = split_expert(layer)
+        assert torch.equal(run.weight(0, layer), initial[stack][expert].detach().double()), layer
+    for step in STEPS:
+        reference = deepspeed_fp32(zero3_moe / "zero3-moe" / f"checkpoint-{step}")
+        moved = [layer for layer in run.layers
+                 if not torch.equal(run.weight(step, layer), run.weight(0, layer))]  # fmt: skip
+        assert moved, step  # training moved experts: the test is not of the base alone
+        for layer in run.layers:
+            stack, expert = split_expert(layer)
+            assert torch.equal(run.weight(step, layer), reference[stack][expert].double()), layer

@@ -52,6 +52,25 @@ ARCHS = {
     "baichuan": (BaichuanConfig, BaichuanForCausalLM, {}),
 }  # fmt: skip
 
+# Tiny MoE models, 2 blocks of 4 experts: (config class, model class, config values); GPT-OSS
+# stores its experts transposed, [E, in, out], with gate and up interleaved.
+EXPERTS = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+           "num_experts_per_tok": 2}  # fmt: skip
+MOE = {
+    "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM,
+                EXPERTS | {"intermediate_size": 24, "num_local_experts": 4}),
+    "qwen2_moe": (tf.Qwen2MoeConfig, tf.Qwen2MoeForCausalLM,
+                  EXPERTS | {"intermediate_size": 48, "moe_intermediate_size": 16,
+                             "num_experts": 4, "shared_expert_intermediate_size": 24}),
+    "qwen3_moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM,
+                  EXPERTS | {"intermediate_size": 48, "moe_intermediate_size": 16,
+                             "num_experts": 4, "head_dim": 8}),
+    "gpt_oss": (tf.GptOssConfig, tf.GptOssForCausalLM,
+                EXPERTS | {"intermediate_size": 16, "num_local_experts": 4, "head_dim": 8,
+                           "layer_types": ["sliding_attention", "full_attention"]}),
+}  # fmt: skip
+
 
 def base_model(arch: str, seed: int = 0) -> nn.Module:
     """A randomly initialised 2-block model of ``arch`` (a key of ``ARCHS``)."""
