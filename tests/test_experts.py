@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import relative_error
 from peft import LoraConfig, get_peft_model
-from tiny_models import MOE, perturb
+from tiny_models import EXPERT_PARAMS, MOE, expert_weights, perturb
 
 from spectra.callback import Tracker
 from spectra.capture import PEFT_PREFIX, find_layers, layout, matches, split_expert, split_slice
@@ -23,8 +23,6 @@ from spectra.metrics import drift
 from spectra.snapshots import Manifest, open_run
 from spectra.store import read_run
 
-PARAMS = ("experts.gate_up_proj", "experts.down_proj")
-
 
 def moe_model(arch: str, method: str, seed: int = 0):
     """A tiny MoE model of ``arch``, for FT or with LoRA on both expert parameters, moved."""
@@ -32,30 +30,15 @@ def moe_model(arch: str, method: str, seed: int = 0):
     config_class, model_class, values = MOE[arch]
     model = model_class(config_class(**values))
     if method == "lora":
-        config = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=list(PARAMS))
+        config = LoraConfig(
+            r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS)
+        )
         model = get_peft_model(model, config)
     perturb(model, seed=seed + 1)
     return model
 
 
-def expert_weights(model, method: str) -> dict[str, torch.Tensor]:
-    """Every expert's matrix in torch layout (out × in), float64, from peft's own merge (LoRA)
-    or the parameter itself (FT): {"<parameter path>[e]": W_e}."""
-    merged = copy.deepcopy(model).double()
-    if method == "lora":
-        merged = merged.merge_and_unload()
-    out = {}
-    for path, module in merged.named_modules():
-        if not hasattr(module, "is_transposed"):
-            continue
-        for name in ("gate_up_proj", "down_proj"):
-            stack = getattr(module, name).detach()
-            for e in range(stack.shape[0]):
-                out[f"{path}.{name}[{e}]"] = stack[e].T if module.is_transposed else stack[e]
-    return out
-
-
-def captured(model, targets=PARAMS) -> dict[str, torch.Tensor]:
+def captured(model, targets=EXPERT_PARAMS) -> dict[str, torch.Tensor]:
     """Each selected expert's W_t as spectra captures it (its stacked parts, expert e)."""
     out = {}
     for name, layer in find_layers(model, targets).items():
@@ -127,7 +110,7 @@ def test_layer_names_and_targets():
 @pytest.mark.parametrize(("arch", "method"), [("mixtral", "ft"), ("qwen2_moe", "lora")])
 def test_tracked_runs_of_experts(tmp_path, arch, method):
     model = moe_model(arch, method)
-    targets = list(PARAMS) if method == "ft" else None  # LoRA: the adapted parameters
+    targets = list(EXPERT_PARAMS) if method == "ft" else None  # LoRA: the adapted parameters
     truth = {0: expert_weights(model, method)}
     with Tracker(model, tmp_path / arch, targets=targets, every=1, mode="deferred") as tracker:
         perturb(model, seed=7, size=0.05)

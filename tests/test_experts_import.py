@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers import relative_error
 from peft import LoraConfig, get_peft_model
-from test_experts import PARAMS, expert_weights, moe_model
-from tiny_models import MOE, perturb
+from test_experts import moe_model
+from tiny_models import EXPERT_PARAMS, MOE, expert_weights, perturb
 
 from spectra.callback import Tracker
 from spectra.engine import compute_run
@@ -48,7 +48,9 @@ def saved_training(tmp_path, arch: str, method: str):
     model.save_pretrained(tmp_path / "base")
     truth = {0: expert_weights(model, "ft")}
     if method == "lora":
-        config = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=list(PARAMS))
+        config = LoraConfig(
+            r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS)
+        )
         model = get_peft_model(model, config)
     for step in (5, 10):
         perturb(model, seed=step, size=0.05)
@@ -63,7 +65,7 @@ def saved_training(tmp_path, arch: str, method: str):
 )  # fmt: skip
 def test_imported_experts_equal_the_trained_ones(tmp_path, arch, method):
     truth = saved_training(tmp_path, arch, method)
-    targets = list(PARAMS) if method == "ft" else None  # LoRA: the adapter's parameters
+    targets = list(EXPERT_PARAMS) if method == "ft" else None  # LoRA: the adapter's parameters
     run = open_run(import_run([tmp_path / "out"], tmp_path / "base", out=tmp_path / "runs",
                               targets=targets))  # fmt: skip
     assert run.manifest.method == method and run.steps == [0, 5, 10] and len(run.layers) == 16
@@ -82,7 +84,7 @@ def test_an_imported_run_equals_the_tracked_one(tmp_path):
     torch.manual_seed(0)
     model = model_class(config_class(**values))
     model.save_pretrained(tmp_path / "base")
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=list(PARAMS))
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS))
     model = get_peft_model(model, config)  # B = 0: W_0 is the base
     with Tracker(model, tmp_path / "tracked", every=5, mode="deferred") as tracker:
         for step in (5, 10):
@@ -131,7 +133,7 @@ def test_dcp_checkpoints_of_experts_equal_the_trained_ones(tmp_path, arch):
         truth[step] = expert_weights(model, "ft")
     folders = [tmp_path / "step-2", tmp_path / "step-4"]
     run = open_run(import_run(folders, tmp_path / "base", out=tmp_path / "runs", steps=[2, 4],
-                              targets=list(PARAMS)))  # fmt: skip
+                              targets=list(EXPERT_PARAMS)))  # fmt: skip
     assert run.steps == [0, 2, 4] and sorted(run.layers) == sorted(truth[0])
     for step, weights in truth.items():
         for layer in run.layers:

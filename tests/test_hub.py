@@ -23,7 +23,7 @@ import torch
 from fake_hub import FakeHub
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_models import MOE, base_model, perturb
+from tiny_models import EXPERT_PARAMS, MOE, base_model, perturb
 
 import spectra.hub.fetch as fetch_module
 from spectra.metrics import drift
@@ -304,8 +304,6 @@ def test_moe_experts_on_the_hub_import_as_from_files(hub, tmp_path, cli, origina
     """A Mixtral saved with its experts as 3-D stacks (or in the original format, one matrix per
     expert), on the Hub: imported by range reads, every expert's weights equal the import of
     the same files on disk and what transformers' from_pretrained loads."""
-    from test_experts import PARAMS
-
     config_class, model_class, values = MOE["mixtral"]
     torch.manual_seed(0)
     model = model_class(config_class(**values))
@@ -314,7 +312,7 @@ def test_moe_experts_on_the_hub_import_as_from_files(hub, tmp_path, cli, origina
     model.save_pretrained(tmp_path / "ft", save_original_format=original)
     for name in ("base", "ft"):
         hub.add(f"org/moe-{name}", tmp_path / name)
-    targets = ",".join(PARAMS)
+    targets = ",".join(EXPERT_PARAMS)
     for source, base, out in (("org/moe-ft", "org/moe-base", "hub"),
                               (tmp_path / "ft", tmp_path / "base", "disk")):  # fmt: skip
         code, _, err = cli(["import", source, "--base", base, "--targets", targets,

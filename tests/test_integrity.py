@@ -177,6 +177,31 @@ def test_a_process_that_dies_of_an_exception_marks_the_run_failed(tmp_path):
     assert manifest.steps == [0, 1]
 
 
+SCRIPT_START_FAILS = """
+import sys
+import spectra
+import spectra.callback.gather as gather
+from tiny_models import base_model
+
+def broken(self, modules, keep=True):
+    raise RuntimeError("gather failed")
+
+gather.LocalReader.frozen = broken
+spectra.Tracker(base_model("llama"), sys.argv[1], every=1, mode="inline")
+"""
+
+
+def test_a_tracker_that_fails_to_start_marks_the_run_failed_once(tmp_path):
+    """An error while the tracker takes its step-0 snapshot (a gather, an interrupt) is raised
+    as it is; the run says why it ended; nothing fails again when the process exits."""
+    script = [sys.executable, "-c", SCRIPT_START_FAILS, str(tmp_path / "run")]
+    done = subprocess.run(script, capture_output=True, text=True, env=env())
+    assert done.returncode == 1 and "RuntimeError: gather failed" in done.stderr
+    assert "Error in sys.excepthook" not in done.stderr and "AttributeError" not in done.stderr
+    manifest = open_run(tmp_path / "run").manifest
+    assert manifest.failed and manifest.extra["error"] == "RuntimeError: gather failed"
+
+
 def test_follow_stops_when_training_fails(tmp_path):
     model = lora_model()
     tracker = spectra.Tracker(model, tmp_path / "run", TARGETS, every=1, mode="deferred")

@@ -1,8 +1,9 @@
 """Tracking under sharding engines, in real multi-process runs (torchrun, 2 processes, gloo, CPU):
-FSDP1, FSDP2 and DeepSpeed ZeRO-3 in plain loops (FT and LoRA), ZeRO-3 under transformers'
-Trainer (accelerate's DeepSpeed plugin), FSDP1 under Lightning's FSDP strategy. The rows
-computed from the run directory equal ``spectra.drift`` on the weights that the engine's own
-API gathers at each snapshot step (to 1e-10), and the manifest names the engine.
+FSDP1, FSDP2 and DeepSpeed ZeRO-3 in plain loops (FT and LoRA, on attention and on a tiny
+Mixtral's experts), ZeRO-3 under transformers' Trainer (accelerate's DeepSpeed plugin), FSDP1
+under Lightning's FSDP strategy. The rows computed from the run directory equal
+``spectra.drift`` on the weights that the engine's own API gathers at each snapshot step (to
+1e-10), and the manifest names the engine.
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ from spectra.snapshots import Distributed, open_run
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 ZERO3_ENV = {"DS_ACCELERATOR": "cpu"}
+EXPERT_LAYERS = sorted(
+    f"model.layers.{block}.mlp.experts.{name}[{expert}]"
+    for block in range(2) for name in ("gate_up_proj", "down_proj") for expert in range(4)
+)  # fmt: skip
 TOL = 1e-10
 
 
-def check_rows(run_dir: Path, reference: Path, prefix: str = "") -> None:
+def check_rows(run_dir: Path, reference: Path, prefix: str = "", paths=PATHS) -> None:
     """Every row of the run equals spectra.drift on the reference weights (step 0 vs step t),
     each layer named ``prefix + path``; the weights did move."""
     rows = pd.read_parquet(compute_run(run_dir))
     steps = sorted(set(rows["step"]))
-    assert steps == [0, 2, STEPS] and sorted(set(rows["layer"])) == [prefix + p for p in PATHS]
+    assert steps == [0, 2, STEPS] and sorted(set(rows["layer"])) == [prefix + p for p in paths]
     refs = {step: load_file(reference / f"step_{step}.safetensors") for step in steps}
     for row in rows.to_dict("records"):
         layer = row["layer"].removeprefix(prefix)
@@ -68,6 +73,19 @@ def test_plain_loop_rows_equal_the_engines_own_gather(engine, trained):
         assert run.manifest.finished and run.layers == PATHS  # no wrapper components
         assert run.manifest.distributed == Distributed(engine, 2, weights)
         check_rows(run.path, tmp_path / f"{name}-reference")
+
+
+@pytest.mark.parametrize("engine", ["fsdp1", "fsdp2", "zero3"])
+def test_experts_rows_equal_the_engines_own_gather(engine, trained):
+    """A tiny Mixtral's 3-D expert parameters, FT, and under FSDP2 LoRA on them (peft's LoRA on
+    parameters trains under no other engine): every expert of every block, each gathered from
+    its engine's shards like any other target."""
+    tmp_path = trained(engine)
+    for name in ("ft-experts", "lora-experts") if engine == "fsdp2" else ("ft-experts",):
+        run = open_run(tmp_path / name)
+        assert run.manifest.finished and sorted(run.layers) == EXPERT_LAYERS
+        assert run.manifest.distributed.engine == engine
+        check_rows(run.path, tmp_path / f"{name}-reference", paths=EXPERT_LAYERS)
 
 
 def test_zero3_bf16_snapshots_hold_the_fp32_master(trained):

@@ -71,6 +71,8 @@ MOE = {
                            "layer_types": ["sliding_attention", "full_attention"]}),
 }  # fmt: skip
 
+EXPERT_PARAMS = ("experts.gate_up_proj", "experts.down_proj")  # the 3-D parameters of each
+
 
 def base_model(arch: str, seed: int = 0) -> nn.Module:
     """A randomly initialised 2-block model of ``arch`` (a key of ``ARCHS``)."""
@@ -187,3 +189,20 @@ class RandomTokens(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ids = batch(1000 + i, size=1)[0]
         return {"input_ids": ids, "labels": ids}
+
+
+def expert_weights(model, method: str) -> dict[str, torch.Tensor]:
+    """Every expert's matrix in torch layout (out × in), float64, from peft's own merge (LoRA)
+    or the parameter itself (FT): {"<parameter path>[e]": W_e}."""
+    merged = copy.deepcopy(model).double()
+    if method == "lora":
+        merged = merged.merge_and_unload()
+    out = {}
+    for path, module in merged.named_modules():
+        if not hasattr(module, "is_transposed"):
+            continue
+        for name in ("gate_up_proj", "down_proj"):
+            stack = getattr(module, name).detach()
+            for e in range(stack.shape[0]):
+                out[f"{path}.{name}[{e}]"] = stack[e].T if module.is_transposed else stack[e]
+    return out

@@ -3,8 +3,12 @@ spectra in a plain loop; at every snapshot step rank 0 also dumps the targets' e
 weights as the engine itself gathers them (FSDP1 ``summon_full_params``, FSDP2
 ``get_model_state_dict(full_state_dict=True)``, ZeRO-3 ``GatheredParameters``), merged by
 peft's own code in float64, to ``OUT/<run>-reference/step_N.safetensors``. Runs: ft and lora,
-and under FSDP1 ft-flat (``use_orig_params=False``), under ZeRO-3 lora-bf16 (bfloat16 with fp32
-master weights; its reference is the LoRA factors' bf16 working copies, unmerged).
+ft-experts (a tiny Mixtral's 3-D expert parameters, every expert a layer), and under FSDP1
+ft-flat (``use_orig_params=False``), under FSDP2 lora-experts (peft's LoRA on those parameters,
+which trains under no other engine, with or without spectra: FSDP1's views of its flat
+parameters and ZeRO-3's empty placeholders break peft's parametrization), under ZeRO-3
+lora-bf16 (bfloat16 with fp32 master weights; its reference is the LoRA factors' bf16 working
+copies, unmerged).
 
     torchrun --standalone --nproc_per_node 2 tests/tracking_train.py fsdp1|fsdp2|zero3 OUT
 
@@ -24,7 +28,15 @@ import torch
 import transformers  # noqa: F401  (model classes before deepspeed.zero.Init, DeepSpeed's rule)
 from ranks import finish, watch  # the script's folder is on sys.path
 from safetensors.torch import save_file
-from tiny_models import base_model, batch, reference_weights, with_method
+from tiny_models import (
+    EXPERT_PARAMS,
+    MOE,
+    base_model,
+    batch,
+    expert_weights,
+    reference_weights,
+    with_method,
+)
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
@@ -122,12 +134,34 @@ def _clean(name: str) -> str:
     return name
 
 
-def dump(engine: str, net: nn.Module, replica: nn.Module, method: str, out: Path, step: int):
+def experts_model(method: str) -> nn.Module:
+    """A tiny Mixtral, for FT or with LoRA on both expert parameters (B moved off zero)."""
+    torch.manual_seed(0)
+    config_class, model_class, values = MOE["mixtral"]
+    model = model_class(config_class(**values))
+    if method == "ft":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS))
+    model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def dump(engine: str, net: nn.Module, replica: nn.Module, run: str, out: Path, step: int):
     """Rank 0 writes the targets' W_t from the engine's full parameters, merged by peft."""
     state = full_state(engine, net)
     if torch.distributed.get_rank() == 0:
         replica.load_state_dict(state, strict=True)
-        weights = reference_weights(replica, method, PATHS)
+        method, _, variant = run.partition("-")
+        if variant == "experts":
+            weights = expert_weights(replica, method)
+        else:
+            weights = reference_weights(replica, method, PATHS)
         out.mkdir(parents=True, exist_ok=True)
         save_file({p: w.contiguous() for p, w in weights.items()}, out / f"step_{step}.safetensors")
 
@@ -163,11 +197,14 @@ def train(engine: str, run: str, out: Path, rank: int, world: int) -> None:
     """Train ``run`` (``method`` or ``method-variant``, see :func:`wrap`) and track it into
     ``out/run``."""
     method, _, variant = run.partition("-")
-    bf16 = variant == "bf16"
-    model = with_method(base_model("llama"), method, TARGETS)
+    bf16, experts = variant == "bf16", variant == "experts"
+    if experts:
+        model, targets = experts_model(method), EXPERT_PARAMS
+    else:
+        model, targets = with_method(base_model("llama"), method, TARGETS), TARGETS
     replica = copy.deepcopy(model)
     net, optimizer = wrap(engine, model, variant)
-    tracker = spectra.Tracker(net, out / run, TARGETS, every=EVERY, mode="deferred")
+    tracker = spectra.Tracker(net, out / run, targets, every=EVERY, mode="deferred")
     if tracker.writing != (rank == 0) or not sharded(engine, net):
         raise SystemExit(f"rank {rank}: writing={tracker.writing}, or the weights are whole")
     reference = out / f"{run}-reference"
@@ -176,7 +213,7 @@ def train(engine: str, run: str, out: Path, rank: int, world: int) -> None:
         if bf16:
             dump_working(net, reference, step)
         else:
-            dump(engine, net, replica, method, reference, step)
+            dump(engine, net, replica, run, reference, step)
 
     record(0)
     for step in range(1, STEPS + 1):
@@ -197,7 +234,7 @@ def train(engine: str, run: str, out: Path, rank: int, world: int) -> None:
 
 if __name__ == "__main__":
     rank, world = init()
-    extra = {"zero3": ("lora-bf16",), "fsdp1": ("ft-flat",)}.get(sys.argv[1], ())
-    for run in ("ft", "lora", *extra):
+    extra = {"zero3": ("lora-bf16",), "fsdp1": ("ft-flat",), "fsdp2": ("lora-experts",)}
+    for run in ("ft", "lora", "ft-experts", *extra[sys.argv[1]]):
         train(sys.argv[1], run, Path(sys.argv[2]), rank, world)
     finish()

@@ -22,9 +22,11 @@ from torch import nn
 
 from spectra.callback.engines import Shards, shards_of, world_size
 from spectra.capture import layout, recognise, step_tensors
+from spectra.capture.experts import ExpertStack
 from spectra.snapshots import Distributed
 
 Parts = dict[str, dict[str, torch.Tensor]]  # {module path: {part: CPU tensor}}
+Target = nn.Module | ExpertStack  # what a tracker reads: a module, or a 3-D expert parameter
 
 
 def cpu_copy(t: torch.Tensor) -> torch.Tensor:
@@ -80,32 +82,42 @@ class ShardedReader:
         """``find(model)`` with every sharded parameter a stand-in of its full shape."""
         return _call(model, self._stand_ins(self.shards.params(model)), find)
 
-    def _plan(self, module: nn.Module, shards: dict) -> tuple[bool, set[str]]:
-        """Whether the module has frozen tensors, and the parameters only they read (a low-rank
-        layer's base), found once, from stand-ins of the sharded parameters."""
-        if id(module) not in self._plans:
+    def _plan(self, target: Target, shards: dict) -> tuple[bool, set[str], set[str]]:
+        """Whether the target has frozen tensors; the parameters only they read (a low-rank
+        layer's base); and, for an expert stack, the parameters of its experts module it does
+        not read at all (the other stacks and their adapters). Found once, from stand-ins of
+        the sharded parameters."""
+        if id(target) not in self._plans:
             stand_ins = self._stand_ins(shards)
-            whole = {n: p for n, p in module.named_parameters() if n not in shards}
+            whole = {n: p for n, p in _module(target).named_parameters() if n not in shards}
 
-            def plan(module: nn.Module) -> tuple[bool, set[str]]:
-                found = recognise(module)
+            def plan(target: Target) -> tuple[bool, set[str], set[str]]:
+                found = recognise(target)
                 frozen = [t for t in found.frozen.values() if isinstance(t, torch.Tensor)]
+                step = list(found.step.values())
+                params = stand_ins | whole
                 only = {
                     name
-                    for name, t in (stand_ins | whole).items()
-                    if any(_refers(f, t) for f in frozen)
-                    and not any(_refers(s, t) for s in found.step.values())
+                    for name, t in params.items()
+                    if any(_refers(f, t) for f in frozen) and not any(_refers(s, t) for s in step)
                 }
-                return bool(found.frozen), only
+                unread = set()
+                if isinstance(target, ExpertStack):  # its layout only ever returns views
+                    unread = {n for n, t in params.items()
+                              if not any(_refers(x, t) for x in [*frozen, *step])}  # fmt: skip
+                return bool(found.frozen), only, unread
 
-            self._plans[id(module)] = _call(module, stand_ins, plan)
-        return self._plans[id(module)]
+            self._plans[id(target)] = _call(target, stand_ins, plan)
+        return self._plans[id(target)]
 
-    def _read(self, module: nn.Module, skip_frozen: bool, read: Callable) -> dict:
-        """``read(module)`` on the module's parameters gathered in full (frozen-only ones left
-        out when ``skip_frozen``: meta stand-ins if sharded), its result as CPU tensors."""
+    def _read(self, target: Target, skip_frozen: bool, read: Callable) -> dict:
+        """``read(target)`` on its module's parameters gathered in full (frozen-only ones left
+        out when ``skip_frozen``, and those it does not read: meta stand-ins if sharded), its
+        result as CPU tensors."""
+        module = _module(target)
         shards = self.shards.params(module)
-        skipped = self._plan(module, shards)[1] if skip_frozen else set()
+        _, only, unread = self._plan(target, shards)
+        skipped = unread | (only if skip_frozen else set())
         tensors = self.shards.gather({n: s for n, s in shards.items() if n not in skipped})
         tensors |= {n: self.shards.meta(shards[n]) for n in skipped if n in shards}
         tensors |= {  # parameters the engine leaves whole: copies, which training cannot change
@@ -113,18 +125,18 @@ class ShardedReader:
             for name, p in module.named_parameters()
             if name not in shards and name not in skipped
         }
-        found = _call(module, tensors, read)
+        found = _call(target, tensors, read)
         ours = {_storage(t) for t in tensors.values() if t.device.type != "meta"}
         return {  # what the gathers made is ours; anything else may be a live tensor: copied
             k: t.detach().contiguous().to("cpu") if _storage(t) in ours else cpu_copy(t)
             for k, t in found.items()
         }
 
-    def _each(self, modules: dict[str, nn.Module], keep: bool, read: Callable) -> Parts:
-        """``read(module)`` of each module in turn; dropped at once unless ``keep``."""
+    def _each(self, modules: dict[str, Target], keep: bool, read: Callable) -> Parts:
+        """``read(target)`` of each target in turn; dropped at once unless ``keep``."""
         parts = {}
-        for path, module in modules.items():
-            found = read(module)
+        for path, target in modules.items():
+            found = read(target)
             parts[path] = found if keep else {}
         return parts
 
@@ -133,8 +145,8 @@ class ShardedReader:
         a rank that does not write joins the gathers and keeps nothing (``keep=False``)."""
         return self._each(
             modules, keep,
-            lambda m: self._read(m, False, _frozen) if self._plan(m, self.shards.params(m))[0]
-            else {},
+            lambda t: self._read(t, False, _frozen)
+            if self._plan(t, self.shards.params(_module(t)))[0] else {},
         )  # fmt: skip
 
     def step(self, modules: dict[str, nn.Module], keep: bool = True) -> Parts:
@@ -156,22 +168,29 @@ def _refers(t, stand_in: torch.Tensor) -> bool:
     return isinstance(t, torch.Tensor) and (t is stand_in or t._base is stand_in)
 
 
-class _Call(nn.Module):
-    """A module whose forward is ``fn(module)``: lets ``functional_call`` swap the tensors."""
+def _module(target: Target) -> nn.Module:
+    """The module whose parameters hold ``target``'s tensors."""
+    return target.module if isinstance(target, ExpertStack) else target
 
-    def __init__(self, module: nn.Module, fn: Callable):
+
+class _Call(nn.Module):
+    """A module whose forward is ``call()``: lets ``functional_call`` swap the tensors of
+    ``module``."""
+
+    def __init__(self, module: nn.Module, call: Callable):
         super().__init__()
-        self.module, self.fn = module, fn
+        self.module, self.call = module, call
 
     def forward(self):
-        return self.fn(self.module)
+        return self.call()
 
 
-def _call(module: nn.Module, tensors: dict[str, torch.Tensor], fn: Callable):
-    """``fn(module)`` with the module's named parameters replaced by ``tensors`` for the call
+def _call(target: Target, tensors: dict[str, torch.Tensor], fn: Callable):
+    """``fn(target)`` with its module's named parameters replaced by ``tensors`` for the call
     (torch's own swap, undone when it returns)."""
     swap = {f"module.{name}": t for name, t in tensors.items()}
-    return torch.func.functional_call(_Call(module, fn), swap, (), tie_weights=False)
+    call = _Call(_module(target), lambda: fn(target))
+    return torch.func.functional_call(call, swap, (), tie_weights=False)
 
 
 def reader_for(model: nn.Module) -> LocalReader | ShardedReader:

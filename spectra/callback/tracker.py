@@ -160,15 +160,20 @@ class Tracker:
                 written = self.writer.manifest
                 drop_rows_after(parquet, start_step, written.run_id, written.resumed)
         self._taken = set(self.writer.manifest.steps)
-        self._writes = SnapshotThread(self.writer)
+        self._writes, self._worker = SnapshotThread(self.writer), None
         OPEN_TRACKERS.add(self)
-        if start_step == 0:  # one module at a time: a quantized base is dequantized here, once
-            frozen = self._reader.frozen(self._modules)
-            if any(frozen.values()):
-                self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
-        if start_step % every == 0:  # step 0, or a resumed step whose snapshot may be missing
-            self.snapshot(start_step)
-        self._worker = InlineWorker(self.path, poll, worker) if mode == "inline" else None
+        try:
+            if start_step == 0:  # one module at a time: a quantized base dequantized here, once
+                frozen = self._reader.frozen(self._modules)
+                if any(frozen.values()):
+                    self.writer.write_frozen({p: parts for p, parts in frozen.items() if parts})
+            if start_step % every == 0:  # step 0, or a resumed step whose snapshot may be missing
+                self.snapshot(start_step)
+            if mode == "inline":
+                self._worker = InlineWorker(self.path, poll, worker)
+        except BaseException as exc:  # the run says why it ended, and no hook closes it again
+            self.close(error=error_text(exc))
+            raise
 
     def _manifest(self, found, layouts, run_name, model_name) -> Manifest:
         targets = {}
