@@ -11,8 +11,8 @@ KIND is one of:
   dict every SAVE steps into ``OUT/dcp/step-N/``, with the same references;
 - ``zero3``: Trainer + DeepSpeed ZeRO-3 (CPU accelerator), full fine-tuning, one frozen target;
 - ``zero3-lora``: Trainer + DeepSpeed ZeRO-3, a LoRA adapter;
-- ``zero3-moe``: Trainer + DeepSpeed ZeRO-3, full fine-tuning of a tiny Mixtral (its experts
-  3-D parameters, partitioned like any other).
+- ``zero3-moe``, ``dcp-moe``: as ``zero3`` and ``dcp``, full fine-tuning of a tiny Mixtral
+  (its experts 3-D parameters, partitioned or sharded like any other).
 
 Every training is also tracked by spectra (``Tracker`` or ``SpectraCallback``, deferred) into
 ``OUT/tracked/``, a snapshot at each checkpoint's step, so that an import of the checkpoints can
@@ -170,13 +170,13 @@ def train_zero3(out: Path, model: torch.nn.Module, kind: str) -> None:
 def main(kind: str, out: Path) -> None:
     watch()
     dist.init_process_group("gloo")
-    model = tiny_mixtral() if kind == "zero3-moe" else tiny_llama()
+    model = tiny_mixtral() if kind.endswith("-moe") else tiny_llama()
     if dist.get_rank() == 0:
         model.save_pretrained(out / "base")
     dist.barrier()
     if kind == "fsdp":
         train_fsdp(out, model)
-    elif kind == "dcp":
+    elif kind in ("dcp", "dcp-moe"):
         train_dcp(out, model)
     else:
         train_zero3(out, model, kind)

@@ -32,11 +32,12 @@ from sharded import (
     stored,
     train_sharded,
 )
-from tiny_models import base_model
+from tiny_models import EXPERT_PARAMS, base_model
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 import spectra.importer.dcp as dcp_module
+from spectra.capture import split_expert
 from spectra.errors import SpectraError
 from spectra.importer import import_run
 from spectra.snapshots import open_run
@@ -48,6 +49,12 @@ PICKLES = ("optimizer_0", "scheduler.pt", "rng_state_0.pth", "rng_state_1.pth")
 def fsdp(tmp_path_factory) -> Path:
     """Trainer + accelerate FSDP, SHARDED_STATE_DICT: fsdp/checkpoint-{2,4}/."""
     return train_sharded("fsdp", tmp_path_factory.mktemp("fsdp"))
+
+
+@pytest.fixture(scope="module")
+def plain_moe(tmp_path_factory) -> Path:
+    """An FSDP2 loop calling dcp.save on a tiny Mixtral: dcp/step-{2,4}/, 3-D experts sharded."""
+    return train_sharded("dcp-moe", tmp_path_factory.mktemp("dcp-moe"))
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +343,18 @@ def test_bad_dcp_input_is_one_error_line(plain, tmp_path, cli, capsys, case):
     damage, names = BAD[case]
     capsys.readouterr()
     assert_refused(cli, plain / "dcp" / "step-4", plain / "base", damage, names, tmp_path)
+
+
+@pytest.mark.slow
+def test_plain_dcp_experts_equal_torchs_full_weights(plain_moe, tmp_path):
+    """Each 3-D expert parameter, sharded over the ranks along its experts, assembled from its
+    chunks: every expert at every step bit-identical to torch's full gather at save time."""
+    folders = [plain_moe / "dcp" / f"step-{step}" for step in STEPS]
+    run = open_run(import_run(folders, plain_moe / "base", out=tmp_path, steps=list(STEPS),
+                              targets=list(EXPERT_PARAMS)))  # fmt: skip
+    assert run.steps == [0, *STEPS] and len(run.layers) == 16  # 2 blocks × 2 stacks × 4
+    for step in STEPS:
+        reference = load_file(plain_moe / "reference" / f"step-{step}.safetensors")
+        for layer in run.layers:
+            stack, expert = split_expert(layer)
+            assert torch.equal(run.weight(step, layer), reference[stack][expert].double()), layer
