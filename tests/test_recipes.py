@@ -256,7 +256,7 @@ def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatc
     load_tokenizer(str(DEFAULT_MODEL)).save_pretrained(tmp_path / "gpt2")  # plan checks for one
     job = plan(("lora",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
     assert job.layers == tuple(f"transformer.h.{b}.attn.c_attn[{p}]" for b in (0, 1) for p in "qv")
-    config = recipes.setup._peft_config(get("lora"), module_paths(job.layers), 4, 10)
+    config = recipes.setup._peft_config(get("lora"), module_paths(job.layers), [], 4, 10)
     assert sorted(config.target_modules) == [f"transformer.h.{b}.attn.c_attn" for b in (0, 1)]
     with pytest.raises(SpectraError, match=r"c_attn is a Conv1D; .* nn.Linear layers \(SORSA\)"):
         plan(("sorsa",), model=tmp_path / "gpt2", rank=4, out=NOWHERE)
@@ -274,3 +274,64 @@ def test_plan_defaults_to_the_architectures_query_and_value(tmp_path, monkeypatc
     assert seen["job"].fused == (("attn.c_proj", "16,8,8"),)
     with pytest.raises(SpectraError, match="expected MODULE=LAYOUT"):
         recipes.parse_fused(["c_proj"])
+
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory) -> Path:
+    """A tiny Mixtral folder (2 blocks of 4 experts) with the embedded model's tokenizer."""
+    import shutil
+
+    import torch
+    from tiny_models import MOE
+
+    folder = tmp_path_factory.mktemp("mixtral") / "mixtral"
+    config_class, model_class, values = MOE["mixtral"]
+    torch.manual_seed(0)
+    model_class(config_class(**values | {"vocab_size": 2048})).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(DEFAULT_MODEL / name, folder / name)
+    return folder
+
+
+def test_experts_train_with_ft_and_lora(mixtral, tmp_path) -> None:
+    """`track --targets experts.down_proj`: FT makes exactly those 3-D parameters trainable,
+    LoRA goes through peft's target_parameters; every expert is a layer, step 0 the saved
+    model's own expert matrices."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from spectra.snapshots import open_run
+
+    small = replace(DEFAULT, batch_size=4, micro_batch=2, max_length=128)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(recipes.PRESETS, "small", small)
+        job = plan(("ft", "lora"), model=mixtral, data=_small_data(tmp_path / "qa.jsonl"),
+                   targets=("experts.down_proj",), rank=2, steps=STEPS, every=EVERY,
+                   preset="small", device="cpu", out=tmp_path / "runs",
+                   worker="thread")  # fmt: skip
+    saved = dict(AutoModelForCausalLM.from_pretrained(mixtral).named_parameters())
+    ft = recipes.prepare("ft", AutoModelForCausalLM.from_pretrained(mixtral), job, 1)
+    trainable = [name for name, p in ft.named_parameters() if p.requires_grad]
+    assert trainable == [f"model.layers.{b}.mlp.experts.down_proj" for b in range(2)]
+    recipes.run(job)
+    for method in ("ft", "lora"):
+        run = open_run(tmp_path / "runs" / method)
+        assert run.manifest.finished and run.steps == [0, EVERY, STEPS]
+        assert sorted(run.layers) == sorted(job.layers) and len(job.layers) == 8
+        assert run.manifest.rank == (2 if method == "lora" else None)
+        for layer in run.layers:
+            stack, expert = layer[:-3], int(layer[-2])
+            assert torch.equal(run.weight(0, layer), saved[stack][expert].detach().double())
+        moved = [x for x in run.layers if not torch.equal(run.weight(STEPS, x), run.weight(0, x))]
+        assert moved, method
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"methods": ("dora",)}, "is an expert parameter: the recipes train experts with ft or "
+                              "lora .*, not dora"),
+     ({"methods": ("lora",), "rank": 25}, r"rank 25 does not fit .*down_proj \(4×32×24\)")],
+)  # fmt: skip
+def test_experts_refuse_other_methods_and_ranks(mixtral, kwargs, message) -> None:
+    with pytest.raises(SpectraError, match=message):
+        plan(model=mixtral, targets=("experts.down_proj",), device="cpu", out=NOWHERE, **kwargs)

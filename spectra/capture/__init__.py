@@ -33,7 +33,8 @@ A 3-D expert parameter of a transformers MoE experts module (``experts.gate_up_p
 ``experts.down_proj`` selects all E, ``experts.down_proj[3]`` one.
 
 Targets are resolved once to full layer names; the tracker receives that list, and the SORSA
-adapter and peft's ``target_modules`` receive its module paths (:func:`module_paths`). With no
+adapter and peft's ``target_modules`` receive its module paths (:func:`module_paths`; peft's
+``target_parameters`` the expert parameters among them, :func:`expert_paths`). With no
 targets (None), they are the architecture's query and value projections
 (:func:`~spectra.capture.targets.default_layers`).
 
@@ -51,8 +52,8 @@ _EXPORTS = {
               "slice_name", "split_expert", "split_slice"),
     "layouts": ("EXTRACTORS", "adapter_rank", "detect_method", "layout", "recognise",
                 "step_tensors", "weight_shape"),
-    "targets": ("Layer", "candidates", "default_layers", "find_layers", "find_targets",
-                "module_paths"),
+    "targets": ("Layer", "candidates", "default_layers", "expert_paths", "find_layers",
+                "find_targets", "module_paths"),
 }  # fmt: skip
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_HOME)

@@ -141,6 +141,11 @@ def find_targets(
     return {name: layer.module for name, layer in find_layers(model, targets, fused).items()}
 
 
+def expert_paths(names: Iterable[str]) -> list[str]:
+    """The 3-D expert parameters that layer names select, each once, in order."""
+    return list(dict.fromkeys(split_expert(n)[0] for n in names if split_expert(n)[1] is not None))
+
+
 def module_paths(names: Iterable[str]) -> list[str]:
     """The module paths of layer names, each once, in order (a slice names its module, an
     expert its 3-D parameter)."""

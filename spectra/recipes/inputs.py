@@ -25,7 +25,7 @@ from transformers.utils import (
 
 from spectra import default
 from spectra.callback import WORKERS
-from spectra.capture import find_layers, module_paths
+from spectra.capture import expert_paths, find_layers, module_paths
 from spectra.errors import SpectraError, first_line
 from spectra.limits import INT64, check_epochs, in_range
 from spectra.methods import NAMES, get
@@ -131,6 +131,9 @@ def _check_weights(folder: Path, config) -> None:
     check_sizes(config_sizes(config), weight_shapes(folder), str(folder))
 
 
+EXPERT_METHODS = frozenset({"ft", "lora"})  # what trains a 3-D expert parameter here
+
+
 def _resolve_targets(
     model: str, targets: tuple[str, ...], fused: dict, rank: int, methods: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -146,18 +149,28 @@ def _resolve_targets(
     largest = max(adalora_ranks(rank)[0] if get(m).allocates_rank else rank for m in methods)
     sorsa = any(get(m).capture == "sorsa" for m in methods)
     adaptable = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
+    experts = expert_paths(layers)
+    if experts and not set(methods) <= EXPERT_METHODS:
+        other = next(m for m in methods if m not in EXPERT_METHODS)
+        raise SpectraError(
+            f"{experts[0]} is an expert parameter: the recipes train experts with "
+            f"{' or '.join(sorted(EXPERT_METHODS))} (peft's LoRA on parameters), not {other}"
+        )
     for path in module_paths(layers):
-        module = skeleton.get_submodule(path)
-        if not isinstance(module, adaptable):
-            raise SpectraError(
-                f"{path} is a {type(module).__name__}; the recipes adapt "
-                f"{'nn.Linear layers (SORSA)' if sorsa else 'nn.Linear and Conv1D layers'}"
-            )
-        limit = min(module.weight.shape)
+        if path in experts:
+            shape = tuple(skeleton.get_parameter(path).shape)  # [E, out, in] or [E, in, out]
+        else:
+            module = skeleton.get_submodule(path)
+            if not isinstance(module, adaptable):
+                raise SpectraError(
+                    f"{path} is a {type(module).__name__}; the recipes adapt "
+                    f"{'nn.Linear layers (SORSA)' if sorsa else 'nn.Linear and Conv1D layers'}"
+                )
+            shape = tuple(module.weight.shape)
+        limit = min(shape[-2:])
         if methods != ("ft",) and not 0 < largest <= limit:
-            out_f, in_f = module.weight.shape
             raise SpectraError(
-                f"rank {largest} does not fit {path} ({out_f}×{in_f}): use 1..{limit}"
+                f"rank {largest} does not fit {path} ({'×'.join(map(str, shape))}): use 1..{limit}"
                 + (f" (AdaLoRA starts at {ADALORA_INIT} × --rank)" if largest != rank else "")
             )
     return tuple(layers)

@@ -1,7 +1,8 @@
 """How each method sets up the model and trains, as its entry in :mod:`spectra.methods` says:
-full fine-tuning makes only the target projections trainable, SORSA methods attach the SORSA
-adapter (:mod:`spectra.sorsa`), and peft methods get the peft config their entry's fields make
-(scaling 1, no dropout; AdaLoRA after the paper's Table 4); AdaLoRA's rank allocation runs as a
+full fine-tuning makes only the target projections (and expert parameters) trainable, SORSA
+methods attach the SORSA adapter (:mod:`spectra.sorsa`), and peft methods get the peft config
+their entry's fields make (scaling 1, no dropout; AdaLoRA after the paper's Table 4; LoRA on
+expert parameters through peft's ``target_parameters``); AdaLoRA's rank allocation runs as a
 Trainer callback and SORSA's regularizer (eq. 6) in a Trainer subclass."""
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ from __future__ import annotations
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from spectra.capture import module_paths
+from spectra.capture import expert_paths, module_paths
 from spectra.methods import Method, get
 from spectra.recipes.inputs import Plan
 from spectra.recipes.presets import adalora_ranks
 from spectra.sorsa import apply_sorsa, regularizer_backward, sorsa_modules
 
 
-def _peft_config(method: Method, modules: list[str], rank: int, total_steps: int):
+def _peft_config(
+    method: Method, modules: list[str], experts: list[str], rank: int, total_steps: int
+):
     """peft config of a peft method, from its registry fields; scaling 1 (alpha = r), no
     dropout.
 
@@ -35,6 +38,8 @@ def _peft_config(method: Method, modules: list[str], rank: int, total_steps: int
 
     fields = {k: v for k, v in method.peft.items() if k != "peft_type"}
     common = {"target_modules": modules, "task_type": "CAUSAL_LM"}
+    if experts:  # 3-D expert parameters: peft's LoRA on parameters (LoRA only, as plan checks)
+        common["target_parameters"] = experts
     if method.allocates_rank:
         init_r, target_r = adalora_ranks(rank)
         return AdaLoraConfig(
@@ -46,18 +51,22 @@ def _peft_config(method: Method, modules: list[str], rank: int, total_steps: int
 
 def prepare(name: str, model: nn.Module, job: Plan, total_steps: int) -> nn.Module:
     """The model set up for method ``name``: which weights train, adapters attached."""
-    rank, modules, method = job.preset.rank, module_paths(job.layers), get(name)
+    rank, method = job.preset.rank, get(name)
+    experts = expert_paths(job.layers)
+    modules = [path for path in module_paths(job.layers) if path not in experts]
     if method.capture == "full":
         model.requires_grad_(False)
         for path in modules:
             model.get_submodule(path).weight.requires_grad_(True)
+        for path in experts:
+            model.get_parameter(path).requires_grad_(True)
         return model
     if method.capture == "sorsa":
         apply_sorsa(model, modules, rank)
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, _peft_config(method, modules, rank, total_steps))
+    return get_peft_model(model, _peft_config(method, modules, experts, rank, total_steps))
 
 
 class AdaLoraAllocation(TrainerCallback):
