@@ -1,5 +1,7 @@
 """The spectra command line, with every (step, layer) task the engine starts logged (one line per
-task, in the file $SPECTRA_TASK_LOG), in this process and in worker processes alike:
+task, in the file $SPECTRA_TASK_LOG), in this process and in worker processes alike, and made
+to last at least $SPECTRA_TASK_SECONDS (so that a test's signal finds the run still going,
+however the machine schedules the test):
 
     SPECTRA_TASK_LOG=tasks.log python tests/counted_cli.py compute RUN --workers 2
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import spectra.engine.incremental as incremental
 from spectra.cli import main
@@ -18,6 +21,7 @@ def counted_task(*args):
     """``matrix_task``, its start logged first."""
     with open(os.environ["SPECTRA_TASK_LOG"], "a") as log:
         log.write(f"{args[1]}\n")
+    time.sleep(float(os.environ.get("SPECTRA_TASK_SECONDS", "0")))
     return matrix_task(*args)
 
 

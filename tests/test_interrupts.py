@@ -91,7 +91,8 @@ def started(log: Path) -> int:
 @pytest.mark.parametrize(("how", "code"), [("ctrl-c", 130), ("sigterm", 143)])
 def test_an_interrupt_ends_compute_with_workers_at_once(long_run, tmp_path, how, code):
     log = tmp_path / "tasks.log"
-    env = os.environ | {"OMP_NUM_THREADS": "1", "SPECTRA_TASK_LOG": str(log)}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "SPECTRA_TASK_LOG": str(log),
+                        "SPECTRA_TASK_SECONDS": "0.1"}  # 101 tasks: ≥ 5 s on 2 workers  # fmt: skip
     command = [
         sys.executable,
         str(Path(__file__).parent / "counted_cli.py"),
@@ -112,7 +113,7 @@ def test_an_interrupt_ends_compute_with_workers_at_once(long_run, tmp_path, how,
     at_signal = started(log)
     returncode, _, stderr = finish(proc)
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
+    assert len(lines) == 1, (returncode, stderr)
     line = lines[0]
     assert returncode == code and line.startswith("interrupted: the rows of"), stderr
     assert "computed so far are kept" in line
