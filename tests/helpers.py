@@ -77,6 +77,13 @@ def _launch(command: list[str], env: dict, timeout: float) -> tuple[int, str]:
     return proc.returncode, err.decode(errors="replace")
 
 
+def as_foreground_job() -> None:
+    """``preexec_fn`` of a child that a test signals as a terminal's Ctrl-C would: SIGINT at
+    its default, as a shell's foreground job has it (a test run started in the background, as
+    ``make test &``, would otherwise pass SIGINT ignored on to every child, as POSIX says)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def fifo(path: Path) -> None:
     """``path`` replaced by a FIFO (its reader would wait for a writer forever)."""
     if path.exists():

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from adapter_maker import adapter_tensors, make_adapter, rank_three
+from helpers import as_foreground_job
 from runmaker import LAYER, make_run_dir
 from safetensors.torch import save_file
 
@@ -38,7 +39,7 @@ def start(*args, cwd: Path) -> subprocess.Popen:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.Popen([*SPECTRA, *map(str, args)], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+                            start_new_session=True, preexec_fn=as_foreground_job)  # fmt: skip
 
 
 def wait_for(condition, what: str, timeout: float = WAIT_S) -> None:
@@ -104,7 +105,8 @@ def test_an_interrupt_ends_compute_with_workers_at_once(long_run, tmp_path, how,
         str(tmp_path / "run.parquet"),
     ]
     proc = subprocess.Popen(command, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=as_foreground_job)  # fmt: skip
     wait_for(lambda: started(log) >= 20, "the workers to compute")
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole foreground group

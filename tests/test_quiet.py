@@ -13,6 +13,7 @@ import time
 import warnings
 
 import pytest
+from helpers import as_foreground_job
 from tiny_models import base_model, perturb, with_method
 
 from spectra.quiet import quiet, verbose
@@ -24,7 +25,8 @@ def spectra(*args: str, cwd, **options) -> subprocess.Popen:
     """``python -m spectra ARGS`` in its own process group (as a terminal's foreground job)."""
     return subprocess.Popen(
         [sys.executable, "-m", "spectra", *args], cwd=cwd, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True, **options,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=as_foreground_job, **options,
     )  # fmt: skip
 
 
