@@ -40,6 +40,14 @@ class Method:
         return self.peft is not None and self.peft["peft_type"] == "ADALORA"
 
     @property
+    def trains_parameters(self) -> bool:
+        """Whether it trains a 3-D expert parameter: FT, or plain LoRA (peft adapts parameters
+        with LoRA alone, no PiSSA, DoRA or AdaLoRA)."""
+        return self.capture == "full" or (
+            self.peft is not None and dict(self.peft) == {"peft_type": "LORA"}
+        )
+
+    @property
     def importable(self) -> bool:
         """Whether ``spectra import`` rebuilds it from checkpoints (full weights or peft)."""
         return self.capture == "full" or self.peft is not None

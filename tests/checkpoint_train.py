@@ -31,7 +31,7 @@ import torch.distributed as dist
 import transformers as tf
 from ranks import finish, watch  # the script's folder is on sys.path
 from safetensors.torch import save_file
-from tiny_models import MOE, SMALL, RandomTokens, batch
+from tiny_models import SMALL, RandomTokens, batch, moe_base
 
 import spectra
 
@@ -142,13 +142,6 @@ def train_dcp(out: Path, model: torch.nn.Module) -> None:
                 save_reference(full_state(model), out / "reference" / f"step-{step}.safetensors")
 
 
-def tiny_mixtral() -> tf.MixtralForCausalLM:
-    """A 2-block Mixtral of 4 experts, the same on every rank."""
-    torch.manual_seed(0)
-    config_class, model_class, values = MOE["mixtral"]
-    return model_class(config_class(**values))
-
-
 def train_zero3(out: Path, model: torch.nn.Module, kind: str) -> None:
     import deepspeed.ops
 
@@ -170,7 +163,7 @@ def train_zero3(out: Path, model: torch.nn.Module, kind: str) -> None:
 def main(kind: str, out: Path) -> None:
     watch()
     dist.init_process_group("gloo")
-    model = tiny_mixtral() if kind.endswith("-moe") else tiny_llama()
+    model = moe_base("mixtral") if kind.endswith("-moe") else tiny_llama()
     if dist.get_rank() == 0:
         model.save_pretrained(out / "base")
     dist.barrier()

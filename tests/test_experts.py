@@ -11,8 +11,7 @@ import json
 import pytest
 import torch
 from helpers import relative_error
-from peft import LoraConfig, get_peft_model
-from tiny_models import EXPERT_PARAMS, MOE, expert_weights, perturb
+from tiny_models import EXPERT_PARAMS, MOE, expert_weights, moe_model, perturb
 
 from spectra.callback import Tracker
 from spectra.capture import PEFT_PREFIX, find_layers, layout, matches, split_expert, split_slice
@@ -22,20 +21,6 @@ from spectra.factors import effective_weight
 from spectra.metrics import drift
 from spectra.snapshots import Manifest, open_run
 from spectra.store import read_run
-
-
-def moe_model(arch: str, method: str, seed: int = 0):
-    """A tiny MoE model of ``arch``, for FT or with LoRA on both expert parameters, moved."""
-    torch.manual_seed(seed)
-    config_class, model_class, values = MOE[arch]
-    model = model_class(config_class(**values))
-    if method == "lora":
-        config = LoraConfig(
-            r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS)
-        )
-        model = get_peft_model(model, config)
-    perturb(model, seed=seed + 1)
-    return model
 
 
 def captured(model, targets=EXPERT_PARAMS) -> dict[str, torch.Tensor]:

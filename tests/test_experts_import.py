@@ -10,8 +10,7 @@ import pytest
 import torch
 from helpers import relative_error
 from peft import LoraConfig, get_peft_model
-from test_experts import moe_model
-from tiny_models import EXPERT_PARAMS, MOE, expert_weights, perturb
+from tiny_models import EXPERT_PARAMS, MOE, expert_weights, moe_base, moe_model, perturb
 
 from spectra.callback import Tracker
 from spectra.engine import compute_run
@@ -42,9 +41,7 @@ def test_stacks_equal_what_from_pretrained_loads(tmp_path, arch, original):
 def saved_training(tmp_path, arch: str, method: str):
     """A base model folder and Trainer-like checkpoint-5/-10 folders (full weights, or a peft
     adapter on both expert parameters), and each step's float64 expert matrices."""
-    config_class, model_class, values = MOE[arch]
-    torch.manual_seed(0)
-    model = model_class(config_class(**values))
+    model = moe_base(arch)
     model.save_pretrained(tmp_path / "base")
     truth = {0: expert_weights(model, "ft")}
     if method == "lora":
@@ -80,9 +77,7 @@ def test_imported_experts_equal_the_trained_ones(tmp_path, arch, method):
 def test_an_imported_run_equals_the_tracked_one(tmp_path):
     """LoRA on Qwen2-MoE's experts, tracked while it trains and saved as adapters: the import of
     the saved adapters gives the same rows as the tracked run."""
-    config_class, model_class, values = MOE["qwen2_moe"]
-    torch.manual_seed(0)
-    model = model_class(config_class(**values))
+    model = moe_base("qwen2_moe")
     model.save_pretrained(tmp_path / "base")
     config = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS))
     model = get_peft_model(model, config)  # B = 0: W_0 is the base
@@ -122,9 +117,7 @@ def test_dcp_checkpoints_of_experts_equal_the_trained_ones(tmp_path, arch):
     it): every step's experts are found through the base's config and read exactly."""
     import torch.distributed.checkpoint as dcp
 
-    config_class, model_class, values = MOE[arch]
-    torch.manual_seed(0)
-    model = model_class(config_class(**values))
+    model = moe_base(arch)
     model.save_pretrained(tmp_path / "base")
     truth = {0: expert_weights(model, "ft")}
     for step in (2, 4):

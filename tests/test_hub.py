@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from fake_hub import FakeHub
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_models import EXPERT_PARAMS, MOE, base_model, perturb
+from tiny_models import EXPERT_PARAMS, base_model, moe_base, perturb
 
 import spectra.hub.fetch as fetch_module
 from spectra.metrics import drift
@@ -304,9 +303,7 @@ def test_moe_experts_on_the_hub_import_as_from_files(hub, tmp_path, cli, origina
     """A Mixtral saved with its experts as 3-D stacks (or in the original format, one matrix per
     expert), on the Hub: imported by range reads, every expert's weights equal the import of
     the same files on disk and what transformers' from_pretrained loads."""
-    config_class, model_class, values = MOE["mixtral"]
-    torch.manual_seed(0)
-    model = model_class(config_class(**values))
+    model = moe_base("mixtral")
     model.save_pretrained(tmp_path / "base", save_original_format=original)
     perturb(model, seed=3, size=0.05)
     model.save_pretrained(tmp_path / "ft", save_original_format=original)
@@ -320,7 +317,7 @@ def test_moe_experts_on_the_hub_import_as_from_files(hub, tmp_path, cli, origina
         assert code == 0, err
     on_hub, on_disk = open_run(tmp_path / "hub" / "moe"), open_run(tmp_path / "disk" / "moe")
     assert on_hub.layers == on_disk.layers and len(on_hub.layers) == 16  # 2 blocks × 2 × 4
-    loaded = dict(model_class.from_pretrained(tmp_path / "ft").named_parameters())
+    loaded = dict(type(model).from_pretrained(tmp_path / "ft").named_parameters())
     for layer in on_hub.layers:
         assert on_hub.weight(1, layer).equal(on_disk.weight(1, layer)), layer
         stack, expert = layer.rsplit("[", 1)

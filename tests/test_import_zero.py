@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoint_train import FROZEN_TARGET, tiny_llama, tiny_mixtral
+from checkpoint_train import FROZEN_TARGET, tiny_llama
 from helpers import fifo, moved_out
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,7 +38,7 @@ from sharded import (
     stored,
     train_sharded,
 )
-from tiny_models import reference_weights
+from tiny_models import moe_base, reference_weights
 
 from spectra.capture import split_expert
 from spectra.errors import SpectraError
@@ -323,7 +323,7 @@ def test_zero3_checkpoints_of_experts_equal_deepspeeds_fp32_weights(zero3_moe, t
     run = open_run(import_run([zero3_moe / "zero3-moe"], zero3_moe / "base", out=tmp_path,
                               targets=targets))  # fmt: skip
     assert run.steps == [0, *STEPS] and len(run.layers) == 16  # 2 blocks × 2 stacks × 4
-    initial = dict(tiny_mixtral().named_parameters())  # what the base was saved from
+    initial = dict(moe_base("mixtral").named_parameters())  # what the base was saved from
     for layer in run.layers:
         stack, expert = split_expert(layer)
         assert torch.equal(run.weight(0, layer), initial[stack][expert].detach().double()), layer

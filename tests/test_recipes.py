@@ -281,13 +281,10 @@ def mixtral(tmp_path_factory) -> Path:
     """A tiny Mixtral folder (2 blocks of 4 experts) with the embedded model's tokenizer."""
     import shutil
 
-    import torch
-    from tiny_models import MOE
+    from tiny_models import moe_base
 
     folder = tmp_path_factory.mktemp("mixtral") / "mixtral"
-    config_class, model_class, values = MOE["mixtral"]
-    torch.manual_seed(0)
-    model_class(config_class(**values | {"vocab_size": 2048})).save_pretrained(folder)
+    moe_base("mixtral", vocab_size=2048).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(DEFAULT_MODEL / name, folder / name)
     return folder

@@ -81,6 +81,26 @@ def base_model(arch: str, seed: int = 0) -> nn.Module:
     return model_class(config_class(**values))
 
 
+def moe_base(arch: str, seed: int = 0, **values) -> nn.Module:
+    """A randomly initialised tiny MoE model of ``arch`` (a key of ``MOE``), its config values
+    overridden by ``values``."""
+    torch.manual_seed(seed)
+    config_class, model_class, defaults = MOE[arch]
+    return model_class(config_class(**defaults | values))
+
+
+def moe_model(arch: str, method: str, seed: int = 0) -> nn.Module:
+    """A tiny MoE model of ``arch``, for FT or with LoRA on both expert parameters, moved."""
+    model = moe_base(arch, seed)
+    if method == "lora":
+        config = LoraConfig(
+            r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS)
+        )
+        model = get_peft_model(model, config)
+    perturb(model, seed=seed + 1)
+    return model
+
+
 class SorsaStandIn(nn.Module):
     """A layer in the reference ``sorsa`` package layout: W_r + scale · (B ⊙ S) A."""
 

@@ -30,10 +30,10 @@ from ranks import finish, watch  # the script's folder is on sys.path
 from safetensors.torch import save_file
 from tiny_models import (
     EXPERT_PARAMS,
-    MOE,
     base_model,
     batch,
     expert_weights,
+    moe_model,
     reference_weights,
     with_method,
 )
@@ -134,24 +134,6 @@ def _clean(name: str) -> str:
     return name
 
 
-def experts_model(method: str) -> nn.Module:
-    """A tiny Mixtral, for FT or with LoRA on both expert parameters (B moved off zero)."""
-    torch.manual_seed(0)
-    config_class, model_class, values = MOE["mixtral"]
-    model = model_class(config_class(**values))
-    if method == "ft":
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=[], target_parameters=list(EXPERT_PARAMS))
-    model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
-    return model
-
-
 def dump(engine: str, net: nn.Module, replica: nn.Module, run: str, out: Path, step: int):
     """Rank 0 writes the targets' W_t from the engine's full parameters, merged by peft."""
     state = full_state(engine, net)
@@ -199,7 +181,7 @@ def train(engine: str, run: str, out: Path, rank: int, world: int) -> None:
     method, _, variant = run.partition("-")
     bf16, experts = variant == "bf16", variant == "experts"
     if experts:
-        model, targets = experts_model(method), EXPERT_PARAMS
+        model, targets = moe_model("mixtral", method), EXPERT_PARAMS
     else:
         model, targets = with_method(base_model("llama"), method, TARGETS), TARGETS
     replica = copy.deepcopy(model)

@@ -143,7 +143,7 @@ def find_targets(
 
 def expert_paths(names: Iterable[str]) -> list[str]:
     """The 3-D expert parameters that layer names select, each once, in order."""
-    return list(dict.fromkeys(split_expert(n)[0] for n in names if split_expert(n)[1] is not None))
+    return list(dict.fromkeys(path for path, e in map(split_expert, names) if e is not None))
 
 
 def module_paths(names: Iterable[str]) -> list[str]:

@@ -131,9 +131,6 @@ def _check_weights(folder: Path, config) -> None:
     check_sizes(config_sizes(config), weight_shapes(folder), str(folder))
 
 
-EXPERT_METHODS = frozenset({"ft", "lora"})  # what trains a 3-D expert parameter here
-
-
 def _resolve_targets(
     model: str, targets: tuple[str, ...], fused: dict, rank: int, methods: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -150,11 +147,12 @@ def _resolve_targets(
     sorsa = any(get(m).capture == "sorsa" for m in methods)
     adaptable = (nn.Linear,) if sorsa else (nn.Linear, Conv1D)
     experts = expert_paths(layers)
-    if experts and not set(methods) <= EXPERT_METHODS:
-        other = next(m for m in methods if m not in EXPERT_METHODS)
+    other = next((m for m in methods if not get(m).trains_parameters), None)
+    if experts and other is not None:
+        able = " or ".join(n for n in NAMES if get(n).trains_parameters)
         raise SpectraError(
-            f"{experts[0]} is an expert parameter: the recipes train experts with "
-            f"{' or '.join(sorted(EXPERT_METHODS))} (peft's LoRA on parameters), not {other}"
+            f"{experts[0]} is an expert parameter: the recipes train experts with {able} "
+            f"(peft's LoRA on parameters), not {other}"
         )
     for path in module_paths(layers):
         if path in experts:
